@@ -1,0 +1,38 @@
+"""hermes_gevent: a resilient WebSocket client made of gevent greenlets."""
+
+from .backoff import Backoff
+from .base import BaseClient
+from .client import State, WebSocketClient
+from .errors import (
+    ClientStopped,
+    ConfigError,
+    ConnectionClosed,
+    ConnectionFailed,
+    ConnectTimeout,
+    HandshakeRejected,
+    HermesError,
+    PingTimeout,
+    ProtocolError,
+    QueueFull,
+)
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "BaseClient",
+    "ClientStopped",
+    "ConfigError",
+    "ConnectionClosed",
+    "ConnectionFailed",
+    "ConnectTimeout",
+    "HandshakeRejected",
+    "HermesError",
+    "PingTimeout",
+    "ProtocolError",
+    "QueueFull",
+    "Settings",
+    "State",
+    "WebSocketClient",
+]

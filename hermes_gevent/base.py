@@ -1,0 +1,169 @@
+"""BaseClient: the contract subclasses override, the singleton, the hooks.
+
+Subclasses override ``url``, ``identifier``, ``last_connected_at``,
+``headers`` and ``handle_message``; or a plain client takes the same things as
+keywords (``url=``, ``identifier=``, ``headers=``, ``on_message=``...).
+Nothing here does I/O; the connection machinery lives in ``client.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar, Mapping, Optional, Union
+
+from . import policy
+from .errors import ConfigError
+from .settings import Settings
+
+Headers = Mapping[str, str]
+_HOOKS = ("on_message", "on_open", "on_close", "on_error", "on_drop", "on_give_up")
+
+
+class BaseClient:
+    """The overridable surface of a hermes_gevent client (see WebSocketClient)."""
+
+    # Class settings; every one can also be given as a lower-case keyword.
+    DEFAULT_RETRY_LIMIT: ClassVar[Optional[int]] = Settings.DEFAULT_RETRY_LIMIT
+    DEFAULT_RETRY_DELAY: ClassVar[float] = Settings.DEFAULT_RETRY_DELAY
+    MAX_RETRY_DELAY: ClassVar[float] = Settings.MAX_RETRY_DELAY
+    RETRY_JITTER: ClassVar[float] = Settings.RETRY_JITTER
+    MAX_QUEUE_SIZE: ClassVar[int] = Settings.MAX_QUEUE_SIZE
+    QUEUE_OVERFLOW_STRATEGY: ClassVar[str] = Settings.QUEUE_OVERFLOW_STRATEGY
+    MAX_THREAD_WAIT_TIME: ClassVar[float] = Settings.MAX_THREAD_WAIT_TIME
+    HEALTH_CHECK_INTERVAL: ClassVar[float] = Settings.HEALTH_CHECK_INTERVAL
+    CONNECT_TIMEOUT: ClassVar[float] = Settings.CONNECT_TIMEOUT
+    PING_INTERVAL: ClassVar[float] = Settings.PING_INTERVAL
+    PING_TIMEOUT: ClassVar[float] = Settings.PING_TIMEOUT
+    MIN_UPTIME: ClassVar[float] = Settings.MIN_UPTIME
+    MAX_MESSAGE_SIZE: ClassVar[int] = Settings.MAX_MESSAGE_SIZE
+
+    #: Environment variables read by the default url()/identifier() and the log switch.
+    URL_ENV: ClassVar[str] = "HERMES_WS_URL"
+    IDENTIFIER_ENV: ClassVar[str] = "HERMES_WS_IDENTIFIER"
+    LOG_ENV: ClassVar[str] = "HERMES_WS_LOG"
+    #: Header names the default headers() uses.
+    IDENTIFIER_HEADER: ClassVar[str] = "X-Hermes-Identifier"
+    LAST_CONNECTED_AT_HEADER: ClassVar[str] = "X-Hermes-Last-Connected-At"
+
+    _instances: ClassVar[dict[type, "BaseClient"]] = {}
+
+    def __init__(
+        self,
+        *,
+        url: Optional[str] = None,
+        identifier: Optional[str] = None,
+        headers: Union[Headers, Callable[[], Headers], None] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        ca_file: Optional[str] = None,
+        log: Optional[bool] = None,
+        name: Optional[str] = None,
+        **options: Any,
+    ) -> None:
+        hooks = {key: options.pop(key) for key in _HOOKS if key in options}
+        unknown = sorted(set(options) - set(Settings.keyword_map()))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {unknown[0]!r}; settings are: {', '.join(sorted(Settings.keyword_map()))}."
+            )
+        for key, hook in hooks.items():
+            if hook is not None and not callable(hook):
+                raise ConfigError(f"{key} must be callable, got {hook!r}.")
+        self.settings = Settings.resolve(type(self), options)
+        self.name = name or type(self).__name__
+        self._url = url
+        self._identifier = identifier
+        self._extra_headers = headers
+        self._hooks = hooks
+        self._log_enabled = log
+        if ssl_context is not None and ca_file is not None:
+            raise ConfigError("give ssl_context or ca_file, not both.")
+        self.ssl_context = ssl_context
+        self.ca_file = ca_file
+        self._last_connected_at: Optional[datetime] = None
+
+    # -- singleton ---------------------------------------------------------------
+
+    @classmethod
+    def instance(cls, **options: Any) -> "BaseClient":
+        """The one client of this class in this process (made on first call)."""
+        client = BaseClient._instances.get(cls)
+        if client is None:
+            client = BaseClient._instances[cls] = cls(**options)
+        elif options:
+            raise ConfigError(f"{cls.__name__}.instance() already exists; pass settings on the first call only.")
+        return client
+
+    @classmethod
+    def reset_instance(cls) -> None:
+        """Forget this class's instance (tests; the caller stops it first)."""
+        BaseClient._instances.pop(cls, None)
+
+    # -- the overridable contract -------------------------------------------------
+
+    def url(self) -> str:
+        """The ws:// or wss:// URL to connect to; read on every attempt."""
+        url = self._url or os.environ.get(self.URL_ENV)
+        if not url:
+            raise ConfigError(f"{self.URL_ENV} is not set: give the client a url (keyword, subclass or environment).")
+        return url
+
+    def identifier(self) -> Optional[str]:
+        """Who this client is, sent in a header on every attempt."""
+        return self._identifier or os.environ.get(self.IDENTIFIER_ENV)
+
+    def last_connected_at(self) -> Optional[str]:
+        """When the last connection succeeded (ISO 8601, UTC), None before the first."""
+        if self._last_connected_at is None:
+            return None
+        return self._last_connected_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def headers(self) -> dict[str, str]:
+        """Headers for the upgrade request; called anew on every attempt."""
+        headers: dict[str, str] = {}
+        identifier = self.identifier()
+        if identifier:
+            headers[self.IDENTIFIER_HEADER] = str(identifier)
+        last = self.last_connected_at()
+        if last:
+            headers[self.LAST_CONNECTED_AT_HEADER] = str(last)
+        extra = self._extra_headers() if callable(self._extra_headers) else self._extra_headers
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def handle_message(self, msg: Union[str, bytes]) -> None:
+        """Called for every message received: str for text, bytes for binary."""
+        hook = self._hooks.get("on_message")
+        if hook is not None:
+            hook(msg)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether to try again after ``exc``; see ``hermes_gevent.policy``."""
+        return policy.should_retry(exc)
+
+    # -- optional hooks (no-ops unless given as keywords) -------------------------
+
+    def on_open(self) -> None:
+        self._call_hook("on_open")
+
+    def on_close(self, code: int, reason: str) -> None:
+        self._call_hook("on_close", code, reason)
+
+    def on_error(self, exc: BaseException) -> None:
+        self._call_hook("on_error", exc)
+
+    def on_drop(self, msg: Union[str, bytes], reason: str) -> None:
+        self._call_hook("on_drop", msg, reason)
+
+    def on_give_up(self, exc: BaseException) -> None:
+        self._call_hook("on_give_up", exc)
+
+    def _call_hook(self, name: str, *args: Any) -> None:
+        hook = self._hooks.get(name)
+        if hook is not None:
+            hook(*args)
+
+    def _mark_connected_now(self) -> None:
+        self._last_connected_at = datetime.now(timezone.utc)

@@ -1,0 +1,77 @@
+"""The exceptions hermes_gevent raises, and which layer raises each.
+
+    HermesError                      base of everything raised here
+    ├── ConfigError                  settings: raised by the constructor or start()
+    ├── QueueFull                    send_message() under the "raise" overflow strategy
+    ├── ClientStopped                (reserved) operations that need a running client
+    └── ConnectionFailed             transport: one connection attempt or connection ended
+        ├── ConnectTimeout           TCP + TLS + upgrade took longer than CONNECT_TIMEOUT
+        ├── HandshakeRejected        the server answered the upgrade with another HTTP status
+        ├── ConnectionClosed         the server sent a close frame, or the TCP stream ended
+        ├── ProtocolError            the server broke RFC 6455; we close with .code
+        └── PingTimeout              no frame arrived within PING_TIMEOUT after a ping
+
+TypeError and ValueError (not HermesError) come from send_message() for a message that
+cannot be encoded, so the caller sees them like any other bad argument.
+"""
+
+from __future__ import annotations
+
+
+class HermesError(Exception):
+    """Base class of every exception hermes_gevent raises."""
+
+
+class ConfigError(HermesError, ValueError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class QueueFull(HermesError):
+    """The send queue is at MAX_QUEUE_SIZE and the overflow strategy is "raise"."""
+
+
+class ClientStopped(HermesError):
+    """The client is stopped and the operation needs it running."""
+
+
+class ConnectionFailed(HermesError):
+    """A connection attempt failed, or a live connection ended."""
+
+
+class ConnectTimeout(ConnectionFailed):
+    """Connecting (TCP, TLS and the HTTP upgrade together) exceeded CONNECT_TIMEOUT."""
+
+
+class HandshakeRejected(ConnectionFailed):
+    """The server answered the upgrade request with ``status`` instead of 101."""
+
+    def __init__(self, status: int, reason: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"server answered the upgrade with HTTP {status} {reason}".rstrip())
+
+
+class ConnectionClosed(ConnectionFailed):
+    """The connection ended: ``code`` is the close code (1006 when no close frame came)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        text = f"connection closed with code {code}"
+        super().__init__(f"{text} ({reason})" if reason else text)
+
+
+class ProtocolError(ConnectionFailed):
+    """The server broke the WebSocket protocol; the client closes with ``code``.
+
+    1002 protocol error, 1007 invalid UTF-8 in a text message, 1009 message too big.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{reason} (closing with {code})")
+
+
+class PingTimeout(ConnectionFailed):
+    """No frame arrived within PING_TIMEOUT after a ping: the connection is dead."""

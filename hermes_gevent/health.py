@@ -1,0 +1,50 @@
+"""Health alerts computed from a status snapshot: pure, no clock, no I/O.
+
+The client's health loop calls ``compute_alerts`` every HEALTH_CHECK_INTERVAL
+and logs only the alerts that appeared or cleared since the last tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .settings import Settings
+
+QUEUE_ALERT_RATIO = 0.9
+RETRY_ALERT_RATIO = 0.8
+LOOP_KEYS = ("event_thread_alive", "send_thread_alive", "health_thread_alive")
+
+
+def compute_alerts(status: Mapping[str, Any], settings: Settings, now: float) -> dict[str, str]:
+    """Alert name -> sentence, for the status snapshot ``status`` at time ``now``.
+
+    ``status`` carries the public status keys plus ``_last_activity``: the
+    monotonic time of the last message received, or of connecting if none came.
+    """
+    alerts: dict[str, str] = {}
+    if status.get("connected") and status.get("_last_activity") is not None:
+        silent_for = now - status["_last_activity"]
+        if silent_for > settings.HEALTH_CHECK_INTERVAL:
+            alerts["no_messages"] = (
+                f"connected but no message received for {silent_for:.0f}s "
+                f"(HEALTH_CHECK_INTERVAL={settings.HEALTH_CHECK_INTERVAL:g}s)"
+            )
+    queue_size = status.get("queue_size", 0)
+    if queue_size > settings.MAX_QUEUE_SIZE * QUEUE_ALERT_RATIO:
+        alerts["queue_high"] = (
+            f"send queue holds {queue_size} of MAX_QUEUE_SIZE={settings.MAX_QUEUE_SIZE} messages"
+        )
+    limit = settings.DEFAULT_RETRY_LIMIT
+    retries = status.get("retry_count", 0)
+    if limit is not None and retries > limit * RETRY_ALERT_RATIO:
+        alerts["retries_high"] = f"{retries} consecutive failed attempts of DEFAULT_RETRY_LIMIT={limit}"
+    if status.get("started") and not status.get("stopping"):
+        dead = [key for key in LOOP_KEYS if not status.get(key, True)]
+        if dead:
+            alerts["loop_dead"] = f"loop greenlet not running: {', '.join(dead)}"
+    return alerts
+
+
+def alert_changes(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(names that appeared, names that cleared) between two alert sets."""
+    return [n for n in after if n not in before], [n for n in before if n not in after]

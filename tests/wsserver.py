@@ -1,0 +1,136 @@
+"""A real WebSocket server for the tests, run as a subprocess (python tests/wsserver.py PORT).
+
+It is the `websockets` library's asyncio server. It prints one JSON line per
+event on stdout (listening, connect, msg, close) and obeys JSON commands read
+from stdin, one per line, so a test can script it and keep a record of every
+message it received:
+
+    {"cmd": "push", "n": 100}                       numbered text messages to every client
+    {"cmd": "send", "text": "hi"} / {"cmd": "send", "hex": "00ff"}
+    {"cmd": "close", "code": 1011, "reason": ""}    close every connection with a code
+    {"cmd": "raw", "hex": "..."}                    write raw bytes (bad frames) to every client
+    {"cmd": "ping_flood", "n": 500}                 many pings as fast as possible
+    {"cmd": "abort"}                                drop every TCP connection at once
+    {"cmd": "mode", "reject": 503, "echo": true, "handshake_delay": 0.0, "close_on_open": null}
+    {"cmd": "exit"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from websockets.asyncio.server import serve
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False}
+CLIENTS: dict[int, object] = {}
+_next_id = 0
+
+
+def emit(**event) -> None:
+    sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def process_request(connection, request):
+    if MODE["handshake_delay"]:
+        await asyncio.sleep(MODE["handshake_delay"])
+    if MODE["reject"]:
+        emit(ev="rejected", status=MODE["reject"], headers=dict(request.headers.raw_items()))
+        status = MODE["reject"]
+        return Response(status, "Rejected", Headers([("Content-Length", "0")]), b"")
+    return None
+
+
+async def handler(ws):
+    global _next_id
+    _next_id += 1
+    cid = _next_id
+    CLIENTS[cid] = ws
+    emit(ev="connect", id=cid, path=ws.request.path, headers=dict(ws.request.headers.raw_items()))
+    try:
+        if MODE["close_on_open"]:
+            await ws.close(MODE["close_on_open"], "closing at once")
+        async for message in ws:
+            if isinstance(message, str):
+                if not MODE["quiet"]:
+                    emit(ev="msg", id=cid, text=message)
+                else:
+                    emit(ev="msg", id=cid, n=len(message))
+            else:
+                emit(ev="msg", id=cid, bin=message.hex() if len(message) <= 64 else None, size=len(message),
+                     digest=__import__("hashlib").sha256(message).hexdigest())
+            if MODE["echo"]:
+                await ws.send(message)
+    except Exception as exc:  # report, never crash the server
+        emit(ev="error", id=cid, error=repr(exc))
+    finally:
+        CLIENTS.pop(cid, None)
+        rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+        emit(ev="close", id=cid, code=rcvd.code if rcvd else None, reason=rcvd.reason if rcvd else None,
+             sent=sent.code if sent else None)
+
+
+async def run_command(cmd: dict) -> None:
+    name = cmd["cmd"]
+    clients = list(CLIENTS.values())
+    if name == "push":
+        start = cmd.get("start", 0)
+        for ws in clients:
+            for i in range(start, start + cmd["n"]):
+                await ws.send(f"push-{i}")
+    elif name == "send":
+        data = cmd["text"] if "text" in cmd else bytes.fromhex(cmd["hex"])
+        for ws in clients:
+            await ws.send(data)
+    elif name == "close":
+        for ws in clients:
+            await ws.close(cmd.get("code", 1000), cmd.get("reason", ""))
+    elif name == "raw":
+        for ws in clients:
+            ws.transport.write(bytes.fromhex(cmd["hex"]))
+    elif name == "ping_flood":
+        for ws in clients:
+            for i in range(cmd.get("n", 500)):
+                await ws.ping(str(i))
+                if i % 10 == 0:
+                    await asyncio.sleep(0)
+    elif name == "abort":
+        for ws in clients:
+            ws.transport.abort()
+    elif name == "mode":
+        MODE.update({k: v for k, v in cmd.items() if k != "cmd"})
+    elif name == "exit":
+        raise SystemExit(0)
+    emit(ev="done", cmd=name)
+
+
+async def read_commands() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise SystemExit(0)  # the test went away: so do we
+        if line.strip():
+            await run_command(json.loads(line))
+
+
+async def main() -> None:
+    port = int(sys.argv[1])
+    ping_interval = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    async with serve(handler, "127.0.0.1", port, process_request=process_request, compression=None,
+                     ping_interval=ping_interval, ping_timeout=None, max_size=64 * 2**20) as server:
+        emit(ev="listening", port=server.sockets[0].getsockname()[1])
+        try:
+            await read_commands()
+        except SystemExit:
+            pass
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
