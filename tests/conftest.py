@@ -57,9 +57,10 @@ def wait_until(predicate, timeout: float, message: str = "condition"):
 class ServerProcess:
     """tests/wsserver.py in a subprocess: killable, restartable on the same port."""
 
-    def __init__(self, port: int, ping_interval: float | None = None) -> None:
+    def __init__(self, port: int, *extra_args: str, scheme: str = "ws") -> None:
         self.port = port
-        self.ping_interval = ping_interval
+        self.extra_args = extra_args
+        self.scheme = scheme
         self.events: list[dict] = []
         self._changed = gevent.event.Event()
         self.proc = None
@@ -67,12 +68,11 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"{self.scheme}://127.0.0.1:{self.port}/ws"
 
     def start(self) -> "ServerProcess":
         args = [sys.executable, str(TESTS / "wsserver.py"), str(self.port)]
-        if self.ping_interval:
-            args.append(str(self.ping_interval))
+        args.extend(self.extra_args)
         self.proc = gevent.subprocess.Popen(args, stdin=gevent.subprocess.PIPE, stdout=gevent.subprocess.PIPE)
         self._reader = gevent.spawn(self._read, self.proc)
         self.wait_event(lambda e: e["ev"] == "listening", t(10), since=len(self.events))

@@ -10,6 +10,7 @@ message it received:
     {"cmd": "close", "code": 1011, "reason": ""}    close every connection with a code
     {"cmd": "raw", "hex": "..."}                    write raw bytes (bad frames) to every client
     {"cmd": "ping_flood", "n": 500}                 many pings as fast as possible
+    {"cmd": "ping_wait"}                            one ping; emits "pong" when answered
     {"cmd": "abort"}                                drop every TCP connection at once
     {"cmd": "mode", "reject": 503, "echo": true, "handshake_delay": 0.0, "close_on_open": null}
     {"cmd": "exit"}
@@ -17,8 +18,11 @@ message it received:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import hashlib
 import json
+import ssl
 import sys
 
 from websockets.asyncio.server import serve
@@ -62,7 +66,7 @@ async def handler(ws):
                     emit(ev="msg", id=cid, n=len(message))
             else:
                 emit(ev="msg", id=cid, bin=message.hex() if len(message) <= 64 else None, size=len(message),
-                     digest=__import__("hashlib").sha256(message).hexdigest())
+                     digest=hashlib.sha256(message).hexdigest())
             if MODE["echo"]:
                 await ws.send(message)
     except Exception as exc:  # report, never crash the server
@@ -98,6 +102,13 @@ async def run_command(cmd: dict) -> None:
                 await ws.ping(str(i))
                 if i % 10 == 0:
                     await asyncio.sleep(0)
+    elif name == "ping_wait":
+        for ws in clients:
+            try:
+                latency = await asyncio.wait_for(ws.ping(), cmd.get("timeout", 5))
+                emit(ev="pong", id=next(k for k, v in CLIENTS.items() if v is ws), latency=latency)
+            except asyncio.TimeoutError:
+                emit(ev="pong_timeout")
     elif name == "abort":
         for ws in clients:
             ws.transport.abort()
@@ -121,10 +132,18 @@ async def read_commands() -> None:
 
 
 async def main() -> None:
-    port = int(sys.argv[1])
-    ping_interval = float(sys.argv[2]) if len(sys.argv) > 2 else None
-    async with serve(handler, "127.0.0.1", port, process_request=process_request, compression=None,
-                     ping_interval=ping_interval, ping_timeout=None, max_size=64 * 2**20) as server:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--ping-interval", type=float, default=None)
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
+    args = parser.parse_args()
+    tls = None
+    if args.certfile:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.certfile, args.keyfile)
+    async with serve(handler, "127.0.0.1", args.port, process_request=process_request, compression=None,
+                     ping_interval=args.ping_interval, ping_timeout=None, max_size=64 * 2**20, ssl=tls) as server:
         emit(ev="listening", port=server.sockets[0].getsockname()[1])
         try:
             await read_commands()

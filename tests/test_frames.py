@@ -1,0 +1,99 @@
+"""The frame parser, fed bytes by hand: every protocol rule as a plain assert."""
+
+import struct
+
+import pytest
+
+from hermes_gevent.errors import ProtocolError
+from hermes_gevent.frames import Close, FrameParser, Message, Ping, Pong, encode_frame
+
+
+def frame(opcode, payload=b"", fin=True, rsv=0, mask=None):
+    b1 = (0x80 if fin else 0) | rsv | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([b1, (0x80 if mask else 0) | n])
+    elif n < 65536:
+        head = bytes([b1, (0x80 if mask else 0) | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([b1, (0x80 if mask else 0) | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+def parse(data, max_size=1 << 20):
+    parser = FrameParser(max_size)
+    parser.feed(data)
+    return list(parser.events())
+
+
+def test_many_frames_from_one_read_and_partial_frames_wait():
+    data = frame(1, b"one") + frame(2, b"\x00\x01") + frame(9, b"p") + frame(10, b"q")
+    assert parse(data) == [Message("one"), Message(b"\x00\x01"), Ping(b"p"), Pong(b"q")]
+    parser = FrameParser(1 << 20)
+    whole = frame(1, b"x" * 300)
+    parser.feed(whole[:100])
+    assert list(parser.events()) == []
+    parser.feed(whole[100:])
+    assert list(parser.events()) == [Message("x" * 300)]
+
+
+def test_fragmented_message_with_a_ping_in_between():
+    data = frame(1, "héllo ".encode()[:2], fin=False) + frame(9, b"") + frame(0, "héllo ".encode()[2:], fin=False) + frame(0, b"!")
+    assert parse(data) == [Ping(b""), Message("héllo !")]
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (frame(1, b"\xff\xfe"), 1007),
+        (frame(3, b"x"), 1002),  # reserved data opcode
+        (frame(11, b"x"), 1002),  # reserved control opcode
+        (frame(1, b"x", rsv=0x40), 1002),  # RSV1 without an extension
+        (frame(1, b"x", mask=b"abcd"), 1002),  # servers must not mask
+        (frame(9, b"x" * 126), 1002),  # control frame too long
+        (frame(9, b"x", fin=False), 1002),  # fragmented control frame
+        (frame(0, b"x"), 1002),  # continuation of nothing
+        (frame(1, b"a", fin=False) + frame(1, b"b"), 1002),  # new message inside a fragmented one
+        (frame(8, b"\x03"), 1002),  # one-byte close payload
+        (frame(8, struct.pack("!H", 999)), 1002),  # invalid close code
+        (frame(8, struct.pack("!H", 1005)), 1002),  # reserved close code on the wire
+        (frame(8, struct.pack("!H", 1000) + b"\xff"), 1007),
+    ],
+)
+def test_protocol_violations_raise_with_the_close_code(data, code):
+    with pytest.raises(ProtocolError) as info:
+        parse(data)
+    assert info.value.code == code
+
+
+def test_too_big_is_refused_from_the_header_before_the_payload_arrives():
+    parser = FrameParser(max_size=1000)
+    parser.feed(frame(2, b"x" * 5000)[:4])  # only the header: nothing buffered beyond it
+    with pytest.raises(ProtocolError) as info:
+        list(parser.events())
+    assert info.value.code == 1009
+
+
+def test_too_big_counts_all_fragments():
+    data = frame(2, b"x" * 600, fin=False) + frame(0, b"x" * 600)
+    with pytest.raises(ProtocolError) as info:
+        parse(data, max_size=1000)
+    assert info.value.code == 1009
+    assert parse(data, max_size=1200) == [Message(b"x" * 1200)]
+
+
+def test_close_frames():
+    assert parse(frame(8, b"")) == [Close(1005, "")]
+    assert parse(frame(8, struct.pack("!H", 1001) + b"bye")) == [Close(1001, "bye")]
+    assert parse(frame(8, struct.pack("!H", 4000))) == [Close(4000, "")]
+
+
+def test_encoded_client_frames_are_masked_and_round_trip():
+    data = encode_frame(1, "ünïcode".encode())
+    assert data[1] & 0x80  # mask bit set
+    length = data[1] & 0x7F
+    mask, masked = data[2:6], data[6:6 + length]
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(masked)).decode() == "ünïcode"
