@@ -104,6 +104,7 @@ class WebSocketClient(BaseClient):
         self.log = ClientLog(self.name, self._redactor)
         self._random = random.Random()
         self._generation = 0
+        self._home_hub = gevent.get_hub()  # the loops run here; other threads hand off to it
         self._orphans: list[gevent.Greenlet] = []
         self._outbox: Optional[Outbox] = None
         self._reset_run()
@@ -111,6 +112,7 @@ class WebSocketClient(BaseClient):
         self.state = State.IDLE
         self._started = False
         self._restart_after_fork = False
+        self._outbox_or_create()  # now, in the home thread: other threads may send before start()
         _all_clients.add(self)
 
     def _reset_run(self) -> None:
@@ -188,14 +190,13 @@ class WebSocketClient(BaseClient):
         QueueFull under the "raise" strategy. Safe from any greenlet or thread.
         """
         item = self._encode(msg)
-        if self._restart_after_fork:
+        if self._restart_after_fork and get_hub_if_exists() is self._home_hub:
             self._restart_after_fork = False
             self.start()
-        outbox = self._outbox_or_create()
         if self._stopping or self.state is State.STOPPED:
             self._count_drop(item, DROP_STOPPED)
             return False
-        return outbox.put(item)
+        return self._outbox_or_create().put(item)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the client's state, safe to serialize as JSON."""
@@ -408,7 +409,8 @@ class WebSocketClient(BaseClient):
                 session.fail(PingTimeout(f"no frame for {ping_timeout:g}s after a ping"))
                 return
             if now >= next_ping:
-                session.ping_sent_at = now
+                if sent is None or session.last_frame_at >= sent:
+                    session.ping_sent_at = now  # the oldest unanswered ping starts the clock
                 next_ping = now + interval
                 # Spawned: a write stuck on a dead peer must not stop the liveness clock.
                 gevent.spawn(self._send_ping, session)
@@ -569,7 +571,7 @@ class WebSocketClient(BaseClient):
     def _outbox_or_create(self) -> Outbox:
         if self._outbox is None:
             s = self.settings
-            self._outbox = Outbox(s.MAX_QUEUE_SIZE, s.QUEUE_OVERFLOW_STRATEGY, self._count_drop)
+            self._outbox = Outbox(s.MAX_QUEUE_SIZE, s.QUEUE_OVERFLOW_STRATEGY, self._count_drop, self._home_hub)
         return self._outbox
 
     def _count_drop(self, item: Item, reason: str) -> None:

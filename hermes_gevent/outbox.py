@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import gevent
 import gevent.event
+import gevent.hub
 from gevent._hub_local import get_hub_if_exists
 from gevent.queue import Empty, Queue
 
@@ -36,14 +37,14 @@ DROP_STOPPED = "stopped"
 class Outbox:
     """A bounded FIFO of encoded messages with the overflow strategy applied on put."""
 
-    def __init__(self, maxsize: int, strategy: str, on_drop: DropSink) -> None:
+    def __init__(self, maxsize: int, strategy: str, on_drop: DropSink, hub: Optional[gevent.hub.Hub] = None) -> None:
         self.maxsize = maxsize
         self.strategy = strategy
         self._on_drop = on_drop
-        self._hub = gevent.get_hub()
+        self._hub = hub or gevent.get_hub()
         self._queue: Queue = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
         self._inflight: list[Item] = []
-        self._handoff: collections.deque[Item] = collections.deque()
+        self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
         self._wakeup.ref = False  # a pending hand-off must not keep the loop alive on its own
         self._wakeup.start(self._drain_handoff)
@@ -62,8 +63,9 @@ class Outbox:
             return self._put_from_thread(item)
         return self._put_local(item)
 
-    def _put_local(self, item: Item) -> bool:
-        if len(self) >= self.maxsize:
+    def _put_local(self, item: Item, in_drain: bool = False) -> bool:
+        size = self._queued_here() if in_drain else len(self)
+        if size >= self.maxsize:
             if self.strategy == "raise":
                 raise QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
             if self.strategy == "drop_newest" or not self._queue.qsize():
@@ -81,10 +83,10 @@ class Outbox:
             if self.strategy == "raise":
                 raise QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
             if self.strategy == "drop_newest":
-                self._handoff.append(item)  # counted as a drop by the hub, in order
+                self._handoff.append((item, True))  # the hub counts the drop, in order
                 self._wakeup.send()
                 return False
-        self._handoff.append(item)
+        self._handoff.append((item, False))
         self._wakeup.send()
         return True
 
@@ -92,11 +94,11 @@ class Outbox:
         # Runs in the hub as a loop callback: nothing here may block.
         handoff = self._handoff
         while handoff:
-            item = handoff.popleft()
-            if len(self) >= self.maxsize and self.strategy == "raise":
+            item, must_drop = handoff.popleft()
+            if must_drop or (self.strategy == "raise" and self._queued_here() >= self.maxsize):
                 self._on_drop(item, DROP_OVERFLOW)
                 continue
-            self._put_local(item)
+            self._put_local(item, in_drain=True)
 
     # -- the sender ----------------------------------------------------------
 
@@ -157,6 +159,9 @@ class Outbox:
         self._wakeup.stop()
         self._wakeup.close()
         return remaining
+
+    def _queued_here(self) -> int:
+        return self._queue.qsize() + len(self._inflight)
 
     def __len__(self) -> int:
         return self._queue.qsize() + len(self._inflight) + len(self._handoff)

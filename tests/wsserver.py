@@ -105,7 +105,8 @@ async def run_command(cmd: dict) -> None:
     elif name == "ping_wait":
         for ws in clients:
             try:
-                latency = await asyncio.wait_for(ws.ping(), cmd.get("timeout", 5))
+                waiter = await ws.ping()
+                latency = await asyncio.wait_for(waiter, cmd.get("timeout", 5))
                 emit(ev="pong", id=next(k for k, v in CLIENTS.items() if v is ws), latency=latency)
             except asyncio.TimeoutError:
                 emit(ev="pong_timeout")
