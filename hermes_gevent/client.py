@@ -255,9 +255,14 @@ class WebSocketClient(BaseClient):
 
         Returns how many messages were left undelivered (each counted as a drop
         with reason "stopped" and passed to on_drop). Idempotent.
+
+        Called from the hub (a signal handler in an unpatched process) or from
+        one of the client's own greenlets (a message handler), stop() cannot
+        wait for the loops it runs in: it schedules the shutdown in a new
+        greenlet and returns the number of messages queued at that moment.
         """
-        if getcurrent() is get_hub_if_exists():
-            # Called from the hub itself (a raw signal handler): we must not block here.
+        current = getcurrent()
+        if current is get_hub_if_exists() or any(current is g for g in self._loops.values()):
             gevent.spawn(self.stop, timeout)
             return len(self._outbox) if self._outbox is not None else 0
         if self._stopping:
@@ -321,11 +326,11 @@ class WebSocketClient(BaseClient):
             self._spawn_loop(name)
 
     def _current(self, generation: int) -> bool:
-        """True while a loop of run ``generation`` should go on."""
-        return generation == self._generation and not self._stopping
+        """True while a loop of run ``generation`` should go on (through stop()'s flush)."""
+        return generation == self._generation
 
     def _supervisor_loop(self, gen: int) -> None:
-        while self._current(gen):
+        while self._current(gen) and not self._stopping:
             self._wake.clear()
             self._reconnect_now = False
             if self._gave_up:
@@ -336,15 +341,15 @@ class WebSocketClient(BaseClient):
             try:
                 session = self._connect_once()
             except Exception as exc:  # every failure is classified; none kills the loop
-                if not self._current(gen):
+                if not self._current(gen) or self._stopping:
                     return
                 self._after_failure(exc, failed_attempt=True)
                 continue
-            if not self._current(gen):
+            if not self._current(gen) or self._stopping:
                 session.conn.abort()
                 return
             self._run_session(session, gen)
-            if not self._current(gen):
+            if not self._current(gen) or self._stopping:
                 return
             uptime = _now() - session.opened_at
             error = session.error or ConnectionClosed(1006, "connection lost")
@@ -574,10 +579,10 @@ class WebSocketClient(BaseClient):
             self._outbox = Outbox(s.MAX_QUEUE_SIZE, s.QUEUE_OVERFLOW_STRATEGY, self._count_drop, self._home_hub)
         return self._outbox
 
-    def _count_drop(self, item: Item, reason: str) -> None:
+    def _count_drop(self, item: Item, reason: str, *, log: bool = True) -> None:
         self.messages_dropped += 1
         self.drops_by_reason[reason] = self.drops_by_reason.get(reason, 0) + 1
-        count = self._drop_log.add(_now())
+        count = self._drop_log.add(_now()) if log else 0
         if count:
             self.log.warning(f"dropped {count} message(s) ({self._drops_text()}); see status()['messages_dropped']")
         opcode, payload = item
@@ -597,7 +602,7 @@ class WebSocketClient(BaseClient):
         remaining = outbox.close()
         self._outbox = None
         for item in remaining:
-            self._count_drop(item, DROP_STOPPED)
+            self._count_drop(item, DROP_STOPPED, log=False)  # stop() logs the total once
         return len(remaining)
 
     def _kill_loops(self, timeout: float) -> None:
@@ -666,7 +671,7 @@ def _reset_after_fork() -> None:
 
 def _stop_all_at_exit() -> None:
     for client in list(_all_clients):
-        if client._started and not client._stopping:
+        if client._started:  # also waits for a stop() already under way
             try:
                 client.stop()
             except Exception:  # interpreter exit: never raise from here
