@@ -523,6 +523,7 @@ class WebSocketClient(BaseClient):
                     session.fail(ConnectionClosed(1006, f"write failed: {exc}"))
                     break
                 self.messages_sent += outbox.ack()
+                gevent.sleep(0)  # a full queue never blocks take(): let request greenlets run
 
     def _health_loop(self, gen: int) -> None:
         while True:

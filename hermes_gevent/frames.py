@@ -184,11 +184,33 @@ def _parse_close(payload: bytes) -> Close:
     return Close(code, reason)
 
 
+#: Payloads above this are masked piece by piece, so the caller can yield between pieces.
+MASK_PIECE = 256 * 1024
+
+
 def encode_frame(opcode: int, payload: bytes) -> bytes:
     """One masked client frame, in websocket-client's ABNF format."""
     frame = ABNF(1, 0, 0, 0, opcode, 1, payload)
     frame.get_mask_key = os.urandom
     return frame.format()
+
+
+def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
+    """The same frame as ``encode_frame``, as a header then masked pieces of
+    MASK_PIECE bytes: masking 16 MB at once would hold the CPU for a long while."""
+    mask = os.urandom(4)
+    yield _header(opcode, len(payload)) + mask
+    for start in range(0, len(payload), MASK_PIECE):  # MASK_PIECE % 4 == 0: the mask stays aligned
+        yield ABNF.mask(mask, payload[start : start + MASK_PIECE])
+
+
+def _header(opcode: int, length: int) -> bytes:
+    first = 0x80 | opcode
+    if length < 126:
+        return struct.pack("!BB", first, 0x80 | length)
+    if length < 65536:
+        return struct.pack("!BBH", first, 0x80 | 126, length)
+    return struct.pack("!BBQ", first, 0x80 | 127, length)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

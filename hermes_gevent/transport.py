@@ -128,6 +128,8 @@ class Connection:
             if not data:
                 raise ConnectionClosed(frames.CLOSE_ABNORMAL, "TCP connection ended without a close frame")
             parser.feed(data)
+            # recv() does not yield while data is waiting: give other greenlets a turn per read.
+            gevent.sleep(0)
 
     def write(self, data: bytes) -> None:
         """Write already-framed bytes, whole, with no other write in between."""
@@ -137,9 +139,26 @@ class Connection:
             self.sock.sendall(data)
 
     def send_frames(self, items: list[tuple[int, bytes]]) -> None:
-        """Frame several messages and write them with one socket call."""
+        """Frame several messages and write them with as few socket calls as possible:
+        small frames joined into one write, large ones masked and written in pieces,
+        yielding to other greenlets between pieces."""
         encode = frames.encode_frame
-        self.write(b"".join([encode(opcode, payload) for opcode, payload in items]))
+        with self._write_lock:
+            if self.close_sent or self.aborted:
+                raise ConnectionClosed(frames.CLOSE_ABNORMAL, "connection is closing")
+            pending: list[bytes] = []
+            for opcode, payload in items:
+                if len(payload) <= frames.MASK_PIECE:
+                    pending.append(encode(opcode, payload))
+                    continue
+                if pending:
+                    self.sock.sendall(b"".join(pending))
+                    pending = []
+                for piece in frames.encode_frame_pieces(opcode, payload):
+                    self.sock.sendall(piece)
+                    gevent.sleep(0)
+            if pending:
+                self.sock.sendall(b"".join(pending))
 
     def ping(self, payload: bytes = b"") -> None:
         self.write(frames.encode_frame(frames.OP_PING, payload))

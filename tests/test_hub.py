@@ -1,0 +1,69 @@
+"""The gevent hub is never blocked, patched or not; the library uses no threads and no time.sleep."""
+
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+import gevent.subprocess
+import pytest
+
+import hermes_gevent
+
+from .conftest import TESTS, free_port, t
+
+#: The issue's bound: no gap between ticks over ~50 ms (scaled on slow machines).
+MAX_GAP_MS = 50
+
+
+@pytest.mark.parametrize("mode", ["patched", "unpatched"])
+def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
+    server.command(cmd="mode", echo=True, quiet=True)
+    slow = proxy_to(server.port)
+    slow.latency = 0.1  # each chunk waits: the upgrade answer takes a while
+    hang = proxy_to(server.port)
+    hang.hang_new = True
+    refused = f"ws://127.0.0.1:{free_port()}/ws"
+    proc = gevent.subprocess.Popen(
+        [sys.executable, str(TESTS / "scripts" / "hub_ticker.py"), mode, server.url, slow.url, hang.url, refused],
+        stdout=gevent.subprocess.PIPE,
+        stderr=gevent.subprocess.PIPE,
+        env={**os.environ, "HERMES_WS_LOG": "true"},
+    )
+    try:
+        out, err = proc.communicate(timeout=t(60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(t(5))
+    assert proc.returncode == 0, err.decode()[-2000:]
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["connected"] and report["echoed"] == 2001
+    assert report["slow_connected"] and report["slow_seconds"] >= 0.1
+    assert report["hang_error"] == "ConnectTimeout"
+    assert report["backoff_failures"] >= 4
+    assert report["ticks"] > 100
+    assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
+    warnings = err.decode().count("has not monkey-patched")
+    assert warnings == (1 if mode == "unpatched" else 0)  # once per process, not per client
+    print(mode, report)
+
+
+def _sources():
+    return sorted(Path(hermes_gevent.__file__).parent.glob("*.py"))
+
+
+def test_the_library_imports_no_threading_and_never_calls_time_sleep():
+    for path in _sources():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                names = []
+            assert not any(n.split(".")[0] in ("threading", "_thread") for n in names), path
+            if isinstance(node, ast.Attribute) and node.attr == "sleep":
+                assert isinstance(node.value, ast.Name) and node.value.id == "gevent", f"{path}: {ast.unparse(node)}"
