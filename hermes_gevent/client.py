@@ -111,7 +111,7 @@ class WebSocketClient(BaseClient):
         self._reset_counters()
         self.state = State.IDLE
         self._started = False
-        self._restart_after_fork = False
+        self._autostart_pending = False
         self._outbox_or_create()  # now, in the home thread: other threads may send before start()
         _all_clients.add(self)
 
@@ -154,6 +154,11 @@ class WebSocketClient(BaseClient):
         return self._started and not self._stopping
 
     @property
+    def autostart_pending(self) -> bool:
+        """True when the client waits for its first use to start (see start_on_first_use)."""
+        return self._autostart_pending
+
+    @property
     def connected(self) -> bool:
         session = self._session
         return session is not None and session.alive and self.state is State.OPEN
@@ -173,6 +178,7 @@ class WebSocketClient(BaseClient):
             self._orphans = []
         self._reset_run()
         self._outbox_or_create()
+        self._autostart_pending = False
         self._started = True
         self._stopped_event.clear()
         self.state = State.CONNECTING
@@ -182,6 +188,17 @@ class WebSocketClient(BaseClient):
         self.log.info(f"client started for {redact_url(self._safe_url())}")
         return self
 
+    def start_on_first_use(self) -> None:
+        """Do not connect now; start on the first send_message() from this process's
+        gevent thread (or from the gunicorn hooks). For apps imported before the
+        process serves (gunicorn --preload's master, a CLI)."""
+        if not self._started:
+            self._autostart_pending = True
+
+    def can_start_here(self) -> bool:
+        """True when called from the OS thread whose gevent hub runs this client."""
+        return get_hub_if_exists() is self._home_hub
+
     def send_message(self, msg: Message) -> bool:
         """Queue ``msg`` for sending; True if accepted, False if dropped.
 
@@ -190,8 +207,7 @@ class WebSocketClient(BaseClient):
         QueueFull under the "raise" strategy. Safe from any greenlet or thread.
         """
         item = self._encode(msg)
-        if self._restart_after_fork and get_hub_if_exists() is self._home_hub:
-            self._restart_after_fork = False
+        if self._autostart_pending and self.can_start_here():
             self.start()
         if self._stopping or self.state is State.STOPPED:
             self._count_drop(item, DROP_STOPPED)
@@ -654,7 +670,7 @@ class WebSocketClient(BaseClient):
         self._reset_counters()
         self.state = State.IDLE
         self._started = False
-        self._restart_after_fork = was_running
+        self._autostart_pending = was_running or self._autostart_pending
 
 
 def _iso(timestamp: Optional[float]) -> Optional[str]:
@@ -663,6 +679,11 @@ def _iso(timestamp: Optional[float]) -> Optional[str]:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def all_clients() -> list["WebSocketClient"]:
+    """Every client alive in this process (for server hooks)."""
+    return list(_all_clients)
 
 
 def _reset_after_fork() -> None:

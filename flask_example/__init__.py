@@ -1,0 +1,83 @@
+"""flask_example: a small real app on hermes_gevent.
+
+    python -m flask_example                                      everything, one process
+    gunicorn -c flask_example/gunicorn.conf.py flask_example.wsgi:app   gevent workers
+
+Routes: ``/`` (status and the last messages, refreshing itself),
+``POST /notify`` (send a message from the request handler), ``GET /status``
+(JSON), ``GET /messages`` (JSON), and ``/healthz`` (the extension's health
+endpoint).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+from flask import Flask, current_app, jsonify, render_template, request
+
+from hermes_gevent import WebSocketClient
+from hermes_gevent.flask import Hermes
+
+
+class ExampleClient(WebSocketClient):
+    """Every gunicorn worker connects with the same identifier; the pid tells them apart."""
+
+    def headers(self):
+        return {**super().headers(), "X-Worker-Pid": str(os.getpid())}
+
+
+hermes = Hermes(client_class=ExampleClient)
+INBOX_SIZE = 50
+
+
+@hermes.on_message
+def remember(message):
+    """Runs inside an app context for every message the server sends."""
+    inbox = current_app.extensions["example_inbox"]
+    if isinstance(message, bytes):
+        text = f"<{len(message)} bytes>"
+    else:
+        try:
+            data = json.loads(message)
+            text = f"{data.get('operation', '?')}: {data.get('message', message)}"
+        except (ValueError, AttributeError):
+            text = message
+    inbox.appendleft({"at": time.strftime("%H:%M:%S"), "message": text})
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.setdefault("HERMES_HEALTH_PATH", "/healthz")
+    app.config.setdefault("HERMES_WS_IDENTIFIER", os.environ.get("HERMES_WS_IDENTIFIER", "flask-example"))
+    if config:
+        app.config.update(config)
+    app.extensions["example_inbox"] = collections.deque(maxlen=INBOX_SIZE)
+    hermes.init_app(app)
+
+    @app.get("/")
+    def index():
+        return render_template("index.html")
+
+    @app.post("/notify")
+    def notify():
+        payload = request.get_json(silent=True) or request.form
+        text = (payload.get("message") or "").strip()
+        if not text:
+            return jsonify(error="give a non-empty 'message'"), 400
+        accepted = current_app.hermes.send_message(
+            {"operation": "notification", "message": text, "worker": os.getpid()}
+        )
+        return jsonify(accepted=accepted, queue_size=current_app.hermes.status()["queue_size"]), 202
+
+    @app.get("/status")
+    def status():
+        return jsonify(pid=os.getpid(), **current_app.hermes.status())
+
+    @app.get("/messages")
+    def messages():
+        return jsonify(list(current_app.extensions["example_inbox"]))
+
+    return app

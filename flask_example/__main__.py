@@ -1,0 +1,50 @@
+"""``python -m flask_example``: the app on gevent's WSGI server, plus a demo
+message server when HERMES_WS_URL is not set. Everything listens on 127.0.0.1."""
+
+from gevent import monkey
+
+monkey.patch_all()  # first, before anything imports socket or ssl
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+from dotenv import load_dotenv  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+
+def main() -> int:
+    load_dotenv(Path.cwd() / ".env")
+    demo = None
+    if not os.environ.get("HERMES_WS_URL"):
+        from flask_example.demo_server import DemoServer
+
+        demo = DemoServer(port=int(os.environ.get("DEMO_WS_PORT", "0"))).start()
+        os.environ["HERMES_WS_URL"] = demo.url
+        print(f"demo message server: {demo.url}", flush=True)
+
+    from flask_example import create_app
+
+    app = create_app()
+    http = WSGIServer(("127.0.0.1", int(os.environ.get("PORT", "5000"))), app, log=None)
+    http.start()
+    host, port = http.address[:2]
+    print(f"flask_example running: open http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+
+    stopping = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    stopping.wait()
+    http.stop(timeout=2)
+    undelivered = app.hermes.stop()
+    if demo is not None:
+        demo.stop()
+    print(f"stopped ({undelivered} message(s) undelivered)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The Flask extension: ``hermes.init_app(app)``, then ``current_app.hermes``.
+
+One client per app (not the class singleton: several apps in one process
+each get their own). Settings come from ``app.config`` with the ``HERMES_``
+prefix. When the process is already gevent-patched (a gunicorn gevent worker
+imports the app after patching) the client starts in ``init_app``. When it is
+not (``gunicorn --preload`` imports the app in the master before forking;
+``flask run``), nothing connects until the process actually serves: the
+client starts on first use, on the first request, or from the gunicorn hooks
+in ``hermes_gevent.gunicorn``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+import click
+import gevent
+import gevent.monkey
+import gevent.pool
+from flask import Flask, current_app, jsonify
+from flask.cli import AppGroup
+from flask.signals import Namespace
+
+from . import transport
+from .client import WebSocketClient
+from .logs import env_flag, redact_url
+from .settings import Settings
+
+_signals = Namespace()
+#: Sent with the app as sender. Receivers get keyword arguments as named.
+connected = _signals.signal("hermes-connected")
+disconnected = _signals.signal("hermes-disconnected")  # code, reason
+message_received = _signals.signal("hermes-message-received")  # message
+message_dropped = _signals.signal("hermes-message-dropped")  # message, reason
+gave_up = _signals.signal("hermes-gave-up")  # error
+
+EXTENSION_KEY = "hermes"
+#: Alerts that do not make the health endpoint answer 503: a quiet server is not a sick worker.
+BENIGN_ALERTS = frozenset({"no_messages"})
+
+
+class Config:
+    """The app.config keys the extension reads (every client setting also has HERMES_<SETTING>)."""
+
+    URL = "HERMES_WS_URL"
+    IDENTIFIER = "HERMES_WS_IDENTIFIER"
+    LOG = "HERMES_WS_LOG"
+    AUTOSTART = "HERMES_AUTOSTART"
+    HANDLER_POOL_SIZE = "HERMES_HANDLER_POOL_SIZE"
+    HEALTH_PATH = "HERMES_HEALTH_PATH"
+
+    @staticmethod
+    def setting_key(name: str) -> str:
+        return f"HERMES_{name}"
+
+
+class _AppState:
+    """What the extension keeps per app, in app.extensions["hermes"]."""
+
+    def __init__(self, ext: "Hermes", app: Flask, client: WebSocketClient, autostart: bool) -> None:
+        self.ext = ext
+        self.app_ref = weakref.ref(app)
+        self.client = client
+        self.autostart = autostart
+        self.pool: Optional[gevent.pool.Pool] = None
+        self.warned_cannot_start = False
+
+
+#: Every app state in this process, for the gunicorn hooks and exit handling.
+_states: "weakref.WeakSet[_AppState]" = weakref.WeakSet()
+
+
+class Hermes:
+    """``Hermes(app=None, client_class=WebSocketClient)`` - see the README's Flask section."""
+
+    def __init__(self, app: Optional[Flask] = None, client_class: type[WebSocketClient] = WebSocketClient) -> None:
+        self.client_class = client_class
+        self._handlers: list[Callable[[Any], None]] = []
+        if app is not None:
+            self.init_app(app)
+
+    def on_message(self, func: Callable[[Any], None]) -> Callable[[Any], None]:
+        """Decorator: ``func(message)`` runs for every message, inside an app context."""
+        self._handlers.append(func)
+        return func
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("Hermes is already initialized on this app; call init_app() once per app.")
+        config = app.config
+        config.setdefault(Config.URL, os.environ.get(Config.URL))
+        config.setdefault(Config.IDENTIFIER, os.environ.get(Config.IDENTIFIER))
+        config.setdefault(Config.LOG, env_flag(os.environ.get(Config.LOG)))
+        config.setdefault(Config.AUTOSTART, True)
+        config.setdefault(Config.HANDLER_POOL_SIZE, 0)
+        config.setdefault(Config.HEALTH_PATH, None)
+        for name in Settings.names():
+            config.setdefault(Config.setting_key(name), getattr(self.client_class, name))
+
+        state_box: dict[str, _AppState] = {}
+        client = self.client_class(
+            url=config[Config.URL] or None,
+            identifier=config[Config.IDENTIFIER] or None,
+            log=bool(config[Config.LOG]),
+            name=f"{self.client_class.__name__}[{app.name}]",
+            on_message=lambda msg: self._dispatch(state_box["state"], msg),
+            on_open=lambda: connected.send(app),
+            on_close=lambda code, reason: disconnected.send(app, code=code, reason=reason),
+            on_drop=lambda msg, reason: message_dropped.send(app, message=msg, reason=reason),
+            on_give_up=lambda exc: gave_up.send(app, error=exc),
+            **{name.lower(): config[Config.setting_key(name)] for name in Settings.names()},
+        )  # ConfigError here for a bad setting
+        transport.parse_ws_url(client.url())  # and here for a missing or non-ws URL
+        pool_size = int(config[Config.HANDLER_POOL_SIZE] or 0)
+
+        state = _AppState(self, app, client, bool(config[Config.AUTOSTART]))
+        if pool_size > 0:
+            state.pool = gevent.pool.Pool(pool_size)
+        state_box["state"] = state
+        app.extensions[EXTENSION_KEY] = state
+        app.hermes = client  # current_app.hermes
+        _states.add(state)
+
+        app.cli.add_command(_cli)
+        if config[Config.HEALTH_PATH]:
+            app.add_url_rule(config[Config.HEALTH_PATH], "hermes_health", _health_view)
+        app.before_request(lambda: _start_if_serving(state))
+
+        if state.autostart:
+            if gevent.monkey.is_module_patched("socket"):
+                client.start()
+            else:
+                client.start_on_first_use()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _dispatch(self, state: _AppState, message: Any) -> None:
+        if state.pool is not None:
+            state.pool.spawn(self._run_handlers, state, message)  # waits while the pool is full
+        else:
+            self._run_handlers(state, message)
+
+    def _run_handlers(self, state: _AppState, message: Any) -> None:
+        app = state.app_ref()
+        if app is None:
+            return
+        with app.app_context():
+            message_received.send(app, message=message)
+            for handler in self._handlers:
+                try:
+                    handler(message)
+                except Exception:
+                    client = state.client
+                    client.handler_errors += 1
+                    client.log.error(
+                        f"message handler {getattr(handler, '__name__', handler)!s} raised "
+                        f"(error #{client.handler_errors}); the next handlers still run",
+                        exc_info=True,
+                    )
+
+
+def get_client(app: Optional[Flask] = None) -> WebSocketClient:
+    """The client of ``app`` (default: the current app)."""
+    app = app or current_app
+    return app.extensions[EXTENSION_KEY].client
+
+
+def _start_if_serving(state: _AppState) -> None:
+    """before_request: the first request shows this process is the one serving."""
+    client = state.client
+    if not state.autostart or client.running or client.state.value == "stopped":
+        return
+    if client.can_start_here():
+        client.start()
+    elif not state.warned_cannot_start:
+        state.warned_cannot_start = True
+        client.log.error(
+            "cannot start here: this process is not gevent-patched and requests run in OS threads, "
+            "where no gevent hub runs; call gevent.monkey.patch_all() before importing the app, "
+            "or serve it with gevent (gunicorn -k gevent, gevent.pywsgi)"
+        )
+
+
+def _health_view():
+    client = get_client()
+    status = client.status()
+    alerts = {a["name"] for a in status["alerts"]}
+    healthy = status["connected"] and not (alerts - BENIGN_ALERTS)
+    status["healthy"] = bool(healthy)
+    return jsonify(status), 200 if healthy else 503
+
+
+# -- CLI: flask hermes check | send ------------------------------------------------------
+
+# AppGroup runs each command inside the app's context.
+_cli = AppGroup("hermes", help="Check or use the app's WebSocket connection.")
+
+
+@_cli.command("check", help="Connect with the app's configuration and measure a ping round trip.")
+@click.option("--timeout", default=None, type=float, help="Seconds (default: HERMES_CONNECT_TIMEOUT).")
+def _check(timeout: Optional[float]) -> None:
+    client = get_client()
+    url = client.url()
+    timeout = timeout or client.settings.CONNECT_TIMEOUT
+    shown = redact_url(url)
+    began = time.monotonic()
+    try:
+        conn = transport.connect(url, client.headers(), timeout=timeout,
+                                 max_message_size=client.settings.MAX_MESSAGE_SIZE,
+                                 ssl_context=client.ssl_context or (
+                                     transport.default_ssl_context(client.ca_file) if client.ca_file else None))
+    except Exception as exc:
+        raise click.ClickException(f"handshake with {shown} failed: {client.log.redact(str(exc)) or type(exc).__name__}")
+    handshake_ms = (time.monotonic() - began) * 1000
+    try:
+        sent = time.monotonic()
+        conn.ping(b"hermes-check")
+        with gevent.Timeout(timeout, False):
+            for event in conn.events():
+                if type(event).__name__ == "Pong":
+                    rtt_ms = (time.monotonic() - sent) * 1000
+                    click.echo(f"OK: connected to {shown} (handshake {handshake_ms:.1f} ms, ping round trip {rtt_ms:.1f} ms)")
+                    return
+        raise click.ClickException(f"connected to {shown}, but no pong within {timeout:g}s")
+    finally:
+        conn.send_close(1000, "check done")
+        conn.abort()
+
+
+@_cli.command("send", help="Send one message and wait until it is written.")
+@click.argument("message")
+@click.option("--timeout", default=10.0, type=float, show_default=True)
+def _send(message: str, timeout: float) -> None:
+    client = get_client()
+    if not client.running:
+        client.start()
+    if not client.wait_until_connected(timeout):
+        client.stop(1)
+        raise click.ClickException(f"not connected to {redact_url(client.url())} within {timeout:g}s")
+    client.send_message(message)
+    written = client.flush(timeout)
+    client.stop(timeout)
+    if not written:
+        raise click.ClickException(f"message not written within {timeout:g}s")
+    click.echo(f"sent {len(message)} characters to {redact_url(client.url())}")
