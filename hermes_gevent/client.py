@@ -539,7 +539,7 @@ class WebSocketClient(BaseClient):
                     session.fail(ConnectionClosed(1006, f"write failed: {exc}"))
                     break
                 self.messages_sent += outbox.ack()
-                gevent.sleep(0)  # a full queue never blocks take(): let request greenlets run
+                gevent.idle()  # a full queue never blocks take(): let timers and I/O run first
 
     def _health_loop(self, gen: int) -> None:
         while True:

@@ -128,8 +128,9 @@ class Connection:
             if not data:
                 raise ConnectionClosed(frames.CLOSE_ABNORMAL, "TCP connection ended without a close frame")
             parser.feed(data)
-            # recv() does not yield while data is waiting: give other greenlets a turn per read.
-            gevent.sleep(0)
+            # recv() does not yield while data is waiting: let timers and other I/O run per read
+            # (idle, not sleep(0): a chain of sleep(0) callbacks can starve timers for tens of ms).
+            gevent.idle()
 
     def write(self, data: bytes) -> None:
         """Write already-framed bytes, whole, with no other write in between."""
@@ -156,7 +157,7 @@ class Connection:
                     pending = []
                 for piece in frames.encode_frame_pieces(opcode, payload):
                     self.sock.sendall(piece)
-                    gevent.sleep(0)
+                    gevent.idle()
             if pending:
                 self.sock.sendall(b"".join(pending))
 

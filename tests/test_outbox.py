@@ -1,0 +1,70 @@
+"""The outbox on its own: batches, acknowledgement, re-delivery of a failed batch, hand-off."""
+
+import gevent
+import gevent.threadpool
+
+from hermes_gevent.outbox import Outbox
+
+
+def make(maxsize=100, strategy="drop_oldest"):
+    drops = []
+    return Outbox(maxsize, strategy, lambda item, reason: drops.append((item, reason))), drops
+
+
+def item(n):
+    return (1, f"m-{n}".encode())
+
+
+def test_an_unacknowledged_batch_is_taken_again_first_and_in_order():
+    box, _ = make()
+    for n in range(5):
+        box.put(item(n))
+    first = box.take(max_items=3, max_bytes=1 << 20, timeout=0)
+    assert first == [item(0), item(1), item(2)]
+    box.put(item(5))
+    # the write of `first` failed: no ack, so the same batch comes back, before anything newer
+    assert box.take(max_items=3, max_bytes=1 << 20, timeout=0) == first
+    assert len(box) == 6
+    assert box.ack() == 3
+    assert box.take(max_items=10, max_bytes=1 << 20, timeout=0) == [item(3), item(4), item(5)]
+    box.ack()
+    assert len(box) == 0 and box.wait_empty(0)
+
+
+def test_batches_respect_the_byte_budget():
+    box, _ = make()
+    for n in range(10):
+        box.put((2, b"x" * 400))
+    assert len(box.take(max_items=100, max_bytes=1000, timeout=0)) == 3  # stops once past 1000 bytes
+
+
+def test_drop_oldest_never_drops_the_batch_in_flight():
+    box, drops = make(maxsize=3)
+    for n in range(3):
+        box.put(item(n))
+    batch = box.take(max_items=2, max_bytes=1 << 20, timeout=0)
+    box.put(item(3))  # full: the oldest *queued* one goes, not the batch being written
+    assert drops == [(item(2), "overflow")]
+    assert batch == [item(0), item(1)]
+
+
+def test_take_waits_for_a_message_and_times_out():
+    box, _ = make()
+    assert box.take(1, 1 << 20, timeout=0.01) == []
+    gevent.spawn_later(0.01, box.put, item(7))
+    assert box.take(1, 1 << 20, timeout=2) == [item(7)]
+
+
+def test_hand_off_from_an_os_thread_keeps_order():
+    box, _ = make(maxsize=10_000)
+    pool = gevent.threadpool.ThreadPool(1)
+    pool.spawn(lambda: [box.put(item(n)) for n in range(1000)]).get(timeout=10)
+    pool.kill()
+    assert box.wait_empty(0) is False  # queued, not yet written
+    taken = []
+    while len(taken) < 1000:
+        batch = box.take(max_items=100, max_bytes=1 << 20, timeout=2)
+        assert batch
+        taken += batch
+        box.ack()
+    assert taken == [item(n) for n in range(1000)]
