@@ -78,6 +78,8 @@ class Session:
         self.opened_at = _now()
         self.last_frame_at = self.opened_at
         self.ping_sent_at: Optional[float] = None
+        self.handler_since: Optional[float] = None  # set while the reader runs handle_message
+        self.slow_handler_warned: Optional[float] = None
         self.lost = gevent.event.Event()
         self.error: Optional[BaseException] = None
 
@@ -427,8 +429,19 @@ class WebSocketClient(BaseClient):
             now = _now()
             sent = session.ping_sent_at
             if sent is not None and session.last_frame_at < sent and now - sent >= ping_timeout:
-                session.fail(PingTimeout(f"no frame for {ping_timeout:g}s after a ping"))
-                return
+                busy_since = session.handler_since
+                if busy_since is None:
+                    session.fail(PingTimeout(f"no frame for {ping_timeout:g}s after a ping"))
+                    return
+                # The reader is inside handle_message: the pong may be waiting unread. Judge the
+                # link again PING_TIMEOUT from now instead of killing a healthy connection.
+                if session.slow_handler_warned != busy_since:
+                    session.slow_handler_warned = busy_since
+                    self.log.warning(
+                        f"handle_message has been running for {now - busy_since:.1f}s: reading and pong "
+                        "replies are paused (hand long work to a greenlet or HERMES_HANDLER_POOL_SIZE)"
+                    )
+                session.ping_sent_at = sent = now
             if now >= next_ping:
                 if sent is None or session.last_frame_at >= sent:
                     session.ping_sent_at = now  # the oldest unanswered ping starts the clock
@@ -492,7 +505,11 @@ class WebSocketClient(BaseClient):
             for event in conn.events():
                 session.last_frame_at = _now()
                 if isinstance(event, frames.Message):
-                    self._dispatch(event.data)
+                    session.handler_since = session.last_frame_at
+                    try:
+                        self._dispatch(event.data)
+                    finally:
+                        session.handler_since = None
                 elif isinstance(event, frames.Ping):
                     conn.pong(event.payload)
                 elif isinstance(event, frames.Close):

@@ -125,3 +125,22 @@ def test_one_writer_large_messages_during_a_ping_flood_arrive_intact(make_client
         assert len(server.of("connect")) == 1
     finally:
         server.stop()
+
+
+def test_a_slow_handler_is_not_mistaken_for_a_dead_connection(server, make_client, caplog_hermes):
+    got = []
+
+    def slow(msg):
+        gevent.sleep(t(1.0))  # far longer than PING_TIMEOUT; cooperative, so pings still go out
+        got.append(msg)
+
+    errors = []
+    client = make_client(url=server.url, on_message=slow, ping_interval=t(0.1), ping_timeout=t(0.2),
+                         on_error=errors.append)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    server.command(cmd="push", n=2)
+    wait_until(lambda: len(got) == 2, t(5), "both slow messages")
+    gevent.sleep(t(0.5))  # and the link is judged healthy again once reading resumes
+    assert client.connected and not errors and len(server.of("connect")) == 1
+    assert any("handle_message has been running" in r.getMessage() for r in caplog_hermes.records)
