@@ -195,3 +195,16 @@ def make_client():
 def caplog_hermes(caplog):
     caplog.set_level(logging.DEBUG, logger="hermes_gevent")
     return caplog
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the fault matrix's message accounting as one table at the end of the run."""
+    from .faults.accounting import RESULTS, format_table
+
+    if RESULTS:
+        terminalreporter.write_sep("=", "message accounting (fault matrix)")
+        terminalreporter.write_line(format_table(RESULTS))
+        path = os.environ.get("HERMES_FAULTS_JSON")
+        if path:
+            with open(path, "w") as out:
+                json.dump([r.row() for r in RESULTS], out, indent=2)
