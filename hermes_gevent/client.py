@@ -73,8 +73,9 @@ def _now() -> float:
 class Session:
     """One live connection and what the loops learn about it."""
 
-    def __init__(self, conn: transport.Connection) -> None:
+    def __init__(self, conn: transport.Connection, on_unacknowledged: Any = None) -> None:
         self.conn = conn
+        self._on_unacknowledged = on_unacknowledged
         self.opened_at = _now()
         self.last_frame_at = self.opened_at
         self.ping_sent_at: Optional[float] = None
@@ -84,10 +85,16 @@ class Session:
         self.error: Optional[BaseException] = None
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the connection dead with ``exc`` (first cause wins) and close its socket."""
+        """Mark the connection dead with ``exc`` (first cause wins) and close its socket.
+
+        After an abrupt end (no close handshake), the messages whose bytes the peer's
+        TCP never acknowledged are handed back to be sent again before the socket goes.
+        """
         if not self.lost.is_set():
             self.error = exc
             self.lost.set()
+            if _is_abrupt(exc) and self._on_unacknowledged is not None:
+                self._on_unacknowledged(self.conn.unacknowledged())
         self.conn.abort()
 
     @property
@@ -391,7 +398,7 @@ class WebSocketClient(BaseClient):
             max_message_size=self.settings.MAX_MESSAGE_SIZE,
             ssl_context=ssl_context,
         )
-        return Session(conn)
+        return Session(conn, self._requeue_unacknowledged)
 
     def _run_session(self, session: Session, gen: int) -> None:
         """Publish a live session, watch it until it is lost, then unpublish it."""
@@ -410,6 +417,8 @@ class WebSocketClient(BaseClient):
             self._watch(session)
         finally:
             session.fail(session.error or ConnectionClosed(1006, "connection lost"))
+            if self._outbox is not None:
+                self._outbox.wake()  # the sender may be waiting for a message on the dead session
             if gen == self._generation:
                 self._connected_event.clear()
         if gen != self._generation:
@@ -453,6 +462,13 @@ class WebSocketClient(BaseClient):
             if sent is not None and session.last_frame_at < sent:
                 wake_at = min(wake_at, sent + ping_timeout)
             session.lost.wait(max(0.0, wake_at - now))
+
+    def _requeue_unacknowledged(self, items: list) -> None:
+        outbox = self._outbox
+        if items and outbox is not None:
+            outbox.requeue_front(items)
+            self.messages_sent -= len(items)
+            self.log.info(f"{len(items)} message(s) the server's TCP never acknowledged will be sent again")
 
     def _send_ping(self, session: Session) -> None:
         try:
@@ -548,12 +564,16 @@ class WebSocketClient(BaseClient):
                 batch = outbox.take(MAX_BATCH_ITEMS, MAX_BATCH_BYTES, timeout=None)
                 if not session.alive:
                     break  # the batch stays in flight and goes out first on the next session
+                if not batch:
+                    continue  # woken without a message (a resend was queued, or the session ended)
                 try:
                     session.conn.send_frames(batch)
-                except ConnectionClosed:
-                    break
-                except OSError as exc:
-                    session.fail(ConnectionClosed(1006, f"write failed: {exc}"))
+                except transport.WriteFailed as exc:
+                    # What reached the kernel is the ledger's to judge (see Session.fail); where
+                    # acknowledgements cannot be tracked, the whole batch goes again.
+                    written = exc.handed if session.conn.tracks_acks else 0
+                    self.messages_sent += outbox.settle(batch, written)
+                    session.fail(exc)
                     break
                 self.messages_sent += outbox.ack()
                 gevent.idle()  # a full queue never blocks take(): let timers and I/O run first
@@ -688,6 +708,11 @@ class WebSocketClient(BaseClient):
         self.state = State.IDLE
         self._started = False
         self._autostart_pending = was_running or self._autostart_pending
+
+
+def _is_abrupt(exc: BaseException) -> bool:
+    """A connection that ended without a close handshake: unacknowledged data is suspect."""
+    return isinstance(exc, PingTimeout) or (isinstance(exc, ConnectionClosed) and exc.code == 1006)
 
 
 def _iso(timestamp: Optional[float]) -> Optional[str]:

@@ -7,9 +7,11 @@ in CPython - and wakes the hub through a loop ``async`` watcher, whose
 ``send()`` is the one gevent call documented as safe from another thread; the
 hub then moves those messages into the queue in arrival order.
 
-The sender takes a batch, writes it, then ``ack()``s it. A batch whose write
-failed stays in flight and is taken again first, so a failed write neither
-loses nor reorders messages.
+The sender takes a batch, writes it, then ``settle()``s the part that reached
+the kernel. What did not stays in flight and is taken again first; messages
+the peer's TCP never acknowledged before an abrupt failure come back through
+``requeue_front()`` and go out before everything else. So a failed write
+neither loses nor reorders messages.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ Item = tuple[int, bytes]
 DropSink = Callable[[Item, str], None]
 
 DROP_OVERFLOW = "overflow"
+_WAKE = None  # a marker in the queue that only ends a waiting take()
 DROP_STOPPED = "stopped"
 
 
@@ -44,6 +47,8 @@ class Outbox:
         self._hub = hub or gevent.get_hub()
         self._queue: Queue = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
         self._inflight: list[Item] = []
+        self._redo: collections.deque[Item] = collections.deque()  # to resend before _inflight
+        self._wakes = 0  # _WAKE markers in the queue (not messages)
         self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
         self._wakeup.ref = False  # a pending hand-off must not keep the loop alive on its own
@@ -68,10 +73,11 @@ class Outbox:
         if size >= self.maxsize:
             if self.strategy == "raise":
                 raise QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
-            if self.strategy == "drop_newest" or not self._queue.qsize():
+            oldest = self._pop_oldest() if self.strategy == "drop_oldest" else None
+            if oldest is None:
                 self._on_drop(item, DROP_OVERFLOW)
                 return False
-            self._on_drop(self._queue.get_nowait(), DROP_OVERFLOW)
+            self._on_drop(oldest, DROP_OVERFLOW)
         self._queue.put_nowait(item)
         self._empty.clear()
         return True
@@ -103,31 +109,56 @@ class Outbox:
     # -- the sender ----------------------------------------------------------
 
     def take(self, max_items: int, max_bytes: int, timeout: Optional[float]) -> list[Item]:
-        """The batch to write next: the unacknowledged one if any, else up to
-        ``max_items``/``max_bytes`` queued items (waiting up to ``timeout`` for one)."""
-        if self._inflight:
-            return self._inflight
-        try:
-            first = self._queue.get(timeout=timeout)
-        except Empty:
-            return []
-        batch = [first]
-        size = len(first[1])
-        queue = self._queue
-        while len(batch) < max_items and size < max_bytes and queue.qsize():
-            item = queue.get_nowait()
-            batch.append(item)
-            size += len(item[1])
-        self._inflight = batch
-        return batch
+        """The batch to write next: messages to resend first, then the unwritten rest of
+        the last batch, else up to ``max_items``/``max_bytes`` queued messages (waiting
+        up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch)."""
+        if not self._redo and not self._inflight:
+            try:
+                first = self._queue.get(timeout=timeout)
+            except Empty:
+                return []
+            batch: list[Item] = []
+            size = 0
+            queue = self._queue
+            while True:
+                if first is _WAKE:
+                    self._wakes -= 1
+                else:
+                    batch.append(first)
+                    size += len(first[1])
+                if len(batch) >= max_items or size >= max_bytes or not queue.qsize():
+                    break
+                first = queue.get_nowait()
+            self._inflight = batch
+        if self._redo:
+            self._inflight = list(self._redo) + self._inflight
+            self._redo.clear()
+        return self._inflight
+
+    def wake(self) -> None:
+        """End a take() that is waiting for a message (it returns what is pending, maybe nothing)."""
+        self._wakes += 1
+        self._queue.put_nowait(_WAKE)
+
+    def settle(self, batch: list[Item], written: int) -> int:
+        """The first ``written`` items of ``batch`` (the list take() returned) reached
+        the kernel: forget them, keep the rest in flight; return ``written``."""
+        if batch is self._inflight:
+            del batch[:written]
+        if not (self._inflight or self._redo or self._queue.qsize() > self._wakes or self._handoff):
+            self._empty.set()
+        return written
 
     def ack(self) -> int:
-        """The in-flight batch was written: forget it; return its length."""
-        count = len(self._inflight)
-        self._inflight = []
-        if not self._queue.qsize() and not self._handoff:
-            self._empty.set()
-        return count
+        """The whole in-flight batch was written; return its length."""
+        return self.settle(self._inflight, len(self._inflight))
+
+    def requeue_front(self, items: list[Item]) -> None:
+        """Messages written but never acknowledged by the peer: send them again, first."""
+        if items:
+            self._redo.extend(items)
+            self._empty.clear()
+            self.wake()
 
     def wait_empty(self, timeout: Optional[float]) -> bool:
         """True once nothing is queued or in flight (within ``timeout``)."""
@@ -151,17 +182,30 @@ class Outbox:
         everything still held, oldest first."""
         self.closed = True
         self._drain_handoff()
-        remaining = list(self._inflight)
+        remaining = list(self._redo) + list(self._inflight)
+        self._redo.clear()
         self._inflight = []
-        while self._queue.qsize():
-            remaining.append(self._queue.get_nowait())
+        while True:
+            item = self._pop_oldest()
+            if item is None:
+                break
+            remaining.append(item)
         self._empty.set()
         self._wakeup.stop()
         self._wakeup.close()
         return remaining
 
+    def _pop_oldest(self) -> Optional[Item]:
+        """The oldest queued message (never one in flight or to resend), or None."""
+        while self._queue.qsize():
+            item = self._queue.get_nowait()
+            if item is not _WAKE:
+                return item
+            self._wakes -= 1
+        return None
+
     def _queued_here(self) -> int:
-        return self._queue.qsize() + len(self._inflight)
+        return self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo)
 
     def __len__(self) -> int:
-        return self._queue.qsize() + len(self._inflight) + len(self._handoff)
+        return self._queued_here() + len(self._handoff)

@@ -9,8 +9,10 @@ ping, pong, close - behind one gevent lock, so frames never interleave.
 
 from __future__ import annotations
 
+import collections
 import socket as _stdlib_socket
 import ssl as _stdlib_ssl
+import struct
 from typing import Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -21,6 +23,12 @@ import gevent.ssl
 import websocket
 
 from . import frames
+
+try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    fcntl = termios = None
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
 
 READ_SIZE = 256 * 1024
@@ -106,6 +114,55 @@ def _upgrade(sock, url: str, headers: Mapping[str, str]) -> None:
         ws.sock = None  # the socket is ours from here on; websocket-client must not close it
 
 
+class WriteFailed(ConnectionClosed):
+    """A write failed after the first ``handed`` items of the batch reached the kernel whole."""
+
+    def __init__(self, handed: int, reason: str) -> None:
+        self.handed = handed
+        super().__init__(frames.CLOSE_ABNORMAL, reason)
+
+
+def _kernel_send_limit() -> int:
+    """The most bytes a TCP send queue can hold here (Linux: tcp_wmem's maximum)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 2**20
+
+
+_SEND_LIMIT = _kernel_send_limit()
+
+
+class _KernelLedger:
+    """The last writes handed to the kernel, newest last, so that after an abrupt
+    failure the messages TCP never acknowledged can be told apart (Linux TIOCOUTQ:
+    bytes in the send queue not yet acknowledged by the peer)."""
+
+    def __init__(self, limit: int) -> None:
+        self.entries: collections.deque = collections.deque()  # (item or None, bytes in kernel)
+        self.size = 0
+        self.limit = limit
+
+    def record(self, item, nbytes: int) -> None:
+        self.entries.append((item, nbytes))
+        self.size += nbytes
+        while self.size > self.limit and len(self.entries) > 1:
+            self.size -= self.entries.popleft()[1]
+
+    def unacknowledged(self, outq: int) -> list:
+        """The messages (oldest first) covering the last ``outq`` bytes written."""
+        items = []
+        for item, nbytes in reversed(self.entries):
+            if outq <= 0:
+                break
+            if item is not None:
+                items.append(item)
+            outq -= nbytes
+        items.reverse()
+        return items
+
+
 class Connection:
     """An open WebSocket connection. Reads from one greenlet; writes from any."""
 
@@ -113,6 +170,9 @@ class Connection:
         self.sock = sock
         self.parser = frames.FrameParser(max_message_size)
         self._write_lock = gevent.lock.Semaphore()
+        self._ledger = _KernelLedger(_SEND_LIMIT)
+        # TLS records do not map byte for byte onto frames: no unacknowledged count there.
+        self.tracks_acks = not isinstance(sock, _stdlib_ssl.SSLSocket) and hasattr(termios, "TIOCOUTQ")
         self.close_sent = False
         self.aborted = False
 
@@ -132,34 +192,77 @@ class Connection:
             # (idle, not sleep(0): a chain of sleep(0) callbacks can starve timers for tens of ms).
             gevent.idle()
 
+    def _check_open(self) -> None:
+        if self.close_sent or self.aborted:
+            raise WriteFailed(0, "connection is closing")
+
     def write(self, data: bytes) -> None:
-        """Write already-framed bytes, whole, with no other write in between."""
+        """Write one control frame, whole, with no other write in between."""
         with self._write_lock:
-            if self.close_sent or self.aborted:
-                raise ConnectionClosed(frames.CLOSE_ABNORMAL, "connection is closing")
-            self.sock.sendall(data)
+            self._check_open()
+            self._send([(None, data)])
 
     def send_frames(self, items: list[tuple[int, bytes]]) -> None:
         """Frame several messages and write them with as few socket calls as possible:
         small frames joined into one write, large ones masked and written in pieces,
-        yielding to other greenlets between pieces."""
+        yielding to other greenlets between pieces. Raises WriteFailed(handed)."""
         encode = frames.encode_frame
         with self._write_lock:
-            if self.close_sent or self.aborted:
-                raise ConnectionClosed(frames.CLOSE_ABNORMAL, "connection is closing")
-            pending: list[bytes] = []
-            for opcode, payload in items:
-                if len(payload) <= frames.MASK_PIECE:
-                    pending.append(encode(opcode, payload))
-                    continue
+            self._check_open()
+            handed = 0
+            try:
+                pending: list[tuple[object, bytes]] = []
+                for item in items:
+                    opcode, payload = item
+                    if len(payload) <= frames.MASK_PIECE:
+                        pending.append((item, encode(opcode, payload)))
+                        continue
+                    if pending:
+                        handed += self._send(pending)
+                        pending = []
+                    pieces = list(frames.encode_frame_pieces(opcode, payload))
+                    for index, piece in enumerate(pieces):
+                        last = index == len(pieces) - 1
+                        self._send([(item if last else None, piece)])
+                        gevent.idle()
+                    handed += 1
                 if pending:
-                    self.sock.sendall(b"".join(pending))
-                    pending = []
-                for piece in frames.encode_frame_pieces(opcode, payload):
-                    self.sock.sendall(piece)
-                    gevent.idle()
-            if pending:
-                self.sock.sendall(b"".join(pending))
+                    handed += self._send(pending)
+            except _Partial as partial:
+                raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
+
+    def _send(self, entries: list[tuple[object, bytes]]) -> int:
+        """Write the entries' bytes in order, recording in the ledger what reached the
+        kernel; returns how many entries were handed over (all, unless it raises _Partial)."""
+        data = entries[0][1] if len(entries) == 1 else b"".join([d for _, d in entries])
+        view = memoryview(data)
+        total, offset, index, entry_start = len(data), 0, 0, 0
+        ledger, send = self._ledger, self.sock.send
+        try:
+            while offset < total:
+                offset += send(view[offset:])
+                while index < len(entries) and entry_start + len(entries[index][1]) <= offset:
+                    ledger.record(entries[index][0], len(entries[index][1]))
+                    entry_start += len(entries[index][1])
+                    index += 1
+        except OSError as exc:
+            if offset > entry_start:
+                # Part of a frame reached the kernel: its bytes count, but the message stays
+                # with the caller - an incomplete frame is never delivered, so it must go again.
+                ledger.record(None, offset - entry_start)
+            raise _Partial(index, exc) from None
+        return index
+
+    def unacknowledged(self) -> list:
+        """After an abrupt failure, before abort(): the messages whose bytes TCP never
+        acknowledged (Linux, plain TCP; empty elsewhere)."""
+        if not self.tracks_acks or self.aborted:
+            return []
+        try:
+            outq = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            return []
+        return self._ledger.unacknowledged(outq)
 
     def ping(self, payload: bytes = b"") -> None:
         self.write(frames.encode_frame(frames.OP_PING, payload))
@@ -174,9 +277,9 @@ class Connection:
                 return False
             self.close_sent = True
             try:
-                self.sock.sendall(frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)))
+                self._send([(None, frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)))])
                 return True
-            except OSError:
+            except _Partial:
                 return False
 
     def abort(self) -> None:
@@ -186,3 +289,9 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class _Partial(Exception):
+    def __init__(self, handed: int, error: OSError) -> None:
+        self.handed = handed
+        self.error = error

@@ -11,130 +11,14 @@ monkey.patch_all()
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
-import gevent.event  # noqa: E402
-import gevent.subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 from hermes_gevent import WebSocketClient  # noqa: E402
 
 from .faultproxy import FaultProxy  # noqa: E402
 
-TESTS = Path(__file__).parent
-#: Every timing constant in the tests is multiplied by this (raise it on slow machines).
-FACTOR = float(os.environ.get("HERMES_TEST_TIMEOUT_FACTOR", "1"))
-
-
-def t(seconds: float) -> float:
-    """A test duration scaled by FACTOR."""
-    return seconds * FACTOR
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, message: str = "condition"):
-    """Poll ``predicate`` cooperatively until true or ``timeout``; for client state
-    that has no event of its own. Fails the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message}")
-        gevent.sleep(0.01)
-
-
-class ServerProcess:
-    """tests/wsserver.py in a subprocess: killable, restartable on the same port."""
-
-    def __init__(self, port: int, *extra_args: str, scheme: str = "ws") -> None:
-        self.port = port
-        self.extra_args = extra_args
-        self.scheme = scheme
-        self.events: list[dict] = []
-        self._changed = gevent.event.Event()
-        self.proc = None
-        self._reader = None
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}/ws"
-
-    def start(self) -> "ServerProcess":
-        args = [sys.executable, str(TESTS / "wsserver.py"), str(self.port)]
-        args.extend(self.extra_args)
-        self.proc = gevent.subprocess.Popen(args, stdin=gevent.subprocess.PIPE, stdout=gevent.subprocess.PIPE)
-        self._reader = gevent.spawn(self._read, self.proc)
-        self.wait_event(lambda e: e["ev"] == "listening", t(10), since=len(self.events))
-        return self
-
-    def _read(self, proc) -> None:
-        for line in proc.stdout:
-            self.events.append(json.loads(line))
-            self._changed.set()
-
-    def wait_for(self, predicate, timeout: float, message: str = "server condition"):
-        deadline = time.monotonic() + timeout
-        while True:
-            self._changed.clear()
-            value = predicate()
-            if value:
-                return value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message}")
-            self._changed.wait(remaining)
-
-    def wait_event(self, match, timeout: float, since: int = 0) -> dict:
-        def find():
-            for event in self.events[since:]:
-                if match(event):
-                    return event
-            return None
-
-        return self.wait_for(find, timeout, "a matching server event")
-
-    def command(self, timeout: float = 10, **cmd) -> None:
-        mark = len(self.events)
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.proc.stdin.flush()
-        if cmd["cmd"] != "exit":
-            self.wait_event(lambda e: e["ev"] == "done" and e["cmd"] == cmd["cmd"], t(timeout), since=mark)
-
-    # -- records -------------------------------------------------------------------
-
-    def of(self, kind: str) -> list[dict]:
-        return [e for e in self.events if e["ev"] == kind]
-
-    def texts(self) -> list[str]:
-        return [e["text"] for e in self.of("msg") if "text" in e]
-
-    def kill(self) -> None:
-        """Stop the server at once (SIGKILL): connections die without a close frame."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(t(10))
-        if self._reader is not None:
-            self._reader.join(t(5))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.command(cmd="exit")
-                self.proc.wait(t(5))
-            except Exception:
-                pass
-        self.kill()
+from .support import FACTOR, TESTS, ServerProcess, free_port, t, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture
