@@ -68,3 +68,39 @@ def test_hand_off_from_an_os_thread_keeps_order():
         taken += batch
         box.ack()
     assert taken == [item(n) for n in range(1000)]
+
+
+def test_a_partly_written_batch_keeps_only_its_unwritten_tail():
+    box, _ = make()
+    for n in range(5):
+        box.put(item(n))
+    batch = box.take(max_items=5, max_bytes=1 << 20, timeout=0)
+    assert box.settle(batch, 2) == 2  # two reached the kernel whole
+    assert box.take(5, 1 << 20, timeout=0) == [item(2), item(3), item(4)]
+
+
+def test_unacknowledged_messages_go_out_before_everything_else():
+    box, _ = make()
+    for n in range(6):
+        box.put(item(n))
+    batch = box.take(max_items=2, max_bytes=1 << 20, timeout=0)  # m-0, m-1 written...
+    box.ack()
+    batch = box.take(max_items=2, max_bytes=1 << 20, timeout=0)  # m-2, m-3 being written
+    box.requeue_front([item(0), item(1)])  # ...but never acknowledged by the peer
+    box.settle(batch, 0)  # and this write failed before reaching the kernel
+    assert len(box) == 6
+    order = []
+    while len(order) < 6:
+        order += box.take(max_items=10, max_bytes=1 << 20, timeout=0)
+        box.ack()
+    assert order == [item(n) for n in range(6)]
+
+
+def test_wake_ends_a_waiting_take_without_a_message():
+    box, _ = make()
+    gevent.spawn_later(0.01, box.wake)
+    assert box.take(1, 1 << 20, timeout=5) == []
+    assert len(box) == 0 and box.wait_empty(0)
+    box.put(item(1))
+    box.wake()
+    assert box.take(5, 1 << 20, timeout=0) == [item(1)]  # markers never show up as messages
