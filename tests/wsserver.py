@@ -13,6 +13,8 @@ message it received:
     {"cmd": "ping_wait"}                            one ping; emits "pong" when answered
     {"cmd": "abort"}                                drop every TCP connection at once
     {"cmd": "mode", "reject": 503, "echo": true, "handshake_delay": 0.0, "close_on_open": null}
+    {"cmd": "mode", "count": true}                  tally "n:<int>" messages instead of printing them
+    {"cmd": "stats"}                                emits the tally
     {"cmd": "exit"}
 """
 
@@ -29,7 +31,9 @@ from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False}
+MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False}
+STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": -1}
+SEEN = bytearray()
 CLIENTS: dict[int, object] = {}
 _next_id = 0
 
@@ -59,6 +63,9 @@ async def handler(ws):
         if MODE["close_on_open"]:
             await ws.close(MODE["close_on_open"], "closing at once")
         async for message in ws:
+            if MODE["count"]:
+                count(message)
+                continue
             if isinstance(message, str):
                 if not MODE["quiet"]:
                     emit(ev="msg", id=cid, text=message)
@@ -76,6 +83,24 @@ async def handler(ws):
         rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
         emit(ev="close", id=cid, code=rcvd.code if rcvd else None, reason=rcvd.reason if rcvd else None,
              sent=sent.code if sent else None)
+
+
+def count(message) -> None:
+    """Count mode: numbered messages "n:<int>" are tallied, not printed (for soaks)."""
+    global SEEN
+    STATS["received"] += 1
+    number = int(message[2:])
+    if number >= len(SEEN) * 8:
+        SEEN += bytes(max(number // 8 + 1 - len(SEEN), len(SEEN)))
+    byte, bit = divmod(number, 8)
+    if SEEN[byte] >> bit & 1:
+        STATS["dups"] += 1
+        return
+    SEEN[byte] |= 1 << bit
+    STATS["distinct"] += 1
+    if number < STATS["highest"]:
+        STATS["out_of_order"] += 1
+    STATS["highest"] = max(STATS["highest"], number)
 
 
 async def run_command(cmd: dict) -> None:
@@ -115,6 +140,8 @@ async def run_command(cmd: dict) -> None:
             ws.transport.abort()
     elif name == "mode":
         MODE.update({k: v for k, v in cmd.items() if k != "cmd"})
+    elif name == "stats":
+        emit(ev="stats", **STATS)
     elif name == "exit":
         raise SystemExit(0)
     emit(ev="done", cmd=name)
