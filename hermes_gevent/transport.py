@@ -150,6 +150,12 @@ class _KernelLedger:
         while self.size > self.limit and len(self.entries) > 1:
             self.size -= self.entries.popleft()[1]
 
+    def trim(self, outq: int) -> None:
+        """Forget the oldest writes the peer has acknowledged (all but the last ``outq`` bytes)."""
+        entries = self.entries
+        while entries and self.size - entries[0][1] >= outq:
+            self.size -= entries.popleft()[1]
+
     def unacknowledged(self, outq: int) -> list:
         """The messages (oldest first) covering the last ``outq`` bytes written."""
         items = []
@@ -237,16 +243,22 @@ class Connection:
         data = entries[0][1] if len(entries) == 1 else b"".join([d for _, d in entries])
         view = memoryview(data)
         total, offset, index, entry_start = len(data), 0, 0, 0
-        ledger, send = self._ledger, self.sock.send
+        track, ledger, send = self.tracks_acks, self._ledger, self.sock.send
         try:
             while offset < total:
                 offset += send(view[offset:])
                 while index < len(entries) and entry_start + len(entries[index][1]) <= offset:
-                    ledger.record(entries[index][0], len(entries[index][1]))
+                    if track:
+                        ledger.record(entries[index][0], len(entries[index][1]))
                     entry_start += len(entries[index][1])
                     index += 1
+            if track:
+                # Keep only what TCP has not acknowledged yet: one ioctl per write call.
+                outq = self._outq()
+                if outq is not None:
+                    ledger.trim(outq)
         except OSError as exc:
-            if offset > entry_start:
+            if track and offset > entry_start:
                 # Part of a frame reached the kernel: its bytes count, but the message stays
                 # with the caller - an incomplete frame is never delivered, so it must go again.
                 ledger.record(None, offset - entry_start)
@@ -258,11 +270,15 @@ class Connection:
         acknowledged (Linux, plain TCP; empty elsewhere)."""
         if not self.tracks_acks or self.aborted:
             return []
+        outq = self._outq()
+        return self._ledger.unacknowledged(outq) if outq is not None else []
+
+    def _outq(self) -> Optional[int]:
+        """Bytes in the kernel's send queue that the peer has not acknowledged."""
         try:
-            outq = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            return struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
         except (OSError, ValueError):
-            return []
-        return self._ledger.unacknowledged(outq)
+            return None
 
     def ping(self, payload: bytes = b"") -> None:
         self.write(frames.encode_frame(frames.OP_PING, payload))
