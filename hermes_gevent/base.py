@@ -76,6 +76,7 @@ class BaseClient:
         self._identifier = identifier
         self._extra_headers = headers
         self._hooks = hooks
+        self._message_hook = hooks.get("on_message")
         self._log_enabled = log
         if ssl_context is not None and ca_file is not None:
             raise ConfigError("give ssl_context or ca_file, not both.")
@@ -135,7 +136,7 @@ class BaseClient:
 
     def handle_message(self, msg: Union[str, bytes]) -> None:
         """Called for every message received: str for text, bytes for binary."""
-        hook = self._hooks.get("on_message")
+        hook = self._message_hook
         if hook is not None:
             hook(msg)
 

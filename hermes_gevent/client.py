@@ -151,8 +151,7 @@ class WebSocketClient(BaseClient):
         self.handler_errors = 0
         self.drops_by_reason: dict[str, int] = {}
         self._has_connected = False
-        self._last_message_at: Optional[float] = None
-        self._last_message_wall: Optional[float] = None
+        self._last_message_at: Optional[float] = None  # monotonic
         self._drop_log = RateLimitedCounter(DROP_LOG_PERIOD)
 
     # -- public API ------------------------------------------------------------------
@@ -240,7 +239,7 @@ class WebSocketClient(BaseClient):
             "health_thread_alive": alive("health"),
             "supervisor_alive": alive("supervisor"),
             "state": self.state.value,
-            "last_message_at": _iso(self._last_message_wall),
+            "last_message_at": _iso(None if self._last_message_at is None else time.time() - (_now() - self._last_message_at)),
             "last_connected_at": self.last_connected_at(),
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
@@ -517,23 +516,31 @@ class WebSocketClient(BaseClient):
 
     def _read_session(self, session: Session) -> None:
         conn = session.conn
+        message_type, ping_type, close_type = frames.Message, frames.Ping, frames.Close
         try:
-            for event in conn.events():
-                session.last_frame_at = _now()
-                if isinstance(event, frames.Message):
-                    session.handler_since = session.last_frame_at
-                    try:
-                        self._dispatch(event.data)
-                    finally:
+            while True:
+                events, error = conn.read_batch()
+                read_at = session.last_frame_at = conn.last_read_at
+                debug = self.log.logger.isEnabledFor(logging.DEBUG)
+                for event in events:
+                    kind = type(event)
+                    if kind is message_type:
+                        self._last_message_at = session.handler_since = read_at
+                        self._dispatch(event.data, debug)
                         session.handler_since = None
-                elif isinstance(event, frames.Ping):
-                    conn.pong(event.payload)
-                elif isinstance(event, frames.Close):
-                    self.log.info(f"server closed the connection with code {event.code} {event.reason}".rstrip())
-                    if not conn.close_sent:
-                        conn.send_close(event.code if event.code != frames.CLOSE_NO_STATUS else 1000)
-                    session.fail(ConnectionClosed(event.code, event.reason))
-                    return
+                    elif kind is ping_type:
+                        conn.pong(event.payload)
+                    elif kind is close_type:
+                        self.log.info(f"server closed the connection with code {event.code} {event.reason}".rstrip())
+                        if not conn.close_sent:
+                            conn.send_close(event.code if event.code != frames.CLOSE_NO_STATUS else 1000)
+                        session.fail(ConnectionClosed(event.code, event.reason))
+                        return
+                if error is not None:
+                    raise error
+                # recv() does not yield while data is waiting: let timers and other I/O run per
+                # read (idle, not sleep(0): a chain of sleep(0) callbacks starves timers).
+                gevent.idle()
         except ProtocolError as exc:
             self.log.warning(f"protocol error from the server: {exc}")
             with gevent.Timeout(1.0, False):
@@ -544,11 +551,10 @@ class WebSocketClient(BaseClient):
         except OSError as exc:
             session.fail(ConnectionClosed(1006, f"read failed: {exc}"))
 
-    def _dispatch(self, data: Union[str, bytes]) -> None:
+    def _dispatch(self, data: Union[str, bytes], debug: bool) -> None:
         self.messages_received += 1
-        self._last_message_at = _now()
-        self._last_message_wall = time.time()
-        self.log.body("received", data)
+        if debug:
+            self.log.body("received", data)
         try:
             self.handle_message(data)
         except Exception:

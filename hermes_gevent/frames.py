@@ -2,21 +2,44 @@
 for what the client sends. No sockets here: the transport feeds bytes in and
 writes bytes out, so every protocol rule is tested with plain asserts.
 
-The frame format itself is websocket-client's (``ABNF``); the parser is ours
-because it must refuse an oversized message from its header, before buffering it,
-and must read many frames out of one large ``recv``.
+The frame format is RFC 6455's, with websocket-client's constants and its
+pure-Python masking as the fallback; the parser and encoder are ours because
+the parser must refuse an oversized message from its header, before buffering
+it, and read many frames out of one large ``recv``, and the encoder must frame
+a batch with one call to the entropy source (and mask in C when the optional
+speedups are installed).
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
 from typing import Iterator, Union
 
 from websocket import ABNF
 
 from .errors import ProtocolError
+
+try:  # the optional speedups extra: websockets' C masking routine
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - exercised by HERMES_GEVENT_PURE_PYTHON in the tests
+    _c_apply_mask = None
+if os.environ.get("HERMES_GEVENT_PURE_PYTHON"):
+    _c_apply_mask = None
+
+#: True when frames are masked in C (pip install "hermes_gevent[speedups]").
+SPEEDUPS = _c_apply_mask is not None
+
+_U64 = struct.Struct("!Q")
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def mask(key: bytes, data: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``key`` (in C with the speedups, else websocket-client's)."""
+    if _c_apply_mask is not None:
+        return _c_apply_mask(data, key)
+    return ABNF.mask(key, data)
 
 OP_CONT = ABNF.OPCODE_CONT
 OP_TEXT = ABNF.OPCODE_TEXT
@@ -37,27 +60,50 @@ CLOSE_TOO_BIG = 1009
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
-@dataclass(frozen=True)
-class Message:
+class _Event:
+    """Base of the parser's events: small slotted values, compared by type and fields."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__
+        )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Message(_Event):
     """A complete data message: ``data`` is str for text, bytes for binary."""
 
-    data: Union[str, bytes]
+    __slots__ = ("data",)
+
+    def __init__(self, data: Union[str, bytes]) -> None:
+        self.data = data
 
 
-@dataclass(frozen=True)
-class Ping:
-    payload: bytes
+class Ping(_Event):
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
 
 
-@dataclass(frozen=True)
-class Pong:
-    payload: bytes
+class Pong(_Event):
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
 
 
-@dataclass(frozen=True)
-class Close:
-    code: int
-    reason: str
+class Close(_Event):
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
 
 
 Event = Union[Message, Ping, Pong, Close]
@@ -67,78 +113,87 @@ def valid_close_code(code: int) -> bool:
     return code in _VALID_CLOSE_CODES or 3000 <= code <= 4999
 
 
-def _unmask(mask: bytes, data: bytes) -> bytes:
-    return ABNF.mask(mask, data)
-
-
 class FrameParser:
     """Turns the bytes a server sends into events; raises ProtocolError on abuse.
 
     ``feed(data)`` then iterate ``events()``. Messages larger than ``max_size``
     raise ProtocolError(1009) as soon as a frame header announces them, so the
-    parser never buffers more than ``max_size`` plus one read.
+    parser never buffers more than ``max_size`` plus one read. Frames are read
+    at an offset and the buffer is compacted once per ``feed``, not per frame.
     """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buffer = bytearray()
+        self._pos = 0
         self._fragments: list[bytes] = []
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
 
     def feed(self, data: bytes) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
         self._buffer += data
 
     def events(self) -> Iterator[Event]:
         """Yield every event complete in the buffer, leaving any partial frame."""
+        buf = self._buffer
+        size = len(buf)
         while True:
-            frame = self._next_frame()
-            if frame is None:
+            pos = self._pos
+            if size - pos < 2:
                 return
-            event = self._on_frame(*frame)
+            b1, b2 = buf[pos], buf[pos + 1]
+            opcode = b1 & 0x0F
+            if b1 & 0x70:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+            if b2 & 0x80:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "the server sent a masked frame")
+            length = b2 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    return
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    return
+                (length,) = _U64.unpack_from(buf, pos + 2)
+                start = pos + 10
+            if opcode == OP_TEXT or opcode == OP_BINARY or opcode == OP_CONT:
+                if self._fragment_size + length > self.max_size:
+                    # Refused from the header alone: the payload is never buffered.
+                    raise ProtocolError(
+                        CLOSE_TOO_BIG,
+                        f"message of {self._fragment_size + length} bytes exceeds MAX_MESSAGE_SIZE={self.max_size}",
+                    )
+            elif opcode == OP_CLOSE or opcode == OP_PING or opcode == OP_PONG:
+                if length > 125:
+                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
+                if not b1 & 0x80:
+                    raise ProtocolError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+            else:
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            end = start + length
+            if end > size:
+                return
+            self._pos = end
+            if b1 & 0x80 and self._fragment_opcode is None and opcode != OP_CONT:
+                # The common case: a whole message in one frame.
+                if opcode == OP_TEXT:
+                    try:
+                        yield Message(buf[start:end].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+                    continue
+                if opcode == OP_BINARY:
+                    yield Message(bytes(buf[start:end]))
+                    continue
+            event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]))
             if event is not None:
                 yield event
-
-    def _next_frame(self) -> tuple[bool, int, bytes] | None:
-        buf = self._buffer
-        if len(buf) < 2:
-            return None
-        b1, b2 = buf[0], buf[1]
-        fin, opcode, masked, length = b1 & 0x80, b1 & 0x0F, b2 & 0x80, b2 & 0x7F
-        if b1 & 0x70:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
-        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES and opcode != OP_CONT:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
-        if masked:
-            raise ProtocolError(CLOSE_PROTOCOL_ERROR, "the server sent a masked frame")
-        offset = 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            (length,) = struct.unpack_from("!H", buf, 2)
-            offset = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            (length,) = struct.unpack_from("!Q", buf, 2)
-            offset = 10
-        if opcode in _CONTROL_OPCODES:
-            if length > 125:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
-            if not fin:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
-        elif self._fragment_size + length > self.max_size:
-            # Refused from the header alone: the payload is never buffered.
-            raise ProtocolError(
-                CLOSE_TOO_BIG,
-                f"message of {self._fragment_size + length} bytes exceeds MAX_MESSAGE_SIZE={self.max_size}",
-            )
-        end = offset + length
-        if len(buf) < end:
-            return None
-        payload = bytes(buf[offset:end])
-        del buf[:end]
-        return bool(fin), opcode, payload
 
     def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
         if opcode == OP_PING:
@@ -188,29 +243,34 @@ def _parse_close(payload: bytes) -> Close:
 MASK_PIECE = 256 * 1024
 
 
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One masked client frame, in websocket-client's ABNF format."""
-    frame = ABNF(1, 0, 0, 0, opcode, 1, payload)
-    frame.get_mask_key = os.urandom
-    return frame.format()
+def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
+    """One masked client frame (RFC 6455, the format websocket-client's ABNF writes)."""
+    key = key or os.urandom(4)
+    return _header(opcode, len(payload)) + key + mask(key, payload)
+
+
+def encode_frames(items: list[tuple[int, bytes]]) -> list[bytes]:
+    """Frames for several messages, with one call to the entropy source for all masks."""
+    keys = os.urandom(4 * len(items))
+    return [encode_frame(opcode, payload, keys[4 * i : 4 * i + 4]) for i, (opcode, payload) in enumerate(items)]
 
 
 def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
     """The same frame as ``encode_frame``, as a header then masked pieces of
     MASK_PIECE bytes: masking 16 MB at once would hold the CPU for a long while."""
-    mask = os.urandom(4)
-    yield _header(opcode, len(payload)) + mask
+    key = os.urandom(4)
+    yield _header(opcode, len(payload)) + key
     for start in range(0, len(payload), MASK_PIECE):  # MASK_PIECE % 4 == 0: the mask stays aligned
-        yield ABNF.mask(mask, payload[start : start + MASK_PIECE])
+        yield mask(key, payload[start : start + MASK_PIECE])
 
 
 def _header(opcode: int, length: int) -> bytes:
     first = 0x80 | opcode
     if length < 126:
-        return struct.pack("!BB", first, 0x80 | length)
+        return bytes((first, 0x80 | length))
     if length < 65536:
-        return struct.pack("!BBH", first, 0x80 | 126, length)
-    return struct.pack("!BBQ", first, 0x80 | 127, length)
+        return _HEADER_16.pack(first, 0x80 | 126, length)
+    return _HEADER_64.pack(first, 0x80 | 127, length)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:

@@ -13,6 +13,7 @@ import collections
 import socket as _stdlib_socket
 import ssl as _stdlib_ssl
 import struct
+import time
 from typing import Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
     import termios
 except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None
-from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
+from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected, ProtocolError
 
 READ_SIZE = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -181,22 +182,38 @@ class Connection:
         self.tracks_acks = not isinstance(sock, _stdlib_ssl.SSLSocket) and hasattr(termios, "TIOCOUTQ")
         self.close_sent = False
         self.aborted = False
+        self.last_read_at = time.monotonic()
 
-    def events(self) -> Iterator[frames.Event]:
-        """Yield events as they arrive; raise ConnectionClosed(1006) when TCP ends."""
+    def read_batch(self) -> tuple[list, Optional[ProtocolError]]:
+        """Read until at least one frame is complete; return the events one large read
+        held, and the protocol error that stopped parsing (events before it still count).
+        Raises ConnectionClosed(1006) when the TCP stream ends."""
         parser = self.parser
         while True:
-            yield from parser.events()
             try:
                 data = self.sock.recv(READ_SIZE)
             except OSError as exc:
                 raise ConnectionClosed(frames.CLOSE_ABNORMAL, f"read failed: {exc}") from None
             if not data:
                 raise ConnectionClosed(frames.CLOSE_ABNORMAL, "TCP connection ended without a close frame")
+            self.last_read_at = time.monotonic()
             parser.feed(data)
-            # recv() does not yield while data is waiting: let timers and other I/O run per read
-            # (idle, not sleep(0): a chain of sleep(0) callbacks can starve timers for tens of ms).
-            gevent.idle()
+            events: list = []
+            try:
+                for event in parser.events():
+                    events.append(event)
+            except ProtocolError as exc:
+                return events, exc
+            if events:
+                return events, None
+
+    def events(self) -> Iterator[frames.Event]:
+        """Yield events as they arrive (for simple callers; the client uses read_batch)."""
+        while True:
+            events, error = self.read_batch()
+            yield from events
+            if error is not None:
+                raise error
 
     def _check_open(self) -> None:
         if self.close_sent or self.aborted:
@@ -212,28 +229,28 @@ class Connection:
         """Frame several messages and write them with as few socket calls as possible:
         small frames joined into one write, large ones masked and written in pieces,
         yielding to other greenlets between pieces. Raises WriteFailed(handed)."""
-        encode = frames.encode_frame
         with self._write_lock:
             self._check_open()
             handed = 0
             try:
-                pending: list[tuple[object, bytes]] = []
+                small: list[tuple[int, bytes]] = []
                 for item in items:
-                    opcode, payload = item
-                    if len(payload) <= frames.MASK_PIECE:
-                        pending.append((item, encode(opcode, payload)))
+                    if len(item[1]) <= frames.MASK_PIECE:
+                        small.append(item)
                         continue
-                    if pending:
-                        handed += self._send(pending)
-                        pending = []
-                    pieces = list(frames.encode_frame_pieces(opcode, payload))
-                    for index, piece in enumerate(pieces):
-                        last = index == len(pieces) - 1
-                        self._send([(item if last else None, piece)])
+                    if small:
+                        handed += self._send(list(zip(small, frames.encode_frames(small))))
+                        small = []
+                    opcode, payload = item
+                    last_piece = -(-len(payload) // frames.MASK_PIECE)  # pieces after the header
+                    # Masked lazily, one piece at a time, yielding in between; the ledger
+                    # counts the message once its last byte is in the kernel.
+                    for index, piece in enumerate(frames.encode_frame_pieces(opcode, payload)):
+                        self._send([(item if index == last_piece else None, piece)])
                         gevent.idle()
                     handed += 1
-                if pending:
-                    handed += self._send(pending)
+                if small:
+                    handed += self._send(list(zip(small, frames.encode_frames(small))))
             except _Partial as partial:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 

@@ -109,8 +109,8 @@ def main() -> dict:
 def fault_loop(server: ServerProcess, every: float, count: list) -> None:
     while True:
         gevent.sleep(every)
-        server.command(cmd="close", code=1012)
         count[0] += 1
+        server.command(cmd="close", code=1012)
 
 
 if __name__ == "__main__":

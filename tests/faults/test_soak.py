@@ -14,7 +14,7 @@ pytestmark = pytest.mark.faults
 
 def test_soak_short():
     proc = gevent.subprocess.Popen(
-        [sys.executable, "-m", "tests.soak", "--messages", "200000", "--reconnects", "200", "--fault-every", "0.3"],
+        [sys.executable, "-m", "tests.soak", "--messages", "300000", "--reconnects", "200", "--fault-every", "0.2"],
         cwd=str(TESTS.parent), stdout=gevent.subprocess.PIPE, stderr=gevent.subprocess.PIPE,
     )
     try:

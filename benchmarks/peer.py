@@ -1,0 +1,178 @@
+"""One benchmark run in its own process, so peers never share an event loop:
+
+    python -m benchmarks.peer PEER WORKLOAD SIZE COUNT URL
+
+PEER: raw (a websocket-client loop under gevent), websockets (asyncio), hermes
+(hermes_gevent with its C speedups), hermes-pure (HERMES_GEVENT_PURE_PYTHON=1).
+Prints one JSON line: {"seconds": ..., ...}. The clock starts when the
+workload starts (connections are already open) and stops when the server
+confirms delivery (one-way), the last message is handled (receive) or the last
+echo returns (echo).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+PEER, WORKLOAD, SIZE, COUNT, URL = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+
+if PEER != "websockets":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
+def payload_text(size: int) -> str:
+    return "x" * size
+
+
+def run_raw() -> dict:
+    import websocket
+
+    text = payload_text(SIZE)
+    if WORKLOAD == "oneway":
+        ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}", enable_multithread=False)
+        start = time.perf_counter()
+        for _ in range(COUNT):
+            ws.send(text)
+        reply = ws.recv()
+        seconds = time.perf_counter() - start
+        assert reply.startswith(f"done {COUNT} "), reply
+    elif WORKLOAD == "receive":
+        ws = websocket.create_connection(f"{URL}/push?n={COUNT}&size={SIZE}")
+        received = 0
+        start = time.perf_counter()
+        ws.send("go")
+        while ws.recv() != "end":
+            received += 1
+        seconds = time.perf_counter() - start
+        assert received == COUNT
+    elif WORKLOAD == "echo":
+        ws = websocket.create_connection(f"{URL}/echo")
+        start = time.perf_counter()
+        for _ in range(COUNT):
+            ws.send(text)
+            ws.recv()
+        seconds = time.perf_counter() - start
+    elif WORKLOAD == "enqueue":
+        ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}")
+        costs = []
+        for _ in range(COUNT):
+            began = time.perf_counter_ns()
+            ws.send(text)
+            costs.append(time.perf_counter_ns() - began)
+        ws.recv()
+        return {"costs_ns": _percentiles(costs)}
+    ws.close()
+    return {"seconds": seconds}
+
+
+def run_websockets() -> dict:
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    text = payload_text(SIZE)
+
+    async def main() -> dict:
+        if WORKLOAD == "oneway":
+            async with connect(f"{URL}/sink?expect={COUNT}", compression=None, max_size=None) as ws:
+                start = time.perf_counter()
+                for _ in range(COUNT):
+                    await ws.send(text)
+                reply = await ws.recv()
+                seconds = time.perf_counter() - start
+                assert reply.startswith(f"done {COUNT} "), reply
+        elif WORKLOAD == "receive":
+            async with connect(f"{URL}/push?n={COUNT}&size={SIZE}", compression=None, max_size=None,
+                               max_queue=None) as ws:
+                received = 0
+                start = time.perf_counter()
+                await ws.send("go")
+                while await ws.recv() != "end":
+                    received += 1
+                seconds = time.perf_counter() - start
+                assert received == COUNT
+        elif WORKLOAD == "echo":
+            async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
+                start = time.perf_counter()
+                for _ in range(COUNT):
+                    await ws.send(text)
+                    await ws.recv()
+                seconds = time.perf_counter() - start
+        return {"seconds": seconds}
+
+    return asyncio.run(main())
+
+
+def run_hermes() -> dict:
+    import gevent
+    import gevent.event
+
+    from hermes_gevent import WebSocketClient
+
+    text = payload_text(SIZE)
+    done = gevent.event.Event()
+    state = {"received": 0, "reply": None}
+
+    def on_message(msg):
+        if WORKLOAD == "receive":
+            if msg == "end":
+                done.set()
+            else:
+                state["received"] += 1
+        else:
+            state["reply"] = msg
+            done.set()
+
+    path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
+            "enqueue": f"/sink?expect={COUNT}"}[WORKLOAD]
+    client = WebSocketClient(url=URL + path, on_message=on_message, max_queue_size=max(COUNT, 10) * 2,
+                             max_message_size=64 * 2**20)
+    client.start()
+    assert client.wait_until_connected(10)
+    if WORKLOAD == "oneway":
+        start = time.perf_counter()
+        for _ in range(COUNT):
+            client.send_message(text)
+        done.wait(120)
+        seconds = time.perf_counter() - start
+        assert state["reply"].startswith(f"done {COUNT} "), state
+    elif WORKLOAD == "receive":
+        start = time.perf_counter()
+        client.send_message("go")
+        done.wait(120)
+        seconds = time.perf_counter() - start
+        assert state["received"] == COUNT, state
+    elif WORKLOAD == "echo":
+        start = time.perf_counter()
+        for _ in range(COUNT):
+            done.clear()
+            client.send_message(text)
+            done.wait(10)
+        seconds = time.perf_counter() - start
+    elif WORKLOAD == "enqueue":
+        costs = []
+        for i in range(COUNT):
+            began = time.perf_counter_ns()
+            client.send_message(text)
+            costs.append(time.perf_counter_ns() - began)
+            if i % 100 == 99:
+                gevent.idle()  # a request handler returns to the hub between requests
+        done.wait(60)
+        client.stop(5)
+        return {"costs_ns": _percentiles(costs)}
+    client.stop(5)
+    return {"seconds": seconds}
+
+
+def _percentiles(values: list[int]) -> dict:
+    values = sorted(values)
+    return {"median": values[len(values) // 2], "p99": values[int(len(values) * 0.99)]}
+
+
+if __name__ == "__main__":
+    runner = {"raw": run_raw, "websockets": run_websockets, "hermes": run_hermes, "hermes-pure": run_hermes}[PEER]
+    print(json.dumps(runner()), flush=True)
