@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import enum
+import functools
 import json
 import logging
 import os
@@ -55,6 +56,13 @@ class State(enum.Enum):
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
 MAX_BATCH_BYTES = 256 * 1024
+#: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting
+#: (returned within COALESCE_IF_WAITED_UNDER seconds), with nothing written meanwhile, pauses
+#: COALESCE_PAUSE seconds before the next read. Streams of small frames then arrive in large
+#: reads; a lone message, or a request/response exchange, is never delayed.
+COALESCE_BELOW = 16 * 1024
+COALESCE_IF_WAITED_UNDER = 0.00002
+COALESCE_PAUSE = 0.0005
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
 #: How long a drop summary line waits before repeating.
@@ -152,6 +160,7 @@ class WebSocketClient(BaseClient):
         self.drops_by_reason: dict[str, int] = {}
         self._has_connected = False
         self._last_message_at: Optional[float] = None  # monotonic
+        self._debug_bodies = False
         self._drop_log = RateLimitedCounter(DROP_LOG_PERIOD)
 
     # -- public API ------------------------------------------------------------------
@@ -516,31 +525,38 @@ class WebSocketClient(BaseClient):
 
     def _read_session(self, session: Session) -> None:
         conn = session.conn
-        message_type, ping_type, close_type = frames.Message, frames.Ping, frames.Close
+        parse = conn.parser.parse
+        on_message = self._on_data
+        on_control = functools.partial(self._on_control, session)
         try:
+            writes = -1
             while True:
-                events, error = conn.read_batch()
-                read_at = session.last_frame_at = conn.last_read_at
-                debug = self.log.logger.isEnabledFor(logging.DEBUG)
-                for event in events:
-                    kind = type(event)
-                    if kind is message_type:
-                        self._last_message_at = session.handler_since = read_at
-                        self._dispatch(event.data, debug)
-                        session.handler_since = None
-                    elif kind is ping_type:
-                        conn.pong(event.payload)
-                    elif kind is close_type:
-                        self.log.info(f"server closed the connection with code {event.code} {event.reason}".rstrip())
-                        if not conn.close_sent:
-                            conn.send_close(event.code if event.code != frames.CLOSE_NO_STATUS else 1000)
-                        session.fail(ConnectionClosed(event.code, event.reason))
-                        return
-                if error is not None:
-                    raise error
-                # recv() does not yield while data is waiting: let timers and other I/O run per
-                # read (idle, not sleep(0): a chain of sleep(0) callbacks starves timers).
-                gevent.idle()
+                asked_at = _now()
+                read_at = session.last_frame_at = conn.receive()
+                quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
+                self._debug_bodies = self.log.logger.isEnabledFor(logging.DEBUG)
+                received = self.messages_received
+                session.handler_since = read_at  # the handlers run inside parse()
+                parse(on_message, on_control)
+                session.handler_since = None
+                if self.messages_received != received:
+                    self._last_message_at = read_at
+                if quiet and conn.last_read_size < COALESCE_BELOW and read_at - asked_at < COALESCE_IF_WAITED_UNDER:
+                    # Small reads that never had to wait, while we are not writing: the server
+                    # streams frames faster than we ask. Reading each packet alone costs a syscall
+                    # and a loop turn per one or two messages; a short pause gathers them into one
+                    # large read. (A request/response exchange writes between reads: never paused.)
+                    gevent.sleep(COALESCE_PAUSE)
+                else:
+                    # recv() does not yield while data is waiting: let timers and other I/O run
+                    # per read (idle, not sleep(0): a chain of sleep(0) callbacks starves timers).
+                    gevent.idle()
+        except _ServerClosed as closed:
+            event = closed.event
+            self.log.info(f"server closed the connection with code {event.code} {event.reason}".rstrip())
+            if not conn.close_sent:
+                conn.send_close(event.code if event.code != frames.CLOSE_NO_STATUS else 1000)
+            session.fail(ConnectionClosed(event.code, event.reason))
         except ProtocolError as exc:
             self.log.warning(f"protocol error from the server: {exc}")
             with gevent.Timeout(1.0, False):
@@ -551,15 +567,23 @@ class WebSocketClient(BaseClient):
         except OSError as exc:
             session.fail(ConnectionClosed(1006, f"read failed: {exc}"))
 
-    def _dispatch(self, data: Union[str, bytes], debug: bool) -> None:
+    def _on_data(self, data: Union[str, bytes]) -> None:
+        """Every data message, in order, from the reader greenlet."""
         self.messages_received += 1
-        if debug:
+        if self._debug_bodies:
             self.log.body("received", data)
         try:
             self.handle_message(data)
         except Exception:
             self.handler_errors += 1
             self.log.error(f"handle_message raised (error #{self.handler_errors}); the reader goes on", exc_info=True)
+
+    def _on_control(self, session: Session, event: frames.Event) -> None:
+        kind = type(event)
+        if kind is frames.Ping:
+            session.conn.pong(event.payload)
+        elif kind is frames.Close:
+            raise _ServerClosed(event)
 
     def _sender_loop(self, gen: int) -> None:
         outbox = self._outbox_or_create()
@@ -714,6 +738,13 @@ class WebSocketClient(BaseClient):
         self.state = State.IDLE
         self._started = False
         self._autostart_pending = was_running or self._autostart_pending
+
+
+class _ServerClosed(Exception):
+    """Raised out of the parser when the server's close frame arrives."""
+
+    def __init__(self, event: frames.Close) -> None:
+        self.event = event
 
 
 def _is_abrupt(exc: BaseException) -> bool:

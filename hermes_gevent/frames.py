@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from websocket import ABNF
 
@@ -137,9 +137,26 @@ class FrameParser:
         self._buffer += data
 
     def events(self) -> Iterator[Event]:
-        """Yield every event complete in the buffer, leaving any partial frame."""
+        """Yield every event complete in the buffer, leaving any partial frame; events
+        before a protocol violation are yielded before the ProtocolError is raised."""
+        out: list[Event] = []
+        error = None
+        try:
+            self.parse(lambda data: out.append(Message(data)), out.append)
+        except ProtocolError as exc:
+            error = exc
+        yield from out
+        if error is not None:
+            raise error
+
+    def parse(self, on_message: Callable[[Union[str, bytes]], object], on_control: Callable[[Event], object]) -> None:
+        """Call ``on_message(data)`` for each complete data message and ``on_control(event)``
+        for each Ping, Pong or Close, in order, leaving any partial frame in the buffer.
+        Raises ProtocolError at the first violation (after the callbacks for what came
+        before it). A callback may raise to stop parsing; the frame it was given is consumed."""
         buf = self._buffer
         size = len(buf)
+        max_size = self.max_size
         while True:
             pos = self._pos
             if size - pos < 2:
@@ -163,11 +180,11 @@ class FrameParser:
                 (length,) = _U64.unpack_from(buf, pos + 2)
                 start = pos + 10
             if opcode == OP_TEXT or opcode == OP_BINARY or opcode == OP_CONT:
-                if self._fragment_size + length > self.max_size:
+                if self._fragment_size + length > max_size:
                     # Refused from the header alone: the payload is never buffered.
                     raise ProtocolError(
                         CLOSE_TOO_BIG,
-                        f"message of {self._fragment_size + length} bytes exceeds MAX_MESSAGE_SIZE={self.max_size}",
+                        f"message of {self._fragment_size + length} bytes exceeds MAX_MESSAGE_SIZE={max_size}",
                     )
             elif opcode == OP_CLOSE or opcode == OP_PING or opcode == OP_PONG:
                 if length > 125:
@@ -184,16 +201,21 @@ class FrameParser:
                 # The common case: a whole message in one frame.
                 if opcode == OP_TEXT:
                     try:
-                        yield Message(buf[start:end].decode("utf-8"))
+                        text = buf[start:end].decode("utf-8")
                     except UnicodeDecodeError:
                         raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+                    on_message(text)
                     continue
                 if opcode == OP_BINARY:
-                    yield Message(bytes(buf[start:end]))
+                    on_message(bytes(buf[start:end]))
                     continue
             event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]))
-            if event is not None:
-                yield event
+            if event is None:
+                continue
+            if type(event) is Message:
+                on_message(event.data)
+            else:
+                on_control(event)
 
     def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
         if opcode == OP_PING:
@@ -245,14 +267,20 @@ MASK_PIECE = 256 * 1024
 
 def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
     """One masked client frame (RFC 6455, the format websocket-client's ABNF writes)."""
-    key = key or os.urandom(4)
-    return _header(opcode, len(payload)) + key + mask(key, payload)
+    head, body = encode_frame_parts(opcode, payload, key or os.urandom(4))
+    return head + body
 
 
-def encode_frames(items: list[tuple[int, bytes]]) -> list[bytes]:
-    """Frames for several messages, with one call to the entropy source for all masks."""
+def encode_frame_parts(opcode: int, payload: bytes, key: bytes) -> tuple[bytes, bytes]:
+    """A masked frame as (header and mask key, masked payload): a writer can hand both
+    to one vectored write instead of copying the payload into a new buffer."""
+    return _header(opcode, len(payload)) + key, mask(key, payload)
+
+
+def encode_frames(items: list[tuple[int, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Frames (as parts) for several messages, with one call to the entropy source."""
     keys = os.urandom(4 * len(items))
-    return [encode_frame(opcode, payload, keys[4 * i : 4 * i + 4]) for i, (opcode, payload) in enumerate(items)]
+    return [encode_frame_parts(opcode, payload, keys[4 * i : 4 * i + 4]) for i, (opcode, payload) in enumerate(items)]
 
 
 def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:

@@ -30,9 +30,12 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
     import termios
 except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None
-from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected, ProtocolError
+from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
 
 READ_SIZE = 256 * 1024
+#: Parts at least this large are written as they are (vectored); smaller ones are joined.
+VECTOR_MIN = 4096
+IOV_MAX = 512
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -179,41 +182,34 @@ class Connection:
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = _KernelLedger(_SEND_LIMIT)
         # TLS records do not map byte for byte onto frames: no unacknowledged count there.
-        self.tracks_acks = not isinstance(sock, _stdlib_ssl.SSLSocket) and hasattr(termios, "TIOCOUTQ")
+        plain = not isinstance(sock, _stdlib_ssl.SSLSocket)
+        self.tracks_acks = plain and hasattr(termios, "TIOCOUTQ")
+        self._vectored = plain and hasattr(sock, "sendmsg")
         self.close_sent = False
         self.aborted = False
         self.last_read_at = time.monotonic()
+        self.last_read_size = 0
+        self.writes = 0  # write calls so far (the reader's coalescing looks at it)
 
-    def read_batch(self) -> tuple[list, Optional[ProtocolError]]:
-        """Read until at least one frame is complete; return the events one large read
-        held, and the protocol error that stopped parsing (events before it still count).
+    def receive(self) -> float:
+        """Wait for data and buffer one large read for ``parser``; return when it came.
         Raises ConnectionClosed(1006) when the TCP stream ends."""
-        parser = self.parser
-        while True:
-            try:
-                data = self.sock.recv(READ_SIZE)
-            except OSError as exc:
-                raise ConnectionClosed(frames.CLOSE_ABNORMAL, f"read failed: {exc}") from None
-            if not data:
-                raise ConnectionClosed(frames.CLOSE_ABNORMAL, "TCP connection ended without a close frame")
-            self.last_read_at = time.monotonic()
-            parser.feed(data)
-            events: list = []
-            try:
-                for event in parser.events():
-                    events.append(event)
-            except ProtocolError as exc:
-                return events, exc
-            if events:
-                return events, None
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError as exc:
+            raise ConnectionClosed(frames.CLOSE_ABNORMAL, f"read failed: {exc}") from None
+        if not data:
+            raise ConnectionClosed(frames.CLOSE_ABNORMAL, "TCP connection ended without a close frame")
+        self.last_read_at = time.monotonic()
+        self.last_read_size = len(data)
+        self.parser.feed(data)
+        return self.last_read_at
 
     def events(self) -> Iterator[frames.Event]:
-        """Yield events as they arrive (for simple callers; the client uses read_batch)."""
+        """Yield events as they arrive (for simple callers; the client parses with callbacks)."""
         while True:
-            events, error = self.read_batch()
-            yield from events
-            if error is not None:
-                raise error
+            self.receive()
+            yield from self.parser.events()
 
     def _check_open(self) -> None:
         if self.close_sent or self.aborted:
@@ -223,7 +219,7 @@ class Connection:
         """Write one control frame, whole, with no other write in between."""
         with self._write_lock:
             self._check_open()
-            self._send([(None, data)])
+            self._send([(None, (data,))])
 
     def send_frames(self, items: list[tuple[int, bytes]]) -> None:
         """Frame several messages and write them with as few socket calls as possible:
@@ -246,7 +242,7 @@ class Connection:
                     # Masked lazily, one piece at a time, yielding in between; the ledger
                     # counts the message once its last byte is in the kernel.
                     for index, piece in enumerate(frames.encode_frame_pieces(opcode, payload)):
-                        self._send([(item if index == last_piece else None, piece)])
+                        self._send([(item if index == last_piece else None, (piece,))])
                         gevent.idle()
                     handed += 1
                 if small:
@@ -254,20 +250,52 @@ class Connection:
             except _Partial as partial:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
-    def _send(self, entries: list[tuple[object, bytes]]) -> int:
-        """Write the entries' bytes in order, recording in the ledger what reached the
-        kernel; returns how many entries were handed over (all, unless it raises _Partial)."""
-        data = entries[0][1] if len(entries) == 1 else b"".join([d for _, d in entries])
-        view = memoryview(data)
-        total, offset, index, entry_start = len(data), 0, 0, 0
-        track, ledger, send = self.tracks_acks, self._ledger, self.sock.send
+    def _send(self, entries: list[tuple[object, tuple[bytes, ...]]]) -> int:
+        """Write the entries' parts in order, recording in the ledger what reached the
+        kernel; returns how many entries were handed over (all, unless it raises _Partial).
+
+        Small parts are joined into one buffer; large ones go to the kernel as they are,
+        in one vectored write (sendmsg) on plain TCP, so a payload is never copied again.
+        """
+        buffers, small, lengths = [], [], []
+        vectored = self._vectored
+        for _, parts in entries:
+            length = 0
+            for part in parts:
+                length += len(part)
+                if vectored and len(part) >= VECTOR_MIN:
+                    if small:
+                        buffers.append(b"".join(small))
+                        small = []
+                    buffers.append(part)
+                else:
+                    small.append(part)
+            lengths.append(length)
+        if small:
+            buffers.append(small[0] if len(small) == 1 else b"".join(small))
+        views = [memoryview(b) for b in buffers]
+        total, offset, index, entry_start, first = sum(lengths), 0, 0, 0, 0
+        track, ledger = self.tracks_acks, self._ledger
+        self.writes += 1
         try:
             while offset < total:
-                offset += send(view[offset:])
-                while index < len(entries) and entry_start + len(entries[index][1]) <= offset:
+                if len(views) - first == 1:
+                    sent = self.sock.send(views[first])
+                else:
+                    sent = self.sock.sendmsg(views[first : first + IOV_MAX])
+                offset += sent
+                while sent:
+                    view = views[first]
+                    if sent >= len(view):
+                        sent -= len(view)
+                        first += 1
+                    else:
+                        views[first] = view[sent:]
+                        sent = 0
+                while index < len(entries) and entry_start + lengths[index] <= offset:
                     if track:
-                        ledger.record(entries[index][0], len(entries[index][1]))
-                    entry_start += len(entries[index][1])
+                        ledger.record(entries[index][0], lengths[index])
+                    entry_start += lengths[index]
                     index += 1
             if track:
                 # Keep only what TCP has not acknowledged yet: one ioctl per write call.
@@ -310,7 +338,7 @@ class Connection:
                 return False
             self.close_sent = True
             try:
-                self._send([(None, frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)))])
+                self._send([(None, (frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)),))])
                 return True
             except _Partial:
                 return False

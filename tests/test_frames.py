@@ -97,3 +97,21 @@ def test_encoded_client_frames_are_masked_and_round_trip():
     length = data[1] & 0x7F
     mask, masked = data[2:6], data[6:6 + length]
     assert bytes(b ^ mask[i % 4] for i, b in enumerate(masked)).decode() == "ünïcode"
+
+
+def test_events_before_a_violation_are_delivered_first():
+    parser = FrameParser(1 << 20)
+    parser.feed(frame(1, b"good") + frame(3, b"bad"))
+    seen = []
+    with pytest.raises(ProtocolError):
+        for event in parser.events():
+            seen.append(event)
+    assert seen == [Message("good")]
+
+
+def test_parse_calls_back_in_order():
+    parser = FrameParser(1 << 20)
+    parser.feed(frame(1, b"a") + frame(9, b"p") + frame(2, b"b") + frame(8, struct.pack("!H", 1000)))
+    calls = []
+    parser.parse(lambda data: calls.append(("message", data)), lambda event: calls.append(("control", event)))
+    assert calls == [("message", "a"), ("control", Ping(b"p")), ("message", b"b"), ("control", Close(1000, ""))]
