@@ -45,15 +45,17 @@ def run_raw() -> dict:
         reply = ws.recv()
         seconds = time.perf_counter() - start
         assert reply.startswith(f"done {COUNT} "), reply
+        sink_busy = float(reply.split()[3])
     elif WORKLOAD == "receive":
         ws = websocket.create_connection(f"{URL}/push?n={COUNT}&size={SIZE}")
         received = 0
         start = time.perf_counter()
         ws.send("go")
-        while ws.recv() != "end":
+        while not (message := ws.recv()).startswith("end"):
             received += 1
         seconds = time.perf_counter() - start
-        assert received == COUNT
+        assert received == COUNT + 1  # and the empty marker
+        sink_busy = float(message.split()[1])
     elif WORKLOAD == "echo":
         ws = websocket.create_connection(f"{URL}/echo")
         start = time.perf_counter()
@@ -61,6 +63,7 @@ def run_raw() -> dict:
             ws.send(text)
             ws.recv()
         seconds = time.perf_counter() - start
+        sink_busy = None
     elif WORKLOAD == "enqueue":
         ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}")
         costs = []
@@ -71,7 +74,7 @@ def run_raw() -> dict:
         ws.recv()
         return {"costs_ns": _percentiles(costs)}
     ws.close()
-    return {"seconds": seconds}
+    return {"seconds": seconds, "sink_busy": sink_busy}
 
 
 def run_websockets() -> dict:
@@ -90,16 +93,18 @@ def run_websockets() -> dict:
                 reply = await ws.recv()
                 seconds = time.perf_counter() - start
                 assert reply.startswith(f"done {COUNT} "), reply
+                sink_busy = float(reply.split()[3])
         elif WORKLOAD == "receive":
             async with connect(f"{URL}/push?n={COUNT}&size={SIZE}", compression=None, max_size=None,
                                max_queue=None) as ws:
                 received = 0
                 start = time.perf_counter()
                 await ws.send("go")
-                while await ws.recv() != "end":
+                while not (message := await ws.recv()).startswith("end"):
                     received += 1
                 seconds = time.perf_counter() - start
-                assert received == COUNT
+                assert received == COUNT + 1
+                sink_busy = float(message.split()[1])
         elif WORKLOAD == "echo":
             async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
                 start = time.perf_counter()
@@ -107,7 +112,8 @@ def run_websockets() -> dict:
                     await ws.send(text)
                     await ws.recv()
                 seconds = time.perf_counter() - start
-        return {"seconds": seconds}
+                sink_busy = None
+        return {"seconds": seconds, "sink_busy": sink_busy}
 
     return asyncio.run(main())
 
@@ -124,7 +130,8 @@ def run_hermes() -> dict:
 
     def on_message(msg):
         if WORKLOAD == "receive":
-            if msg == "end":
+            if msg.startswith("end"):
+                state["reply"] = msg
                 done.set()
             else:
                 state["received"] += 1
@@ -148,12 +155,14 @@ def run_hermes() -> dict:
         done.wait(120)
         seconds = time.perf_counter() - start
         assert state["reply"].startswith(f"done {COUNT} "), state
+        sink_busy = float(state["reply"].split()[3])
     elif WORKLOAD == "receive":
         start = time.perf_counter()
         client.send_message("go")
         done.wait(120)
         seconds = time.perf_counter() - start
-        assert state["received"] == COUNT, state
+        assert state["received"] == COUNT + 1, state
+        sink_busy = float(state["reply"].split()[1])
     elif WORKLOAD == "echo":
         start = time.perf_counter()
         for _ in range(COUNT):
@@ -161,6 +170,7 @@ def run_hermes() -> dict:
             client.send_message(text)
             done.wait(10)
         seconds = time.perf_counter() - start
+        sink_busy = None
     elif WORKLOAD == "enqueue":
         costs = []
         for i in range(COUNT):
@@ -173,7 +183,7 @@ def run_hermes() -> dict:
         client.stop(5)
         return {"costs_ns": _percentiles(costs)}
     client.stop(5)
-    return {"seconds": seconds}
+    return {"seconds": seconds, "sink_busy": sink_busy}
 
 
 def _percentiles(values: list[int]) -> dict:

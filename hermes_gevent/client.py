@@ -63,6 +63,8 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_BELOW = 16 * 1024
 COALESCE_IF_WAITED_UNDER = 0.00002
 COALESCE_PAUSE = 0.0005
+#: The sender gives other greenlets a turn at least this often while it has work.
+SENDER_YIELD_EVERY = 0.002
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
 #: How long a drop summary line waits before repeating.
@@ -588,6 +590,7 @@ class WebSocketClient(BaseClient):
     def _sender_loop(self, gen: int) -> None:
         outbox = self._outbox_or_create()
         inbox = self._sender_inbox
+        yielded_at = _now()
         while self._current(gen):
             session = inbox.get()
             while session.alive and self._current(gen):
@@ -606,7 +609,12 @@ class WebSocketClient(BaseClient):
                     session.fail(exc)
                     break
                 self.messages_sent += outbox.ack()
-                gevent.idle()  # a full queue never blocks take(): let timers and I/O run first
+                now = _now()
+                if now - yielded_at >= SENDER_YIELD_EVERY:
+                    # A full queue never blocks take(), nor a draining socket send(): after a
+                    # while of writing, let timers and I/O run (idle, not sleep(0): see the reader).
+                    gevent.idle()
+                    yielded_at = _now()
 
     def _health_loop(self, gen: int) -> None:
         while True:

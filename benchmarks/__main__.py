@@ -1,0 +1,272 @@
+"""``python -m benchmarks``: every workload, every peer, alternating rounds, one run.
+
+Peers: a raw websocket-client loop under gevent (the baseline), the ``websockets``
+asyncio client, and hermes_gevent (with its C speedups, and pure Python). All talk
+to the same Node ``ws`` server on 127.0.0.1 (benchmarks/sink), whose own capacity
+is measured first so the table shows it is not the bottleneck. Prints the table of
+medians and ratios, writes benchmarks/results/latest.json, and draws
+benchmarks/results/chart.png when matplotlib is installed.
+
+    python -m benchmarks             # 5 rounds (a few minutes)
+    python -m benchmarks --quick     # one short round: checks that everything runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SINK = HERE / "sink"
+RESULTS = HERE / "results"
+PEERS = ["raw", "websockets", "hermes", "hermes-pure"]
+BASELINES = ["raw", "websockets"]
+
+# name, workload, message size, messages per run, unit, target ratio to the best peer
+THROUGHPUT = [
+    ("one-way 100 B", "oneway", 100, 100_000, "msg/s", 1.5),
+    ("one-way 1 KiB", "oneway", 1024, 50_000, "msg/s", 1.0),
+    ("one-way 64 KiB", "oneway", 65536, 3_000, "MB/s", 1.0),
+    ("receive 100 B", "receive", 100, 200_000, "msg/s", 1.0),
+    ("echo 100 B", "echo", 100, 5_000, "round trips/s", 1.0),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one short round (the test suite uses it)")
+    parser.add_argument("--output", default=str(RESULTS / "latest.json"))
+    args = parser.parse_args()
+    scale, rounds = (0.02, 1) if args.quick else (1.0, args.rounds)
+
+    ensure_node_deps()
+    sink, port = start_sink()
+    url = f"ws://127.0.0.1:{port}"
+    report: dict = {"machine": machine(), "rounds": rounds, "quick": args.quick, "workloads": {}}
+    try:
+        report["sink_capacity"] = sink_capacity(url, scale)
+        for name, workload, size, count, unit, target in THROUGHPUT:
+            count = max(20, int(count * scale))
+            runs: dict[str, list[float]] = {peer: [] for peer in PEERS}
+            busy: list[float] = []
+            for r in range(rounds):
+                order = PEERS[r % len(PEERS):] + PEERS[: r % len(PEERS)]  # alternate who goes first
+                for peer in order:
+                    result = run_peer(peer, workload, size, count, url)
+                    seconds = result["seconds"]
+                    if result["sink_busy"] is not None:
+                        busy.append(result["sink_busy"])
+                    rate = count / seconds
+                    runs[peer].append(rate * size / 1e6 if unit == "MB/s" else rate)
+            report["workloads"][name] = summarize(runs, unit, target)
+            # The server runs on one core: well under 100% busy means it never limited a peer.
+            report["workloads"][name]["sink_busy_max"] = max(busy) if busy else None
+            print_row(name, report["workloads"][name])
+        report["enqueue"] = enqueue_cost(url, max(1000, int(20_000 * scale)), rounds)
+        print(f"enqueue cost: send_message median {report['enqueue']['hermes_median_ns']} ns, "
+              f"p99 {report['enqueue']['hermes_p99_ns']} ns; raw ws.send() median {report['enqueue']['raw_median_ns']} ns "
+              f"(ratio {report['enqueue']['ratio']:.3f}, target <= 0.2)")
+        report["memory"] = probe("memory", str(max(1000, int(100_000 * scale))))
+        print(f"memory: {report['memory']['bytes_per_message']} bytes per queued 100-byte message "
+              f"(target <= 250); queue op {report['memory']['op_ns_at_1k']} ns at 1k deep, "
+              f"{report['memory']['op_ns_at_100k']} ns at 100k deep")
+    finally:
+        stop(sink)
+    report["recovery"] = probe("recovery", str(free_port()), "0.5")
+    print(f"recovery: first message delivered {report['recovery']['seconds'] * 1000:.0f} ms after the server "
+          f"came back (configured retry delay {report['recovery']['retry_delay'] * 1000:.0f} ms)")
+    report["flask"] = flask_in_gunicorn(scale, rounds)
+    if "skipped" in report["flask"]:
+        print(f"flask under gunicorn: skipped ({report['flask']['skipped']})")
+    else:
+        print(f"flask under gunicorn: {report['flask']['send_rps']:.0f} req/s with send_message vs "
+              f"{report['flask']['plain_rps']:.0f} without (ratio {report['flask']['ratio']:.3f}, target >= 0.95)")
+
+    busiest = max(w["sink_busy_max"] for w in report["workloads"].values() if w["sink_busy_max"] is not None)
+    capacity = report["sink_capacity"]["msgs_per_s"]
+    print(f"sink server: at most {busiest:.0%} of one core busy while it received or pushed, in any run; "
+          f"a Node client drives it to {capacity:,.0f} msg/s of 100 B")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    draw_chart(report, Path(args.output).with_name("chart.png"))
+    return 0
+
+
+def summarize(runs: dict[str, list[float]], unit: str, target: float) -> dict:
+    peers = {peer: {"median": statistics.median(values), "runs": [round(v, 1) for v in values]}
+             for peer, values in runs.items()}
+    best = max(peers[p]["median"] for p in BASELINES)
+    return {
+        "unit": unit,
+        "target": target,
+        "peers": peers,
+        "ratio_to_raw": peers["hermes"]["median"] / peers["raw"]["median"],
+        "ratio_to_websockets": peers["hermes"]["median"] / peers["websockets"]["median"],
+        "ratio_to_best": peers["hermes"]["median"] / best,
+        "pure_ratio_to_best": peers["hermes-pure"]["median"] / best,
+        "met": peers["hermes"]["median"] / best >= target,
+    }
+
+
+def print_row(name: str, row: dict) -> None:
+    p = row["peers"]
+    fmt = (lambda v: f"{v:,.1f}") if row["unit"] == "MB/s" else (lambda v: f"{v:,.0f}")
+    print(f"{name:<16} raw {fmt(p['raw']['median']):>9}  websockets {fmt(p['websockets']['median']):>9}  "
+          f"hermes {fmt(p['hermes']['median']):>9}  pure {fmt(p['hermes-pure']['median']):>9} {row['unit']:<14}"
+          f" x{row['ratio_to_raw']:.2f} raw  x{row['ratio_to_websockets']:.2f} websockets  "
+          f"target x{row['target']} of best: {'met' if row['met'] else 'NOT met'}"
+          + (f"  (sink busy <= {row['sink_busy_max']:.0%})" if row["sink_busy_max"] is not None else ""), flush=True)
+
+
+def run_peer(peer: str, workload: str, size: int, count: int, url: str) -> dict:
+    env = dict(os.environ)
+    if peer == "hermes-pure":
+        env["HERMES_GEVENT_PURE_PYTHON"] = "1"
+    out = subprocess.run([sys.executable, "-m", "benchmarks.peer", peer, workload, str(size), str(count), url],
+                         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"{peer} {workload} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def enqueue_cost(url: str, count: int, rounds: int) -> dict:
+    hermes = [run_peer("hermes", "enqueue", 100, count, url)["costs_ns"] for _ in range(rounds)]
+    raw = [run_peer("raw", "enqueue", 100, count, url)["costs_ns"] for _ in range(rounds)]
+    median = statistics.median(r["median"] for r in hermes)
+    raw_median = statistics.median(r["median"] for r in raw)
+    return {"hermes_median_ns": median, "hermes_p99_ns": statistics.median(r["p99"] for r in hermes),
+            "raw_median_ns": raw_median, "ratio": median / raw_median, "met": median / raw_median <= 0.2}
+
+
+def probe(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.probes", *args], cwd=HERE.parent,
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"probe {args[0]} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sink_capacity(url: str, scale: float) -> dict:
+    count = max(1000, int(500_000 * scale))
+    out = subprocess.run(["node", str(SINK / "blast.js"), url, str(count), "100"], capture_output=True, text=True,
+                         timeout=120, check=True)
+    seconds = float(out.stdout.strip())
+    return {"msgs_per_s": count / seconds}
+
+
+def flask_in_gunicorn(scale: float, rounds: int) -> dict:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install wrk)"}
+    sink, port = start_sink()
+    http_port = free_port()
+    env = dict(os.environ, HERMES_WS_URL=f"ws://127.0.0.1:{port}/sink?expect=0")
+    app = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b",
+                            f"127.0.0.1:{http_port}", "--log-level", "warning", "benchmarks.flask_app:app"],
+                           cwd=HERE.parent, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/plain", 30)
+        duration = "1s" if scale < 1 else "3s"
+        rates: dict[str, list[float]] = {"plain": [], "send": []}
+        for r in range(rounds):
+            for path in (["plain", "send"] if r % 2 == 0 else ["send", "plain"]):
+                out = subprocess.run(["wrk", "-t", "1", "-c", "16", "-d", duration,
+                                      f"http://127.0.0.1:{http_port}/{path}"], capture_output=True, text=True,
+                                     timeout=60, check=True)
+                line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
+                rates[path].append(float(line.split()[1]))
+        plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
+        return {"plain_rps": plain, "send_rps": send, "ratio": send / plain, "met": send / plain >= 0.95,
+                "runs": rates}
+    finally:
+        stop(app)
+        stop(sink)
+
+
+def ensure_node_deps() -> None:
+    if not (SINK / "node_modules" / "ws").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SINK, check=True, timeout=300)
+
+
+def start_sink(port: int = 0):
+    proc = subprocess.Popen(["node", str(SINK / "server.js"), str(port)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening"):
+        stop(proc)
+        raise RuntimeError("the Node sink server did not start")
+    return proc, int(line.split()[1])
+
+
+def stop(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # the harness is a plain script, not a gevent app
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()}
+
+
+def draw_chart(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("chart: skipped (pip install 'hermes_gevent[bench]' for matplotlib)")
+        return
+    names = list(report["workloads"])
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.2
+    for i, peer in enumerate(PEERS):
+        values = [report["workloads"][n]["peers"][peer]["median"] / report["workloads"][n]["peers"]["raw"]["median"]
+                  for n in names]
+        ax.bar([x + (i - 1.5) * width for x in range(len(names))], values, width, label=peer)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("throughput / raw websocket-client")
+    ax.set_title(f"hermes_gevent vs peers (medians of {report['rounds']} rounds, {report['machine']['cpus']} CPUs)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Benchmarks that measure hermes_gevent alone, each in its own process:
+
+    python -m benchmarks.probes memory COUNT          bytes per queued message; O(1) queue ops
+    python -m benchmarks.probes recovery URL DELAY    server back -> first message delivered
+    (the recovery probe starts and kills its own sink server)
+
+Prints one JSON line.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+
+from hermes_gevent import WebSocketClient  # noqa: E402
+
+SINK = Path(__file__).parent / "sink" / "server.js"
+
+
+def memory(count: int) -> dict:
+    """A client that is not connected holds ``count`` 100-byte messages."""
+    client = WebSocketClient(url="ws://127.0.0.1:9/never", max_queue_size=max(count * 2, 200_000))
+    messages = [("x" * 96) + f"{i:04d}"[-4:] for i in range(count)]  # built before measuring
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for message in messages:
+        client.send_message(message)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    per_message = (after - before) / count
+
+    outbox = client._outbox_or_create()
+    timings = {}
+    for depth in (1_000, 100_000):
+        while len(outbox) > depth:
+            outbox.take(256, 1 << 30, timeout=0)
+            outbox.ack()
+        while len(outbox) < depth:
+            outbox.put((1, b"x" * 100))
+        began = time.perf_counter()
+        for _ in range(10_000):
+            outbox.put((1, b"x" * 100))
+            outbox.take(1, 1 << 30, timeout=0)
+            outbox.ack()
+        timings[depth] = (time.perf_counter() - began) / 10_000 * 1e9
+    client.stop(0.1)
+    return {"bytes_per_message": round(per_message, 1), "op_ns_at_1k": round(timings[1_000]),
+            "op_ns_at_100k": round(timings[100_000])}
+
+
+def recovery(port: int, delay: float) -> dict:
+    """Time from the server listening again to the first message it confirms."""
+    def start_sink():
+        proc = subprocess.Popen(["node", str(SINK), str(port)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().startswith("listening")
+        return proc
+
+    done = gevent.event.Event()
+    sink = start_sink()
+    client = WebSocketClient(url=f"ws://127.0.0.1:{port}/sink?expect=1", retry_delay=delay, max_retry_delay=delay,
+                             retry_jitter=0, min_uptime=0, on_message=lambda msg: done.set())
+    client.start()
+    assert client.wait_until_connected(10)
+    sink.kill()
+    sink.wait()
+    gevent.sleep(delay * 2.5)  # a few failed attempts: the client is in its backoff cycle
+    client.send_message("first after the restart")
+    sink = start_sink()
+    back = time.perf_counter()
+    done.wait(30)
+    seconds = time.perf_counter() - back
+    client.stop(1)
+    sink.kill()
+    sink.wait()
+    return {"seconds": round(seconds, 4), "retry_delay": delay}
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "memory":
+        result = memory(int(sys.argv[2]))
+    else:
+        result = recovery(int(sys.argv[2]), float(sys.argv[3]))
+    print(json.dumps(result), flush=True)
