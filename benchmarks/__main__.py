@@ -37,6 +37,7 @@ THROUGHPUT = [
     ("one-way 100 B", "oneway", 100, 100_000, "msg/s", 1.5),
     ("one-way 1 KiB", "oneway", 1024, 50_000, "msg/s", 1.0),
     ("one-way 64 KiB", "oneway", 65536, 3_000, "MB/s", 1.0),
+    ("one-way 64 KiB bytes", "oneway-bin", 65536, 3_000, "MB/s", 1.0),
     ("receive 100 B", "receive", 100, 200_000, "msg/s", 1.0),
     ("echo 100 B", "echo", 100, 5_000, "round trips/s", 1.0),
 ]
@@ -91,7 +92,8 @@ def main() -> int:
         print(f"flask under gunicorn: skipped ({report['flask']['skipped']})")
     else:
         print(f"flask under gunicorn: {report['flask']['send_rps']:.0f} req/s with send_message vs "
-              f"{report['flask']['plain_rps']:.0f} without (ratio {report['flask']['ratio']:.3f}, target >= 0.95)")
+              f"{report['flask']['plain_rps']:.0f} without (ratio {report['flask']['ratio']:.3f}, target >= 0.95; "
+              f"{'worker pinned to its own CPU' if report['flask']['pinned'] else 'not pinned'})")
 
     busiest = max(w["sink_busy_max"] for w in report["workloads"].values() if w["sink_busy_max"] is not None)
     capacity = report["sink_capacity"]["msgs_per_s"]
@@ -166,28 +168,33 @@ def sink_capacity(url: str, scale: float) -> dict:
 
 
 def flask_in_gunicorn(scale: float, rounds: int) -> dict:
+    """Requests/s of one gevent worker, with and without a send per request. On 2+ CPUs the
+    worker gets CPU 0 to itself and the load generator and the sink share CPU 1, so the
+    figure is the worker's own cost, not the sink's CPU taken from it."""
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
-    sink, port = start_sink()
+    pinned = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    pin = (lambda cpu: ["taskset", "-c", str(cpu)]) if pinned else (lambda cpu: [])
+    sink, port = start_sink(prefix=pin(1))
     http_port = free_port()
     env = dict(os.environ, HERMES_WS_URL=f"ws://127.0.0.1:{port}/sink?expect=0")
-    app = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b",
+    app = subprocess.Popen([*pin(0), sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b",
                             f"127.0.0.1:{http_port}", "--log-level", "warning", "benchmarks.flask_app:app"],
                            cwd=HERE.parent, env=env)
     try:
         wait_http(f"http://127.0.0.1:{http_port}/plain", 30)
         duration = "1s" if scale < 1 else "3s"
         rates: dict[str, list[float]] = {"plain": [], "send": []}
-        for r in range(rounds):
+        for r in range(rounds * 2):
             for path in (["plain", "send"] if r % 2 == 0 else ["send", "plain"]):
-                out = subprocess.run(["wrk", "-t", "1", "-c", "16", "-d", duration,
+                out = subprocess.run([*pin(1), "wrk", "-t", "1", "-c", "16", "-d", duration,
                                       f"http://127.0.0.1:{http_port}/{path}"], capture_output=True, text=True,
                                      timeout=60, check=True)
                 line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
                 rates[path].append(float(line.split()[1]))
         plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
         return {"plain_rps": plain, "send_rps": send, "ratio": send / plain, "met": send / plain >= 0.95,
-                "runs": rates}
+                "pinned": pinned, "runs": rates}
     finally:
         stop(app)
         stop(sink)
@@ -198,8 +205,9 @@ def ensure_node_deps() -> None:
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SINK, check=True, timeout=300)
 
 
-def start_sink(port: int = 0):
-    proc = subprocess.Popen(["node", str(SINK / "server.js"), str(port)], stdout=subprocess.PIPE, text=True)
+def start_sink(port: int = 0, prefix: list[str] | None = None):
+    proc = subprocess.Popen([*(prefix or []), "node", str(SINK / "server.js"), str(port)], stdout=subprocess.PIPE,
+                            text=True)
     line = proc.stdout.readline()
     if not line.startswith("listening"):
         stop(proc)

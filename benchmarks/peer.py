@@ -17,6 +17,7 @@ import sys
 import time
 
 PEER, WORKLOAD, SIZE, COUNT, URL = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+KIND = WORKLOAD.removesuffix("-bin")  # the same workload with a bytes payload
 
 if PEER != "websockets":
     from gevent import monkey
@@ -29,24 +30,26 @@ if PEER != "websockets":
 PRODUCER_YIELD_BYTES = 64 * 1024
 
 
-def payload_text(size: int) -> str:
-    return "x" * size
+def payload_text(size: int):
+    """The message: text, or bytes for the binary workloads ("oneway-bin")."""
+    return b"x" * size if WORKLOAD.endswith("-bin") else "x" * size
 
 
 def run_raw() -> dict:
     import websocket
 
     text = payload_text(SIZE)
-    if WORKLOAD == "oneway":
+    if KIND == "oneway":
         ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}", enable_multithread=False)
+        send = ws.send_binary if isinstance(text, bytes) else ws.send
         start = time.perf_counter()
         for _ in range(COUNT):
-            ws.send(text)
+            send(text)
         reply = ws.recv()
         seconds = time.perf_counter() - start
         assert reply.startswith(f"done {COUNT} "), reply
         sink_busy = float(reply.split()[3])
-    elif WORKLOAD == "receive":
+    elif KIND == "receive":
         ws = websocket.create_connection(f"{URL}/push?n={COUNT}&size={SIZE}")
         received = 0
         start = time.perf_counter()
@@ -56,7 +59,7 @@ def run_raw() -> dict:
         seconds = time.perf_counter() - start
         assert received == COUNT + 1  # and the empty marker
         sink_busy = float(message.split()[1])
-    elif WORKLOAD == "echo":
+    elif KIND == "echo":
         ws = websocket.create_connection(f"{URL}/echo")
         start = time.perf_counter()
         for _ in range(COUNT):
@@ -64,7 +67,7 @@ def run_raw() -> dict:
             ws.recv()
         seconds = time.perf_counter() - start
         sink_busy = None
-    elif WORKLOAD == "enqueue":
+    elif KIND == "enqueue":
         ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}")
         costs = []
         for _ in range(COUNT):
@@ -85,7 +88,7 @@ def run_websockets() -> dict:
     text = payload_text(SIZE)
 
     async def main() -> dict:
-        if WORKLOAD == "oneway":
+        if KIND == "oneway":
             async with connect(f"{URL}/sink?expect={COUNT}", compression=None, max_size=None) as ws:
                 start = time.perf_counter()
                 for _ in range(COUNT):
@@ -94,7 +97,7 @@ def run_websockets() -> dict:
                 seconds = time.perf_counter() - start
                 assert reply.startswith(f"done {COUNT} "), reply
                 sink_busy = float(reply.split()[3])
-        elif WORKLOAD == "receive":
+        elif KIND == "receive":
             async with connect(f"{URL}/push?n={COUNT}&size={SIZE}", compression=None, max_size=None,
                                max_queue=None) as ws:
                 received = 0
@@ -105,7 +108,7 @@ def run_websockets() -> dict:
                 seconds = time.perf_counter() - start
                 assert received == COUNT + 1
                 sink_busy = float(message.split()[1])
-        elif WORKLOAD == "echo":
+        elif KIND == "echo":
             async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
                 start = time.perf_counter()
                 for _ in range(COUNT):
@@ -129,7 +132,7 @@ def run_hermes() -> dict:
     state = {"received": 0, "reply": None}
 
     def on_message(msg):
-        if WORKLOAD == "receive":
+        if KIND == "receive":
             if msg.startswith("end"):
                 state["reply"] = msg
                 done.set()
@@ -140,12 +143,12 @@ def run_hermes() -> dict:
             done.set()
 
     path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
-            "enqueue": f"/sink?expect={COUNT}"}[WORKLOAD]
+            "enqueue": f"/sink?expect={COUNT}"}[KIND]
     client = WebSocketClient(url=URL + path, on_message=on_message, max_queue_size=max(COUNT, 10) * 2,
                              max_message_size=64 * 2**20)
     client.start()
     assert client.wait_until_connected(10)
-    if WORKLOAD == "oneway":
+    if KIND == "oneway":
         start = time.perf_counter()
         every = max(1, PRODUCER_YIELD_BYTES // max(SIZE, 1))
         for i in range(COUNT):
@@ -156,14 +159,14 @@ def run_hermes() -> dict:
         seconds = time.perf_counter() - start
         assert state["reply"].startswith(f"done {COUNT} "), state
         sink_busy = float(state["reply"].split()[3])
-    elif WORKLOAD == "receive":
+    elif KIND == "receive":
         start = time.perf_counter()
         client.send_message("go")
         done.wait(120)
         seconds = time.perf_counter() - start
         assert state["received"] == COUNT + 1, state
         sink_busy = float(state["reply"].split()[1])
-    elif WORKLOAD == "echo":
+    elif KIND == "echo":
         start = time.perf_counter()
         for _ in range(COUNT):
             done.clear()
@@ -171,7 +174,7 @@ def run_hermes() -> dict:
             done.wait(10)
         seconds = time.perf_counter() - start
         sink_busy = None
-    elif WORKLOAD == "enqueue":
+    elif KIND == "enqueue":
         costs = []
         for i in range(COUNT):
             began = time.perf_counter_ns()

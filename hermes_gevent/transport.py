@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - Windows
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
 
 READ_SIZE = 256 * 1024
+#: The ledger of unacknowledged writes is trimmed once it holds this many entries.
+LEDGER_TRIM_EVERY = 512
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
@@ -181,6 +183,7 @@ class Connection:
         self.parser = frames.FrameParser(max_message_size)
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = _KernelLedger(_SEND_LIMIT)
+        self._keys = frames.MaskKeys()
         # TLS records do not map byte for byte onto frames: no unacknowledged count there.
         plain = not isinstance(sock, _stdlib_ssl.SSLSocket)
         self.tracks_acks = plain and hasattr(termios, "TIOCOUTQ")
@@ -235,7 +238,7 @@ class Connection:
                         small.append(item)
                         continue
                     if small:
-                        handed += self._send(list(zip(small, frames.encode_frames(small))))
+                        handed += self._send(list(zip(small, frames.encode_frames(small, self._keys))))
                         small = []
                     opcode, payload = item
                     last_piece = -(-len(payload) // frames.MASK_PIECE)  # pieces after the header
@@ -246,7 +249,7 @@ class Connection:
                         gevent.idle()
                     handed += 1
                 if small:
-                    handed += self._send(list(zip(small, frames.encode_frames(small))))
+                    handed += self._send(list(zip(small, frames.encode_frames(small, self._keys))))
             except _Partial as partial:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
@@ -297,8 +300,8 @@ class Connection:
                         ledger.record(entries[index][0], lengths[index])
                     entry_start += lengths[index]
                     index += 1
-            if track:
-                # Keep only what TCP has not acknowledged yet: one ioctl per write call.
+            if track and len(ledger.entries) > LEDGER_TRIM_EVERY:
+                # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY messages.
                 outq = self._outq()
                 if outq is not None:
                     ledger.trim(outq)

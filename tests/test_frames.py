@@ -115,3 +115,14 @@ def test_parse_calls_back_in_order():
     calls = []
     parser.parse(lambda data: calls.append(("message", data)), lambda event: calls.append(("control", event)))
     assert calls == [("message", "a"), ("control", Ping(b"p")), ("message", b"b"), ("control", Close(1000, ""))]
+
+
+def test_c_and_pure_python_masking_agree():
+    from websocket import ABNF
+
+    from hermes_gevent import frames
+
+    for size in (0, 1, 3, 4, 5, 100, 4099, 70_000):
+        payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        key = b"\x9a\x01\xfe\x33"
+        assert frames.mask(key, payload) == ABNF.mask(key, payload)
