@@ -298,10 +298,21 @@ class MaskKeys:
         return keys
 
 
-def encode_frames(items: list[tuple[int, bytes]], keys: MaskKeys | None = None) -> list[tuple[bytes, bytes]]:
-    """Frames (as parts) for several messages."""
-    block = keys.take(len(items)) if keys is not None else os.urandom(4 * len(items))
-    return [encode_frame_parts(opcode, payload, block[4 * i : 4 * i + 4]) for i, (opcode, payload) in enumerate(items)]
+def frame_chunks(items: list[tuple[int, bytes]], keys: MaskKeys) -> tuple[list[bytes], list[int]]:
+    """The frames of several messages as a flat list of chunks to write (header and key,
+    masked payload, ...) and each frame's size: the writer's hot path, kept lean."""
+    block = keys.take(len(items))
+    chunks: list[bytes] = []
+    lengths: list[int] = []
+    add_chunk, add_length, small = chunks.append, lengths.append, _SMALL_HEADERS
+    for i, (opcode, payload) in enumerate(items):
+        key = block[4 * i : 4 * i + 4]
+        size = len(payload)
+        head = small[opcode][size] + key if size < 126 else _header(opcode, size) + key
+        add_chunk(head)
+        add_chunk(mask(key, payload))
+        add_length(len(head) + size)
+    return chunks, lengths
 
 
 def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
@@ -311,6 +322,10 @@ def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
     yield _header(opcode, len(payload)) + key
     for start in range(0, len(payload), MASK_PIECE):  # MASK_PIECE % 4 == 0: the mask stays aligned
         yield mask(key, payload[start : start + MASK_PIECE])
+
+
+#: Two-byte headers of masked frames with payloads under 126 bytes, by opcode and length.
+_SMALL_HEADERS = {op: [bytes((0x80 | op, 0x80 | n)) for n in range(126)] for op in (0, 1, 2, 8, 9, 10)}
 
 
 def _header(opcode: int, length: int) -> bytes:

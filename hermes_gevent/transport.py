@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - Windows
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
 
 READ_SIZE = 256 * 1024
-#: The ledger of unacknowledged writes is trimmed once it holds this many entries.
-LEDGER_TRIM_EVERY = 512
+#: The ledger of unacknowledged writes is trimmed once it holds this many writes.
+LEDGER_TRIM_EVERY = 64
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
@@ -121,11 +121,14 @@ def _upgrade(sock, url: str, headers: Mapping[str, str]) -> None:
 
 
 class WriteFailed(ConnectionClosed):
-    """A write failed after the first ``handed`` items of the batch reached the kernel whole."""
+    """A write failed after the first ``handed`` items of the batch reached the kernel whole.
 
-    def __init__(self, handed: int, reason: str) -> None:
+    ``code`` is 1006 when the socket failed, 1000 when the connection was already closing
+    (a close handshake under way is not an abrupt failure)."""
+
+    def __init__(self, handed: int, reason: str, code: int = frames.CLOSE_ABNORMAL) -> None:
         self.handed = handed
-        super().__init__(frames.CLOSE_ABNORMAL, reason)
+        super().__init__(code, reason)
 
 
 def _kernel_send_limit() -> int:
@@ -143,36 +146,40 @@ _SEND_LIMIT = _kernel_send_limit()
 class _KernelLedger:
     """The last writes handed to the kernel, newest last, so that after an abrupt
     failure the messages TCP never acknowledged can be told apart (Linux TIOCOUTQ:
-    bytes in the send queue not yet acknowledged by the peer)."""
+    bytes in the send queue not yet acknowledged by the peer). One entry per write
+    call: (messages or None for control frames, their byte counts, total)."""
 
     def __init__(self, limit: int) -> None:
-        self.entries: collections.deque = collections.deque()  # (item or None, bytes in kernel)
+        self.entries: collections.deque = collections.deque()
         self.size = 0
         self.limit = limit
 
-    def record(self, item, nbytes: int) -> None:
-        self.entries.append((item, nbytes))
-        self.size += nbytes
+    def record(self, items: list, lengths: list[int]) -> None:
+        total = sum(lengths)
+        self.entries.append((items, lengths, total))
+        self.size += total
         while self.size > self.limit and len(self.entries) > 1:
-            self.size -= self.entries.popleft()[1]
+            self.size -= self.entries.popleft()[2]
 
     def trim(self, outq: int) -> None:
         """Forget the oldest writes the peer has acknowledged (all but the last ``outq`` bytes)."""
         entries = self.entries
-        while entries and self.size - entries[0][1] >= outq:
-            self.size -= entries.popleft()[1]
+        while entries and self.size - entries[0][2] >= outq:
+            self.size -= entries.popleft()[2]
 
     def unacknowledged(self, outq: int) -> list:
         """The messages (oldest first) covering the last ``outq`` bytes written."""
-        items = []
-        for item, nbytes in reversed(self.entries):
-            if outq <= 0:
-                break
-            if item is not None:
-                items.append(item)
-            outq -= nbytes
-        items.reverse()
-        return items
+        found = []
+        for items, lengths, _ in reversed(self.entries):
+            for index in range(len(items) - 1, -1, -1):
+                if outq <= 0:
+                    found.reverse()
+                    return found
+                if items[index] is not None:
+                    found.append(items[index])
+                outq -= lengths[index]
+        found.reverse()
+        return found
 
 
 class Connection:
@@ -216,13 +223,13 @@ class Connection:
 
     def _check_open(self) -> None:
         if self.close_sent or self.aborted:
-            raise WriteFailed(0, "connection is closing")
+            raise WriteFailed(0, "connection is closing", frames.CLOSE_NORMAL)
 
     def write(self, data: bytes) -> None:
         """Write one control frame, whole, with no other write in between."""
         with self._write_lock:
             self._check_open()
-            self._send([(None, (data,))])
+            self._send([None], [data], [len(data)])
 
     def send_frames(self, items: list[tuple[int, bytes]]) -> None:
         """Frame several messages and write them with as few socket calls as possible:
@@ -232,53 +239,60 @@ class Connection:
             self._check_open()
             handed = 0
             try:
-                small: list[tuple[int, bytes]] = []
-                for item in items:
+                start = 0
+                for index, item in enumerate(items):
                     if len(item[1]) <= frames.MASK_PIECE:
-                        small.append(item)
                         continue
-                    if small:
-                        handed += self._send(list(zip(small, frames.encode_frames(small, self._keys))))
-                        small = []
-                    opcode, payload = item
-                    last_piece = -(-len(payload) // frames.MASK_PIECE)  # pieces after the header
-                    # Masked lazily, one piece at a time, yielding in between; the ledger
-                    # counts the message once its last byte is in the kernel.
-                    for index, piece in enumerate(frames.encode_frame_pieces(opcode, payload)):
-                        self._send([(item if index == last_piece else None, (piece,))])
-                        gevent.idle()
-                    handed += 1
-                if small:
-                    handed += self._send(list(zip(small, frames.encode_frames(small, self._keys))))
+                    if index > start:
+                        handed += self._send_frames_whole(items[start:index])
+                    handed += self._send_frame_in_pieces(item)
+                    start = index + 1
+                if start < len(items):
+                    handed += self._send_frames_whole(items[start:])
             except _Partial as partial:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
-    def _send(self, entries: list[tuple[object, tuple[bytes, ...]]]) -> int:
-        """Write the entries' parts in order, recording in the ledger what reached the
-        kernel; returns how many entries were handed over (all, unless it raises _Partial).
+    def _send_frames_whole(self, items: list[tuple[int, bytes]]) -> int:
+        chunks, lengths = frames.frame_chunks(items, self._keys)
+        return self._send(items, chunks, lengths)
 
-        Small parts are joined into one buffer; large ones go to the kernel as they are,
-        in one vectored write (sendmsg) on plain TCP, so a payload is never copied again.
+    def _send_frame_in_pieces(self, item: tuple[int, bytes]) -> int:
+        """Masked lazily, one piece at a time, yielding in between; the ledger counts
+        the message once its last byte is in the kernel."""
+        opcode, payload = item
+        pieces = frames.encode_frame_pieces(opcode, payload)
+        last = -(-len(payload) // frames.MASK_PIECE)  # pieces after the header
+        for index, piece in enumerate(pieces):
+            self._send([item if index == last else None], [piece], [len(piece)])
+            gevent.idle()
+        return 1
+
+    def _send(self, items: list, chunks: list[bytes], lengths: list[int]) -> int:
+        """Write ``chunks`` (the frames of ``items``, whose sizes are ``lengths``) in order,
+        recording in the ledger what reached the kernel; return how many items were
+        handed over whole (all, unless it raises _Partial).
+
+        Small chunks are joined into one buffer; on plain TCP large ones go to the kernel
+        as they are, in one vectored write (sendmsg), so a payload is never copied again.
         """
-        buffers, small, lengths = [], [], []
-        vectored = self._vectored
-        for _, parts in entries:
-            length = 0
-            for part in parts:
-                length += len(part)
-                if vectored and len(part) >= VECTOR_MIN:
+        if self._vectored and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
+            buffers, small = [], []
+            for chunk in chunks:
+                if len(chunk) >= VECTOR_MIN:
                     if small:
                         buffers.append(b"".join(small))
                         small = []
-                    buffers.append(part)
+                    buffers.append(chunk)
                 else:
-                    small.append(part)
-            lengths.append(length)
-        if small:
-            buffers.append(small[0] if len(small) == 1 else b"".join(small))
+                    small.append(chunk)
+            if small:
+                buffers.append(b"".join(small))
+        else:
+            buffers = [chunks[0] if len(chunks) == 1 else b"".join(chunks)]
         views = [memoryview(b) for b in buffers]
-        total, offset, index, entry_start, first = sum(lengths), 0, 0, 0, 0
+        total, offset, first = sum(lengths), 0, 0
         track, ledger = self.tracks_acks, self._ledger
+        recorded, recorded_bytes = 0, 0  # items in the ledger so far, and their bytes
         self.writes += 1
         try:
             while offset < total:
@@ -295,23 +309,44 @@ class Connection:
                     else:
                         views[first] = view[sent:]
                         sent = 0
-                while index < len(entries) and entry_start + lengths[index] <= offset:
-                    if track:
-                        ledger.record(entries[index][0], lengths[index])
-                    entry_start += lengths[index]
-                    index += 1
-            if track and len(ledger.entries) > LEDGER_TRIM_EVERY:
-                # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY messages.
+                if track and offset < total:
+                    # A partial write, and we may wait before the rest: the ledger must match
+                    # the kernel now, in case another greenlet declares the connection dead.
+                    done = recorded
+                    while done < len(items) and recorded_bytes + lengths[done] <= offset:
+                        recorded_bytes += lengths[done]
+                        done += 1
+                    if done > recorded:
+                        ledger.record(items[recorded:done], lengths[recorded:done])
+                        recorded = done
+        except OSError as exc:
+            raise _Partial(self._record_partial(items, lengths, offset, recorded, recorded_bytes), exc) from None
+        if track:
+            if recorded < len(items):
+                ledger.record(items[recorded:], lengths[recorded:])
+            if len(ledger.entries) > LEDGER_TRIM_EVERY:
+                # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY writes.
                 outq = self._outq()
                 if outq is not None:
                     ledger.trim(outq)
-        except OSError as exc:
-            if track and offset > entry_start:
-                # Part of a frame reached the kernel: its bytes count, but the message stays
-                # with the caller - an incomplete frame is never delivered, so it must go again.
-                ledger.record(None, offset - entry_start)
-            raise _Partial(index, exc) from None
-        return index
+        return len(items)
+
+    def _record_partial(self, items: list, lengths: list[int], offset: int, recorded: int, whole: int) -> int:
+        """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already
+        in the ledger): ledger the rest of the whole items, and the bytes of a cut-off frame
+        without its message (an incomplete frame is never delivered, so the message stays with
+        the caller to go again). Returns how many items went whole."""
+        handed = recorded
+        while handed < len(items) and whole + lengths[handed] <= offset:
+            whole += lengths[handed]
+            handed += 1
+        if self.tracks_acks:
+            done_items, done_lengths = items[recorded:handed], lengths[recorded:handed]
+            if offset > whole:
+                done_items, done_lengths = [*done_items, None], [*done_lengths, offset - whole]
+            if done_items:
+                self._ledger.record(done_items, done_lengths)
+        return handed
 
     def unacknowledged(self) -> list:
         """After an abrupt failure, before abort(): the messages whose bytes TCP never
@@ -341,7 +376,8 @@ class Connection:
                 return False
             self.close_sent = True
             try:
-                self._send([(None, (frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)),))])
+                frame = frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason))
+                self._send([None], [frame], [len(frame)])
                 return True
             except _Partial:
                 return False

@@ -7,7 +7,7 @@ Phase 1 forces RECONNECTS reconnects (server closes with 1012) and compares live
 greenlets and open file descriptors before and after. Phase 2 pushes MESSAGES
 numbered messages as fast as the queue takes them while the server closes the
 connection every FAULT_EVERY seconds, then checks the server's tally: every
-message once, in order. RSS is reported at the start and the end. Prints JSON.
+message once, in order on each connection. RSS is reported at the start and the end. Prints JSON.
 """
 
 from gevent import monkey

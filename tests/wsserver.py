@@ -34,6 +34,7 @@ from websockets.http11 import Response
 MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False}
 STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": -1}
 SEEN = bytearray()
+LAST: dict[int, int] = {}  # the last number seen on each connection
 CLIENTS: dict[int, object] = {}
 _next_id = 0
 
@@ -64,7 +65,7 @@ async def handler(ws):
             await ws.close(MODE["close_on_open"], "closing at once")
         async for message in ws:
             if MODE["count"]:
-                count(message)
+                count(message, cid)
                 continue
             if isinstance(message, str):
                 if not MODE["quiet"]:
@@ -85,8 +86,12 @@ async def handler(ws):
              sent=sent.code if sent else None)
 
 
-def count(message) -> None:
-    """Count mode: numbered messages "n:<int>" are tallied, not printed (for soaks)."""
+def count(message, cid: int) -> None:
+    """Count mode: numbered messages "n:<int>" are tallied, not printed (for soaks).
+
+    Order is checked per connection: after a reconnect the old connection's handler may
+    still be draining its buffer while the new one already counts, so arrival order across
+    connections says nothing about the order the client sent in."""
     global SEEN
     STATS["received"] += 1
     number = int(message[2:])
@@ -95,11 +100,12 @@ def count(message) -> None:
     byte, bit = divmod(number, 8)
     if SEEN[byte] >> bit & 1:
         STATS["dups"] += 1
-        return
-    SEEN[byte] |= 1 << bit
-    STATS["distinct"] += 1
-    if number < STATS["highest"]:
+    else:
+        SEEN[byte] |= 1 << bit
+        STATS["distinct"] += 1
+    if number < LAST.get(cid, -1):
         STATS["out_of_order"] += 1
+    LAST[cid] = number
     STATS["highest"] = max(STATS["highest"], number)
 
 
