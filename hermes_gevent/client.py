@@ -549,9 +549,10 @@ class WebSocketClient(BaseClient):
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
                     gevent.sleep(COALESCE_PAUSE)
-                else:
+                elif read_at - asked_at < COALESCE_IF_WAITED_UNDER:
                     # recv() does not yield while data is waiting: let timers and other I/O run
-                    # per read (idle, not sleep(0): a chain of sleep(0) callbacks starves timers).
+                    # (idle, not sleep(0): a chain of sleep(0) callbacks starves timers). A read
+                    # that had to wait already gave the hub its turn: no extra loop turn then.
                     gevent.idle()
         except _ServerClosed as closed:
             event = closed.event
