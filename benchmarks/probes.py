@@ -46,12 +46,15 @@ def memory(count: int) -> dict:
             outbox.ack()
         while len(outbox) < depth:
             outbox.put((1, b"x" * 100))
-        began = time.perf_counter()
-        for _ in range(10_000):
-            outbox.put((1, b"x" * 100))
-            outbox.take(1, 1 << 30, timeout=0)
-            outbox.ack()
-        timings[depth] = (time.perf_counter() - began) / 10_000 * 1e9
+        trials = []
+        for _ in range(5):  # the fastest of 5 trials: noise only ever adds time
+            began = time.perf_counter()
+            for _ in range(10_000):
+                outbox.put((1, b"x" * 100))
+                outbox.take(1, 1 << 30, timeout=0)
+                outbox.ack()
+            trials.append((time.perf_counter() - began) / 10_000 * 1e9)
+        timings[depth] = min(trials)
     client.stop(0.1)
     return {"bytes_per_message": round(per_message, 1), "op_ns_at_1k": round(timings[1_000]),
             "op_ns_at_100k": round(timings[100_000])}
