@@ -124,3 +124,22 @@ class ServerProcess:
         self.kill()
 
 
+
+
+def run_script(args: list[str], timeout: float, env: dict | None = None) -> tuple[str, str]:
+    """Run a helper process from the repository root, stopping it by its PID whatever happens;
+    fail the test (with the end of its stderr) unless it exits 0. Returns (stdout, stderr)."""
+    proc = gevent.subprocess.Popen(args, cwd=str(TESTS.parent), env=env, stdout=gevent.subprocess.PIPE,
+                                   stderr=gevent.subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(t(5))
+    assert proc.returncode == 0, f"{args[1:3]} exited {proc.returncode}:\n{err.decode()[-3000:]}"
+    return out.decode(), err.decode()
+
+
+def last_json_line(text: str):
+    return json.loads(text.strip().splitlines()[-1])

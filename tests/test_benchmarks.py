@@ -4,10 +4,9 @@ import json
 import shutil
 import sys
 
-import gevent.subprocess
 import pytest
 
-from .support import TESTS, t
+from .support import run_script, t
 
 WORKLOADS = ["one-way 100 B", "one-way 1 KiB", "one-way 64 KiB", "one-way 64 KiB bytes", "receive 100 B", "echo 100 B"]
 
@@ -15,17 +14,7 @@ WORKLOADS = ["one-way 100 B", "one-way 1 KiB", "one-way 64 KiB", "one-way 64 KiB
 @pytest.mark.skipif(shutil.which("node") is None, reason="the benchmark server runs on Node.js (node not found)")
 def test_every_benchmark_runs(tmp_path):
     output = tmp_path / "bench.json"
-    proc = gevent.subprocess.Popen([sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
-                                   cwd=str(TESTS.parent), stdout=gevent.subprocess.PIPE,
-                                   stderr=gevent.subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=t(300))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(t(5))
-    text = out.decode()
-    assert proc.returncode == 0, text[-3000:]
+    text, _ = run_script([sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)], t(300))
     for name in WORKLOADS:
         assert name in text
     report = json.loads(output.read_text())

@@ -122,7 +122,7 @@ def test_flask_run(server, procs, tmp_path):
         "from flask_example import create_app\n"
         "app = create_app()\n"
     )
-    run = procs([sys.executable, "-m", "flask", "--app", "devapp", "run", "--port", str(port), "--no-reload"],
+    procs([sys.executable, "-m", "flask", "--app", "devapp", "run", "--port", str(port), "--no-reload"],
                 HERMES_WS_URL=server.url, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/status", t(30))

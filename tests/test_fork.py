@@ -3,11 +3,10 @@
 import json
 import sys
 
-import gevent.subprocess
 
 from hermes_gevent import WebSocketClient
 
-from .conftest import TESTS, t
+from .support import TESTS, run_script, t
 
 
 def test_instance_is_one_per_class():
@@ -26,18 +25,8 @@ def test_instance_is_one_per_class():
 
 
 def test_forked_child_starts_fresh_and_nothing_is_sent_twice(server):
-    proc = gevent.subprocess.Popen(
-        [sys.executable, str(TESTS / "scripts" / "fork_child.py"), server.url],
-        stdout=gevent.subprocess.PIPE,
-    )
-    try:
-        out, _ = proc.communicate(timeout=t(40))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(t(5))
-    assert proc.returncode == 0
-    reports = {r["who"]: r for r in map(json.loads, out.decode().splitlines())}
+    out, _ = run_script([sys.executable, str(TESTS / "scripts" / "fork_child.py"), server.url], t(40))
+    reports = {r["who"]: r for r in map(json.loads, out.splitlines())}
     assert reports["child"]["held"] == {
         "same_instance": True, "connected": False, "started": False, "queue_size": 0,
         "state": "idle", "messages_sent": 0,

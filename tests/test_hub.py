@@ -1,17 +1,15 @@
 """The gevent hub is never blocked, patched or not; the library uses no threads and no time.sleep."""
 
 import ast
-import json
 import os
 import sys
 from pathlib import Path
 
-import gevent.subprocess
 import pytest
 
 import hermes_gevent
 
-from .conftest import TESTS, free_port, t
+from .support import TESTS, free_port, last_json_line, run_script, t
 
 #: The issue's bound: no gap between ticks over ~50 ms (scaled on slow machines).
 MAX_GAP_MS = 50
@@ -25,27 +23,18 @@ def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
     hang = proxy_to(server.port)
     hang.hang_new = True
     refused = f"ws://127.0.0.1:{free_port()}/ws"
-    proc = gevent.subprocess.Popen(
+    out, err = run_script(
         [sys.executable, str(TESTS / "scripts" / "hub_ticker.py"), mode, server.url, slow.url, hang.url, refused],
-        stdout=gevent.subprocess.PIPE,
-        stderr=gevent.subprocess.PIPE,
-        env={**os.environ, "HERMES_WS_LOG": "true"},
+        t(60), env={**os.environ, "HERMES_WS_LOG": "true"},
     )
-    try:
-        out, err = proc.communicate(timeout=t(60))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(t(5))
-    assert proc.returncode == 0, err.decode()[-2000:]
-    report = json.loads(out.decode().strip().splitlines()[-1])
+    report = last_json_line(out)
     assert report["connected"] and report["echoed"] == 2001
     assert report["slow_connected"] and report["slow_seconds"] >= 0.1
     assert report["hang_error"] == "ConnectTimeout"
     assert report["backoff_failures"] >= 4
     assert report["ticks"] > 100
     assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
-    warnings = err.decode().count("has not monkey-patched")
+    warnings = err.count("has not monkey-patched")
     assert warnings == (1 if mode == "unpatched" else 0)  # once per process, not per client
     print(mode, report)
 

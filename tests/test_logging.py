@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hermes_gevent import HandshakeRejected, WebSocketClient
+from hermes_gevent import HandshakeRejected
 from hermes_gevent.logs import HermesFormatter, redact_url
 
 from .conftest import t, wait_until

@@ -1,6 +1,5 @@
 """The send queue: bound, overflow strategies, FIFO across reconnects, encoding, threads."""
 
-import logging
 
 import gevent
 import gevent.monkey

@@ -2,16 +2,14 @@
 
 Skipped, with the reason, where the machine does not allow it."""
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 
-import gevent.subprocess
 import pytest
 
-from ..support import TESTS, t
+from ..support import last_json_line, run_script, t
 from .accounting import RESULTS, Accounting
 
 pytestmark = pytest.mark.faults
@@ -34,18 +32,8 @@ REASON = _why_not()
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_kernel_faults_in_a_network_namespace():
-    proc = gevent.subprocess.Popen(
-        ["unshare", "-n", sys.executable, "-m", "tests.faults.netns_scenarios"],
-        cwd=str(TESTS.parent), stdout=gevent.subprocess.PIPE, stderr=gevent.subprocess.PIPE,
-    )
-    try:
-        out, err = proc.communicate(timeout=t(90))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(t(5))
-    assert proc.returncode == 0, err.decode()[-3000:]
-    rows = {row["scenario"]: row for row in json.loads(out.decode().strip().splitlines()[-1])}
+    out, _ = run_script(["unshare", "-n", sys.executable, "-m", "tests.faults.netns_scenarios"], t(90))
+    rows = {row["scenario"]: row for row in last_json_line(out)}
     for row in rows.values():
         fields = {k: v for k, v in row.items() if k != "errors"}
         RESULTS.append(Accounting(**{**fields, "note": ", ".join(row["errors"])}))
