@@ -1,5 +1,10 @@
 """WebSocketClient: the supervisor, reader, sender and health greenlets.
 
+This module is longer than the others on purpose: the four loops share one run's
+state (the session, the outbox, the generation, the stop sequence), and keeping them
+side by side keeps that state machine readable in one place. Everything that can live
+without that state does: the policies, the transport, the outbox, and the Session.
+
     supervisor  connect -> publish a Session -> ping and watch it -> back off -> again
     reader      for each Session: read frames, answer pings, dispatch messages
     sender      for each Session: take a batch from the outbox, write it, ack it
@@ -22,6 +27,7 @@ import os
 import random
 import time
 import weakref
+from datetime import datetime, timezone
 from typing import Any, Optional, Union
 
 import gevent
@@ -39,6 +45,7 @@ from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolEr
 from .logs import ClientLog, RateLimitedCounter, Redactor, enable_stderr_logging, env_flag, redact_url, secrets_in
 from .outbox import DROP_STOPPED, Item, Outbox
 from .policy import describe
+from .session import Session, now as _now
 
 Message = Union[str, bytes, bytearray, memoryview, dict, list]
 
@@ -74,42 +81,6 @@ CLOSE_WAIT = 2.0
 
 _all_clients: "weakref.WeakSet[WebSocketClient]" = weakref.WeakSet()
 _warned_unpatched = False
-
-
-def _now() -> float:
-    return time.monotonic()
-
-
-class Session:
-    """One live connection and what the loops learn about it."""
-
-    def __init__(self, conn: transport.Connection, on_unacknowledged: Any = None) -> None:
-        self.conn = conn
-        self._on_unacknowledged = on_unacknowledged
-        self.opened_at = _now()
-        self.last_frame_at = self.opened_at
-        self.ping_sent_at: Optional[float] = None
-        self.handler_since: Optional[float] = None  # set while the reader runs handle_message
-        self.slow_handler_warned: Optional[float] = None
-        self.lost = gevent.event.Event()
-        self.error: Optional[BaseException] = None
-
-    def fail(self, exc: BaseException) -> None:
-        """Mark the connection dead with ``exc`` (first cause wins) and close its socket.
-
-        After an abrupt end (no close handshake), the messages whose bytes the peer's
-        TCP never acknowledged are handed back to be sent again before the socket goes.
-        """
-        if not self.lost.is_set():
-            self.error = exc
-            self.lost.set()
-            if _is_abrupt(exc) and self._on_unacknowledged is not None:
-                self._on_unacknowledged(self.conn.unacknowledged())
-        self.conn.abort()
-
-    @property
-    def alive(self) -> bool:
-        return not self.lost.is_set()
 
 
 class WebSocketClient(BaseClient):
@@ -756,16 +727,9 @@ class _ServerClosed(Exception):
         self.event = event
 
 
-def _is_abrupt(exc: BaseException) -> bool:
-    """A connection that ended without a close handshake: unacknowledged data is suspect."""
-    return isinstance(exc, PingTimeout) or (isinstance(exc, ConnectionClosed) and exc.code == 1006)
-
-
 def _iso(timestamp: Optional[float]) -> Optional[str]:
     if timestamp is None:
         return None
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
