@@ -4,7 +4,6 @@ from .backoff import Backoff
 from .base import BaseClient
 from .client import State, WebSocketClient
 from .errors import (
-    ClientStopped,
     ConfigError,
     ConnectionClosed,
     ConnectionFailed,
@@ -22,7 +21,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Backoff",
     "BaseClient",
-    "ClientStopped",
     "ConfigError",
     "ConnectionClosed",
     "ConnectionFailed",

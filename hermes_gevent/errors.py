@@ -3,7 +3,6 @@
     HermesError                      base of everything raised here
     ├── ConfigError                  settings: raised by the constructor or start()
     ├── QueueFull                    send_message() under the "raise" overflow strategy
-    ├── ClientStopped                (reserved) operations that need a running client
     └── ConnectionFailed             transport: one connection attempt or connection ended
         ├── ConnectTimeout           TCP + TLS + upgrade took longer than CONNECT_TIMEOUT
         ├── HandshakeRejected        the server answered the upgrade with another HTTP status
@@ -28,10 +27,6 @@ class ConfigError(HermesError, ValueError):
 
 class QueueFull(HermesError):
     """The send queue is at MAX_QUEUE_SIZE and the overflow strategy is "raise"."""
-
-
-class ClientStopped(HermesError):
-    """The client is stopped and the operation needs it running."""
 
 
 class ConnectionFailed(HermesError):
