@@ -33,7 +33,6 @@ from typing import Any, Optional, Union
 import gevent
 import gevent.event
 import gevent.monkey
-import gevent.pool
 import gevent.queue
 from gevent import getcurrent
 from gevent._hub_local import get_hub_if_exists
@@ -110,7 +109,6 @@ class WebSocketClient(BaseClient):
         different generation and exit without touching the new run's state."""
         self._generation += 1
         self._stopping = False
-        self._group: Optional[gevent.pool.Group] = None
         self._loops: dict[str, gevent.Greenlet] = {}
         self._session: Optional[Session] = None
         self._reader_inbox: gevent.queue.Queue = gevent.queue.Queue()
@@ -172,7 +170,6 @@ class WebSocketClient(BaseClient):
         self._started = True
         self._stopped_event.clear()
         self.state = State.CONNECTING
-        self._group = gevent.pool.Group()
         for name in ("supervisor", "reader", "sender", "health"):
             self._spawn_loop(name)
         self.log.info(f"client started for {redact_url(self._safe_url())}")
@@ -314,8 +311,7 @@ class WebSocketClient(BaseClient):
         greenlet.name = f"hermes:{self.name}:{name}"
         greenlet.link_exception(lambda g, name=name: self._loop_died(name, g))
         self._loops[name] = greenlet
-        assert self._group is not None
-        self._group.start(greenlet)
+        greenlet.start()
 
     def _loop_died(self, name: str, greenlet: gevent.Greenlet) -> None:
         if self._stopping or self._loops.get(name) is not greenlet:
@@ -673,10 +669,6 @@ class WebSocketClient(BaseClient):
         current = getcurrent()
         loops = [g for g in self._loops.values() if g is not current]
         gevent.killall(loops, block=True, timeout=max(timeout, 0.1))
-        if self._group is not None:
-            for greenlet in list(self._group):
-                if greenlet is not current:
-                    self._group.discard(greenlet)
 
     def _safe_hook(self, hook: Any, *args: Any) -> None:
         try:

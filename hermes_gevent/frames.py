@@ -265,14 +265,8 @@ MASK_PIECE = 256 * 1024
 
 def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
     """One masked client frame (RFC 6455, the format websocket-client's ABNF writes)."""
-    head, body = encode_frame_parts(opcode, payload, key or os.urandom(4))
-    return head + body
-
-
-def encode_frame_parts(opcode: int, payload: bytes, key: bytes) -> tuple[bytes, bytes]:
-    """A masked frame as (header and mask key, masked payload): a writer can hand both
-    to one vectored write instead of copying the payload into a new buffer."""
-    return _header(opcode, len(payload)) + key, mask(key, payload)
+    key = key or os.urandom(4)
+    return _header(opcode, len(payload)) + key + mask(key, payload)
 
 
 class MaskKeys:

@@ -33,8 +33,8 @@ Item = tuple[int, bytes]
 DropSink = Callable[[Item, str], None]
 
 DROP_OVERFLOW = "overflow"
-_WAKE = None  # a marker in the queue that only ends a waiting take()
 DROP_STOPPED = "stopped"
+_WAKE = None  # a marker in the queue that only ends a waiting take()
 
 
 class Outbox:
@@ -55,7 +55,6 @@ class Outbox:
         self._wakeup.start(self._drain_handoff)
         self._empty = gevent.event.Event()
         self._empty.set()
-        self.closed = False
 
     # -- producers ---------------------------------------------------------
 
@@ -145,7 +144,7 @@ class Outbox:
         the kernel: forget them, keep the rest in flight; return ``written``."""
         if batch is self._inflight:
             del batch[:written]
-        if not (self._inflight or self._redo or self._queue.qsize() > self._wakes or self._handoff):
+        if not len(self):
             self._empty.set()
         return written
 
@@ -180,7 +179,6 @@ class Outbox:
     def close(self) -> list[Item]:
         """Refuse nothing more here (the client refuses first); return and forget
         everything still held, oldest first."""
-        self.closed = True
         self._drain_handoff()
         remaining = list(self._redo) + list(self._inflight)
         self._redo.clear()
