@@ -38,6 +38,7 @@ from gevent import getcurrent
 from gevent._hub_local import get_hub_if_exists
 
 from . import frames, health, transport
+from .fairness import new_turns, take_turn
 from .backoff import Backoff
 from .base import BaseClient
 from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolError
@@ -69,8 +70,6 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_BELOW = 16 * 1024
 COALESCE_IF_WAITED_UNDER = 0.00002
 COALESCE_PAUSE = 0.0005
-#: The sender gives other greenlets a turn at least this often while it has work.
-SENDER_YIELD_EVERY = 0.002
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
 #: How long a drop summary line waits before repeating.
@@ -497,11 +496,13 @@ class WebSocketClient(BaseClient):
         parse = conn.parser.parse
         on_message = self._on_data
         on_control = functools.partial(self._on_control, session)
+        turns = new_turns()
         try:
             writes = -1
             while True:
                 asked_at = _now()
                 read_at = session.last_frame_at = conn.receive()
+                waited = read_at - asked_at >= COALESCE_IF_WAITED_UNDER  # recv() let the event loop turn
                 quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
                 self._debug_bodies = self.log.logger.isEnabledFor(logging.DEBUG)
                 received = self.messages_received
@@ -510,17 +511,18 @@ class WebSocketClient(BaseClient):
                 session.handler_since = None
                 if self.messages_received != received:
                     self._last_message_at = read_at
-                if quiet and conn.last_read_size < COALESCE_BELOW and read_at - asked_at < COALESCE_IF_WAITED_UNDER:
+                if waited:
+                    turns.cycled(read_at)  # the hub already ran while we waited: no extra turn
+                elif quiet and conn.last_read_size < COALESCE_BELOW:
                     # Small reads that never had to wait, while we are not writing: the server
                     # streams frames faster than we ask. Reading each packet alone costs a syscall
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
                     gevent.sleep(COALESCE_PAUSE)
-                elif read_at - asked_at < COALESCE_IF_WAITED_UNDER:
-                    # recv() does not yield while data is waiting: let timers and other I/O run
-                    # (idle, not sleep(0): a chain of sleep(0) callbacks starves timers). A read
-                    # that had to wait already gave the hub its turn: no extra loop turn then.
-                    gevent.idle()
+                    turns.cycled(_now())
+                else:
+                    # recv() does not yield while data is waiting: share the hub (fairness.py).
+                    take_turn(turns)
         except _ServerClosed as closed:
             event = closed.event
             self.log.info(f"server closed the connection with code {event.code} {event.reason}".rstrip())
@@ -558,9 +560,9 @@ class WebSocketClient(BaseClient):
     def _sender_loop(self, gen: int) -> None:
         outbox = self._outbox_or_create()
         inbox = self._sender_inbox
-        yielded_at = _now()
         while self._current(gen):
             session = inbox.get()
+            turns = session.conn.write_turns
             while session.alive and self._current(gen):
                 batch = outbox.take(MAX_BATCH_ITEMS, MAX_BATCH_BYTES, timeout=None)
                 if not session.alive:
@@ -577,12 +579,9 @@ class WebSocketClient(BaseClient):
                     session.fail(exc)
                     break
                 self.messages_sent += outbox.ack()
-                now = _now()
-                if now - yielded_at >= SENDER_YIELD_EVERY:
-                    # A full queue never blocks take(), nor a draining socket send(): after a
-                    # while of writing, let timers and I/O run (idle, not sleep(0): see the reader).
-                    gevent.idle()
-                    yielded_at = _now()
+                # A full queue never blocks take(), nor a draining socket send(): share the
+                # hub after each batch, as fairness.py decides.
+                take_turn(turns)
 
     def _health_loop(self, gen: int) -> None:
         while True:

@@ -24,6 +24,7 @@ import gevent.ssl
 import websocket
 
 from . import frames
+from .fairness import new_turns, take_turn
 
 try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
     import fcntl
@@ -200,6 +201,7 @@ class Connection:
         self.last_read_at = time.monotonic()
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)
+        self.write_turns = new_turns()  # the data writer's share of the hub (the sender's greenlet)
 
     def receive(self) -> float:
         """Wait for data and buffer one large read for ``parser``; return when it came.
@@ -264,7 +266,7 @@ class Connection:
         last = -(-len(payload) // frames.MASK_PIECE)  # pieces after the header
         for index, piece in enumerate(pieces):
             self._send([item if index == last else None], [piece], [len(piece)])
-            gevent.idle()
+            take_turn(self.write_turns)
         return 1
 
     def _send(self, items: list, chunks: list[bytes], lengths: list[int]) -> int:
