@@ -4,10 +4,15 @@
 
 PEER: raw (a websocket-client loop under gevent), websockets (asyncio), hermes
 (hermes_gevent with its C speedups), hermes-pure (HERMES_GEVENT_PURE_PYTHON=1).
-Prints one JSON line: {"seconds": ..., ...}. The clock starts when the
-workload starts (connections are already open) and stops when the server
+Prints one JSON line: {"seconds": ..., "dropped": ..., ...}. The clock starts when
+the workload starts (connections are already open) and stops when the server
 confirms delivery (one-way), the last message is handled (receive) or the last
 echo returns (echo).
+
+hermes runs with the settings a user gets (MAX_QUEUE_SIZE 10000, drop_oldest) and
+reports what it dropped; a run that dropped anything has no time ("seconds": null):
+the harness reports it as a failure. raw and websockets block in send() and so
+never drop.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ if PEER != "websockets":
     monkey.patch_all()
 
 
-#: The hermes producer yields to the hub after every this many bytes of messages (the
-#: other peers yield, or block, on every send; send_message never does).
-PRODUCER_YIELD_BYTES = 64 * 1024
+#: The hermes producer yields with gevent.sleep(0) after every this many send_message
+#: calls, as a gevent app does (a request handler returns to the hub after its sends).
+#: The other peers block in every send; send_message never does.
+YIELD_EVERY = 100
+
+#: What a peer that blocks in send() drops: nothing.
+NO_DROPS = {"dropped": 0, "drops_by_reason": {}}
 
 
 def payload_text(size: int):
@@ -75,9 +84,9 @@ def run_raw() -> dict:
             ws.send(text)
             costs.append(time.perf_counter_ns() - began)
         ws.recv()
-        return {"costs_ns": _percentiles(costs)}
+        return {"costs_ns": _percentiles(costs), **NO_DROPS}
     ws.close()
-    return {"seconds": seconds, "sink_busy": sink_busy}
+    return {"seconds": seconds, "sink_busy": sink_busy, **NO_DROPS}
 
 
 def run_websockets() -> dict:
@@ -116,7 +125,7 @@ def run_websockets() -> dict:
                     await ws.recv()
                 seconds = time.perf_counter() - start
                 sink_busy = None
-        return {"seconds": seconds, "sink_busy": sink_busy}
+        return {"seconds": seconds, "sink_busy": sink_busy, **NO_DROPS}
 
     return asyncio.run(main())
 
@@ -144,49 +153,64 @@ def run_hermes() -> dict:
 
     path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
             "enqueue": f"/sink?expect={COUNT}"}[KIND]
-    client = WebSocketClient(url=URL + path, on_message=on_message, max_queue_size=max(COUNT, 10) * 2,
-                             max_message_size=64 * 2**20)
+    client = WebSocketClient(url=URL + path, on_message=on_message)  # the defaults a user gets
     client.start()
     assert client.wait_until_connected(10)
+    result = {"seconds": None, "sink_busy": None}
     if KIND == "oneway":
         start = time.perf_counter()
-        every = max(1, PRODUCER_YIELD_BYTES // max(SIZE, 1))
-        for i in range(COUNT):
-            client.send_message(text)
-            if i % every == every - 1:
-                gevent.idle()  # a producer in a gevent app returns to the hub now and then
-        done.wait(120)
-        seconds = time.perf_counter() - start
-        assert state["reply"].startswith(f"done {COUNT} "), state
-        sink_busy = float(state["reply"].split()[3])
+        produce(client, text)
+        if not client.messages_dropped:  # with drops the server never counts to COUNT: nothing to wait for
+            done.wait(120)
+            result["seconds"] = time.perf_counter() - start
+            assert state["reply"].startswith(f"done {COUNT} "), state
+            result["sink_busy"] = float(state["reply"].split()[3])
     elif KIND == "receive":
         start = time.perf_counter()
         client.send_message("go")
         done.wait(120)
-        seconds = time.perf_counter() - start
+        result["seconds"] = time.perf_counter() - start
         assert state["received"] == COUNT + 1, state
-        sink_busy = float(state["reply"].split()[1])
+        result["sink_busy"] = float(state["reply"].split()[1])
     elif KIND == "echo":
         start = time.perf_counter()
         for _ in range(COUNT):
             done.clear()
             client.send_message(text)
             done.wait(10)
-        seconds = time.perf_counter() - start
-        sink_busy = None
+        result["seconds"] = time.perf_counter() - start
     elif KIND == "enqueue":
-        costs = []
-        for i in range(COUNT):
-            began = time.perf_counter_ns()
-            client.send_message(text)
-            costs.append(time.perf_counter_ns() - began)
-            if i % 100 == 99:
-                gevent.idle()  # a request handler returns to the hub between requests
-        done.wait(60)
-        client.stop(5)
-        return {"costs_ns": _percentiles(costs)}
+        costs = produce_timed(client, text)
+        if not client.messages_dropped:
+            done.wait(60)
+        result = {"costs_ns": _percentiles(costs)}
+    status = client.status()  # before stop(): stop() counts what it discards as drops of its own
     client.stop(5)
-    return {"seconds": seconds, "sink_busy": sink_busy}
+    return {**result, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"]}
+
+
+def produce(client, text) -> None:
+    """COUNT send_message calls, yielding the way a gevent app does."""
+    import gevent
+
+    for i in range(COUNT):
+        client.send_message(text)
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            gevent.sleep(0)  # back to the hub now and then, as a request handler does between requests
+
+
+def produce_timed(client, text) -> list[int]:
+    """produce(), with the cost of each send_message call in ns."""
+    import gevent
+
+    costs = []
+    for i in range(COUNT):
+        began = time.perf_counter_ns()
+        client.send_message(text)
+        costs.append(time.perf_counter_ns() - began)
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            gevent.sleep(0)
+    return costs
 
 
 def _percentiles(values: list[int]) -> dict:

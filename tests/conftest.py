@@ -18,7 +18,7 @@ from hermes_gevent import WebSocketClient  # noqa: E402
 
 from .faultproxy import FaultProxy  # noqa: E402
 
-from .support import FACTOR, TESTS, ServerProcess, free_port, t, wait_until  # noqa: E402,F401
+from .support import FACTOR, TESTS, Proc, ServerProcess, free_port, t, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -73,6 +73,20 @@ def make_client():
     yield make
     for client in clients:
         client.stop(timeout=t(2))
+
+
+@pytest.fixture
+def procs():
+    started = []
+
+    def start(args, **env):
+        proc = Proc(args, {**os.environ, **env})
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import gevent
@@ -98,6 +100,17 @@ class ServerProcess:
         if cmd["cmd"] != "exit":
             self.wait_event(lambda e: e["ev"] == "done" and e["cmd"] == cmd["cmd"], t(timeout), since=mark)
 
+    def tally(self, expected: int, timeout: float) -> dict:
+        """Count mode's tally, once ``expected`` distinct numbers arrived or at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            mark = len(self.events)
+            self.command(cmd="stats")
+            stats = self.wait_event(lambda e: e["ev"] == "stats", t(10), since=mark)
+            if stats["distinct"] >= expected or time.monotonic() > deadline:
+                return {k: v for k, v in stats.items() if k != "ev"}
+            gevent.sleep(0.1)
+
     # -- records -------------------------------------------------------------------
 
     def of(self, kind: str) -> list[dict]:
@@ -143,3 +156,44 @@ def run_script(args: list[str], timeout: float, env: dict | None = None) -> tupl
 
 def last_json_line(text: str):
     return json.loads(text.strip().splitlines()[-1])
+
+
+def http(method, url, body=None, timeout=5.0):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_http(url, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return http("GET", url)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
+            gevent.sleep(0.1)
+
+
+class Proc:
+    """A subprocess stopped by its PID in teardown, whatever happens."""
+
+    def __init__(self, args, env):
+        self.popen = gevent.subprocess.Popen(args, env=env, cwd=str(TESTS.parent), stdout=gevent.subprocess.PIPE,
+                                             stderr=gevent.subprocess.STDOUT)
+        self.output = []
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self):
+        for line in self.popen.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(t(10))
+        self._reader.join(t(5))
+
+    def text(self):
+        return "".join(self.output)

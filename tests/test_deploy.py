@@ -7,72 +7,15 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import gevent
 import gevent.subprocess
 import pytest
 
-from .conftest import free_port, t
+from .support import free_port, http, t, wait_http
 
 ROOT = Path(__file__).parent.parent
-
-
-def http(method, url, body=None, timeout=5.0):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def wait_http(url, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return http("GET", url)
-        except (urllib.error.URLError, ConnectionError, OSError):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
-            gevent.sleep(0.1)
-
-
-class Proc:
-    """A subprocess stopped by its PID in teardown, whatever happens."""
-
-    def __init__(self, args, env):
-        self.popen = gevent.subprocess.Popen(args, env=env, cwd=str(ROOT), stdout=gevent.subprocess.PIPE,
-                                             stderr=gevent.subprocess.STDOUT)
-        self.output = []
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self):
-        for line in self.popen.stdout:
-            self.output.append(line.decode(errors="replace"))
-
-    def stop(self):
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(t(10))
-        self._reader.join(t(5))
-
-    def text(self):
-        return "".join(self.output)
-
-
-@pytest.fixture
-def procs():
-    started = []
-
-    def start(args, **env):
-        proc = Proc(args, {**os.environ, **env})
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])

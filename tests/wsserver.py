@@ -6,6 +6,9 @@ from stdin, one per line, so a test can script it and keep a record of every
 message it received:
 
     {"cmd": "push", "n": 100}                       numbered text messages to every client
+    {"cmd": "stream", "rate": 5000, "seconds": 10, "size": 200}
+                                                    "push-<n>-<time.time()>-..." at a steady rate, in the background;
+                                                    emits "streamed" with the count when it ends
     {"cmd": "send", "text": "hi"} / {"cmd": "send", "hex": "00ff"}
     {"cmd": "close", "code": 1011, "reason": ""}    close every connection with a code
     {"cmd": "raw", "hex": "..."}                    write raw bytes (bad frames) to every client
@@ -26,6 +29,7 @@ import hashlib
 import json
 import ssl
 import sys
+import time
 
 from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
@@ -36,6 +40,8 @@ STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": 
 SEEN = bytearray()
 LAST: dict[int, int] = {}  # the last number seen on each connection
 CLIENTS: dict[int, object] = {}
+STREAMS: list = []  # background stream tasks (kept referenced until they end)
+STREAM_TICK = 0.005
 _next_id = 0
 
 
@@ -117,6 +123,8 @@ async def run_command(cmd: dict) -> None:
         for ws in clients:
             for i in range(start, start + cmd["n"]):
                 await ws.send(f"push-{i}")
+    elif name == "stream":
+        STREAMS.append(asyncio.ensure_future(stream(clients, cmd["rate"], cmd["seconds"], cmd.get("size", 0))))
     elif name == "send":
         data = cmd["text"] if "text" in cmd else bytes.fromhex(cmd["hex"])
         for ws in clients:
@@ -151,6 +159,24 @@ async def run_command(cmd: dict) -> None:
     elif name == "exit":
         raise SystemExit(0)
     emit(ev="done", cmd=name)
+
+
+async def stream(clients: list, rate: float, seconds: float, size: int) -> None:
+    """Numbered messages at ``rate`` per second for ``seconds``, paced every STREAM_TICK."""
+    loop = asyncio.get_running_loop()
+    sent, start = 0, loop.time()
+    try:
+        while (now := loop.time()) < start + seconds:
+            due = int((now - start) * rate)
+            while sent < due:
+                message = f"push-{sent}-{time.time():.6f}-".ljust(size, "x")  # numbered, timestamped
+                for ws in clients:
+                    await ws.send(message)
+                sent += 1
+            await asyncio.sleep(STREAM_TICK)
+        emit(ev="streamed", sent=sent)
+    except Exception as exc:
+        emit(ev="streamed", sent=sent, error=repr(exc))
 
 
 async def read_commands() -> None:

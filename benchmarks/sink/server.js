@@ -4,12 +4,24 @@
 //                        "end <busy>"
 // <busy> is the fraction of one core the server used meanwhile: near 1.0 would make it the bottleneck.
 //   /echo                echo every message
+//   /lag                 messages are JSON carrying "t", the sender's wall clock (time.time(), same
+//                        machine) when it called send_message; record how long each took to get here.
+//                        HTTP GET /lag answers {count, p50_ms, p99_ms, max_ms, unrecorded} for the
+//                        messages since the previous GET /lag, and starts afresh.
 // Prints "listening <port>" on stdout once ready.
 const http = require("http");
 const { WebSocketServer } = require("ws");
 
 const port = parseInt(process.argv[2] || "0", 10);
-const server = http.createServer();
+const server = http.createServer((req, res) => {
+  if (req.method === "GET" && req.url === "/lag") {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify(lag.report()));
+  } else {
+    res.writeHead(404);
+    res.end();
+  }
+});
 const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
 
 wss.on("connection", (ws, req) => {
@@ -40,10 +52,34 @@ wss.on("connection", (ws, req) => {
       cpu0 = process.cpuUsage(); t0 = process.hrtime.bigint();
       pump();
     });
+  } else if (url.pathname === "/lag") {
+    ws.on("message", (data) => {
+      const now = performance.timeOrigin + performance.now();  // wall clock in ms, sub-ms resolution
+      lag.add(now - JSON.parse(data).t * 1000);
+    });
   } else {
     ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
   }
 });
+
+// Delivery lags in ms, in a fixed buffer: memory stays bounded however long the run.
+const lag = {
+  samples: new Float64Array(1 << 20),
+  count: 0,
+  unrecorded: 0,  // arrived after the buffer filled: counted, not in the percentiles
+  add(ms) {
+    if (this.count < this.samples.length) this.samples[this.count++] = ms;
+    else this.unrecorded += 1;
+  },
+  report() {
+    const sorted = this.samples.slice(0, this.count).sort();
+    const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] : null);
+    const out = { count: this.count, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1), unrecorded: this.unrecorded };
+    this.count = 0;
+    this.unrecorded = 0;
+    return out;
+  },
+};
 
 // Fraction of one core this process used since (cpu0, t0).
 function busy(cpu0, t0) {
