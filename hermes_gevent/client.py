@@ -38,7 +38,7 @@ from gevent import getcurrent
 from gevent._hub_local import get_hub_if_exists
 
 from . import frames, health, transport
-from .fairness import new_turns, take_turn
+from .fairness import loop_turn_counter, new_turns, take_turn, timer_floor
 from .backoff import Backoff
 from .base import BaseClient
 from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolError
@@ -63,8 +63,9 @@ class State(enum.Enum):
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
 MAX_BATCH_BYTES = 256 * 1024
-#: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting
-#: (returned within COALESCE_IF_WAITED_UNDER seconds), with nothing written meanwhile, pauses
+#: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting (the
+#: event loop did not turn during it; on loops that do not count turns, it returned within
+#: COALESCE_IF_WAITED_UNDER seconds), with nothing written meanwhile, pauses
 #: COALESCE_PAUSE seconds before the next read. Streams of small frames then arrive in large
 #: reads; a lone message, or a request/response exchange, is never delayed.
 COALESCE_BELOW = 16 * 1024
@@ -497,12 +498,22 @@ class WebSocketClient(BaseClient):
         on_message = self._on_data
         on_control = functools.partial(self._on_control, session)
         turns = new_turns()
+        loop_turns = loop_turn_counter()
+        coalesce_pause = timer_floor(COALESCE_PAUSE)
         try:
-            writes = -1
+            writes, turned = -1, 0
             while True:
                 asked_at = _now()
+                if loop_turns is not None:
+                    turned = loop_turns()
                 read_at = session.last_frame_at = conn.receive()
-                waited = read_at - asked_at >= COALESCE_IF_WAITED_UNDER  # recv() let the event loop turn
+                # Did recv() wait for data (the event loop turned meanwhile), or find it waiting?
+                if loop_turns is not None:
+                    waited = loop_turns() != turned
+                    found_waiting = not waited
+                else:  # a loop that counts no turns (libuv): time the call, and always take a turn
+                    waited = False
+                    found_waiting = read_at - asked_at < COALESCE_IF_WAITED_UNDER
                 quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
                 self._debug_bodies = self.log.logger.isEnabledFor(logging.DEBUG)
                 received = self.messages_received
@@ -513,12 +524,12 @@ class WebSocketClient(BaseClient):
                     self._last_message_at = read_at
                 if waited:
                     turns.cycled(read_at)  # the hub already ran while we waited: no extra turn
-                elif quiet and conn.last_read_size < COALESCE_BELOW:
+                elif quiet and found_waiting and conn.last_read_size < COALESCE_BELOW:
                     # Small reads that never had to wait, while we are not writing: the server
                     # streams frames faster than we ask. Reading each packet alone costs a syscall
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
-                    gevent.sleep(COALESCE_PAUSE)
+                    gevent.sleep(coalesce_pause)
                     turns.cycled(_now())
                 else:
                     # recv() does not yield while data is waiting: share the hub (fairness.py).

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import Callable, Optional
 
 import gevent
 
-__all__ = ["Yield", "Turns", "new_turns", "take_turn", "cycle_loop"]
+__all__ = ["Yield", "Turns", "new_turns", "take_turn", "cycle_loop", "loop_turn_counter", "timer_floor"]
 
 
 class Yield(enum.Enum):
@@ -71,6 +72,22 @@ class Turns:
 def new_turns() -> Turns:
     """A Turns on gevent's switch interval, starting now."""
     return Turns(gevent.getswitchinterval(), time.monotonic())
+
+
+def loop_turn_counter() -> Optional[Callable[[], int]]:
+    """A function counting the event loop's turns (libev's ev_iteration), so a caller can
+    tell whether a call waited (the loop turned meanwhile) or returned at once; None on
+    loops that do not count them (libuv), where callers fall back on timing the call."""
+    loop = gevent.get_hub().loop
+    return (lambda: loop.iteration) if getattr(loop, "iteration", -1) >= 0 else None
+
+
+def timer_floor(seconds: float) -> float:
+    """``seconds``, raised to the loop's timer resolution where it is coarser (libuv: 1 ms,
+    and gevent warns about every shorter timer)."""
+    if type(gevent.get_hub().loop).__module__.startswith("gevent.libuv"):
+        return max(seconds, 0.001)
+    return seconds
 
 
 def cycle_loop() -> None:

@@ -15,8 +15,10 @@ from .support import TESTS, free_port, last_json_line, run_script, t
 MAX_GAP_MS = 50
 
 
-@pytest.mark.parametrize("mode", ["patched", "unpatched"])
+@pytest.mark.parametrize("mode", ["patched", "unpatched", "libuv"])
 def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
+    """On gevent's default loop (libev), patched and not, and on libuv (patched), whose
+    loop counts no turns: there the reader times its reads instead."""
     server.command(cmd="mode", echo=True, quiet=True)
     slow = proxy_to(server.port)
     slow.latency = 0.1  # each chunk waits: the upgrade answer takes a while
@@ -25,7 +27,7 @@ def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
     refused = f"ws://127.0.0.1:{free_port()}/ws"
     out, err = run_script(
         [sys.executable, str(TESTS / "scripts" / "hub_ticker.py"), mode, server.url, slow.url, hang.url, refused],
-        t(60), env={**os.environ, "HERMES_WS_LOG": "true"},
+        t(60), env={**os.environ, "HERMES_WS_LOG": "true", **({"GEVENT_LOOP": "libuv"} if mode == "libuv" else {})},
     )
     report = last_json_line(out)
     assert report["connected"] and report["echoed"] == 2001

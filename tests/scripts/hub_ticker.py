@@ -1,13 +1,13 @@
 """Run by test_hub.py: a ticker greenlet must keep ticking while clients connect,
 send, receive, wait on a slow handshake, time out on a hanging one and back off.
 
-usage: hub_ticker.py patched|unpatched ECHO_URL SLOW_URL HANG_URL REFUSED_URL
+usage: hub_ticker.py patched|unpatched|libuv ECHO_URL SLOW_URL HANG_URL REFUSED_URL
 Prints one JSON line: the largest gap between ticks and what each phase saw.
 """
 
 import sys
 
-if sys.argv[1] == "patched":
+if sys.argv[1] in ("patched", "libuv"):  # libuv: GEVENT_LOOP=libuv set by the test
     from gevent import monkey
 
     monkey.patch_all()
