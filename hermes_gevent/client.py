@@ -511,7 +511,7 @@ class WebSocketClient(BaseClient):
                 if loop_turns is not None:
                     waited = loop_turns() != turned
                     found_waiting = not waited
-                else:  # a loop that counts no turns (libuv): time the call, and always take a turn
+                else:  # a loop that counts no turns (libuv): time the call; the budget alone decides yields
                     waited = False
                     found_waiting = read_at - asked_at < COALESCE_IF_WAITED_UNDER
                 quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
@@ -523,16 +523,16 @@ class WebSocketClient(BaseClient):
                 if self.messages_received != received:
                     self._last_message_at = read_at
                 if waited:
-                    turns.cycled(read_at)  # the hub already ran while we waited: no extra turn
+                    turns.turned(read_at)  # the hub already ran while we waited: no extra turn
                 elif quiet and found_waiting and conn.last_read_size < COALESCE_BELOW:
                     # Small reads that never had to wait, while we are not writing: the server
                     # streams frames faster than we ask. Reading each packet alone costs a syscall
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
                     gevent.sleep(coalesce_pause)
-                    turns.cycled(_now())
+                    turns.turned(_now())
                 else:
-                    # recv() does not yield while data is waiting: share the hub (fairness.py).
+                    # recv() does not yield while data is waiting: read on, within the budget (fairness.py).
                     take_turn(turns)
         except _ServerClosed as closed:
             event = closed.event
@@ -571,11 +571,15 @@ class WebSocketClient(BaseClient):
     def _sender_loop(self, gen: int) -> None:
         outbox = self._outbox_or_create()
         inbox = self._sender_inbox
+        loop_turns = loop_turn_counter()
         while self._current(gen):
             session = inbox.get()
             turns = session.conn.write_turns
             while session.alive and self._current(gen):
+                turned = loop_turns() if loop_turns is not None else None
                 batch = outbox.take(MAX_BATCH_ITEMS, MAX_BATCH_BYTES, timeout=None)
+                if turned is not None and loop_turns() != turned:
+                    turns.turned(_now())  # take() waited for a message: the event loop turned
                 if not session.alive:
                     break  # the batch stays in flight and goes out first on the next session
                 if not batch:
@@ -590,8 +594,8 @@ class WebSocketClient(BaseClient):
                     session.fail(exc)
                     break
                 self.messages_sent += outbox.ack()
-                # A full queue never blocks take(), nor a draining socket send(): share the
-                # hub after each batch, as fairness.py decides.
+                # A full queue never blocks take(), nor a draining socket send(): let the
+                # event loop turn once this loop has had the hub for its budget (fairness.py).
                 take_turn(turns)
 
     def _health_loop(self, gen: int) -> None:

@@ -2,71 +2,81 @@
 
 The reader, the sender and the large-frame writer can each have more work than
 time: a server streaming faster than we read, a queue longer than one write. Such
-a loop must give other greenlets their turn while it works, and let the event
-loop poll I/O and run timers often enough that the app's requests and timeouts,
-and our own ping clock, stay on time. gevent offers three ways to yield:
+a loop must keep up with its own work while the app is busy, and still let the
+event loop poll I/O and run timers often enough that the app's requests and
+timeouts, and our own ping clock, stay on time. gevent offers three ways to yield:
 
 - ``gevent.idle()`` waits until the event loop has nothing else to do. In a worker
   serving requests, or next to any greenlet that yields with ``sleep(0)``, that
   moment never comes, and the loop that called it stalls until the load ends.
-  Never used here.
-- ``gevent.sleep(0)`` queues a callback. Queued callbacks run round-robin, so this
-  interleaves fairly with other greenlets yielding the same way (a producer loop,
-  request greenlets being spawned). But gevent runs callbacks in one batch and
-  checks the clock only every 50 callbacks: a chain of callbacks that each do a
-  millisecond of work keeps timers and I/O waiting for 50 ms.
+- ``gevent.sleep(0)`` queues a callback. gevent runs queued callbacks in one batch
+  before it polls, checking the clock only every 50 callbacks: a chain of callbacks
+  that each do a few milliseconds of work keeps timers and I/O waiting for 100 ms
+  and more. And a callback queued while the loop dispatches I/O waits for the next
+  turn anyway.
 - A zero-delay timer resumes the caller after one full turn of the event loop: I/O
-  is polled and every due timer runs first (libuv gets a one-shot check watcher
-  from gevent for this; same effect).
+  is polled and every due timer and ready greenlet runs first (on libuv gevent turns
+  it into a one-shot check watcher; same effect).
 
-So a busy loop shares with ``sleep(0)`` after each unit of work (a batch written,
-a read parsed, a large-frame piece), and at least every ``gevent.getswitchinterval()``
-(5 ms by default, the bound gevent itself promises for ``sleep(0)``) it takes a full
-loop turn instead. A wait for I/O or a timer is a full loop turn too and resets
-the clock.
+So a busy loop works without yielding for a budget, then takes one full loop
+turn with a zero-delay timer. The budget is ``gevent.getswitchinterval()`` (5 ms
+by default: the bound gevent itself sets for a greenlet holding the hub) - unless
+the last loop turn took longer to come back, because the app's own greenlets held
+the hub that long. Request greenlets in a gunicorn gevent worker do: each one
+serves request after request without yielding while its client has the next one
+ready, and under wrk's load the event loop turned only 4 to 14 times a second. A
+loop that then worked 5 ms per turn would get a few percent of the hub, and the
+reader fell seconds behind a stream of 5,000 messages a second. So the budget
+grows to what the others just took - at most half the hub for us - capped at
+MAX_BUDGET, so the library never holds the hub long enough for a person to notice.
+A wait for I/O or a timer is a loop turn too and restarts the budget, so a loop
+that is not busy never yields more than it waits.
 
 ``Turns`` is the pure decision (tested without a clock); ``take_turn`` performs it.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from typing import Callable, Optional
 
 import gevent
 
-__all__ = ["Yield", "Turns", "new_turns", "take_turn", "cycle_loop", "loop_turn_counter", "timer_floor"]
+__all__ = ["MAX_BUDGET", "Turns", "new_turns", "take_turn", "cycle_loop", "loop_turn_counter", "timer_floor"]
 
 
-class Yield(enum.Enum):
-    SHARE = "share"  # sleep(0): let other runnable greenlets run, round-robin
-    CYCLE = "cycle"  # a zero-delay timer: one full event-loop turn (I/O polled, due timers run)
+#: The longest a busy loop holds the hub, however long the app's greenlets hold it.
+MAX_BUDGET = 0.1
 
 
 class Turns:
-    """When a busy loop last let the event loop turn, and how it should yield next.
+    """How long a busy loop has worked since the event loop last turned, and for how
+    long it may.
 
-    Owned by one greenlet. ``next_yield(now)`` says how to yield after a unit of
-    work; ``cycled(now)`` records that the event loop turned (we yielded with a timer,
-    or waited for I/O)."""
+    Owned by one greenlet. After each unit of work, ``due(now)`` says whether the
+    loop has had the hub for its budget and must let the event loop turn;
+    ``turned(now, others)`` records that it did, and that other greenlets held the
+    hub for ``others`` seconds before it came back (0 for a wait for I/O)."""
 
-    __slots__ = ("cycle_every", "_cycled_at")
+    __slots__ = ("budget", "cap", "_turned_at", "_allowed")
 
-    def __init__(self, cycle_every: float, now: float) -> None:
-        if cycle_every < 0:
-            raise ValueError("cycle_every must be >= 0")
-        self.cycle_every = cycle_every
-        self._cycled_at = now
+    def __init__(self, budget: float, now: float, cap: float = MAX_BUDGET) -> None:
+        if not 0 <= budget <= cap:
+            raise ValueError("budget must be >= 0 and <= cap")
+        self.budget = budget
+        self.cap = cap
+        self._turned_at = now
+        self._allowed = budget
 
-    def next_yield(self, now: float) -> Yield:
-        return Yield.CYCLE if now - self._cycled_at >= self.cycle_every else Yield.SHARE
+    def due(self, now: float) -> bool:
+        return now - self._turned_at >= self._allowed
 
-    def cycled(self, now: float) -> None:
-        self._cycled_at = now
+    def turned(self, now: float, others: float = 0.0) -> None:
+        self._turned_at = now
+        self._allowed = min(max(self.budget, others), self.cap)
 
     def __repr__(self) -> str:
-        return f"Turns(cycle_every={self.cycle_every!r})"
+        return f"Turns(budget={self.budget!r}, cap={self.cap!r})"
 
 
 def new_turns() -> Turns:
@@ -98,10 +108,9 @@ def cycle_loop() -> None:
 
 
 def take_turn(turns: Turns) -> None:
-    """Yield after a unit of work, as ``turns`` decides."""
-    now = time.monotonic()
-    if turns.next_yield(now) is Yield.CYCLE:
+    """After a unit of work: let the event loop turn once the budget is spent."""
+    began = time.monotonic()
+    if turns.due(began):
         cycle_loop()
-        turns.cycled(time.monotonic())
-    else:
-        gevent.sleep(0)
+        now = time.monotonic()
+        turns.turned(now, now - began)

@@ -6,30 +6,43 @@ import gevent
 import gevent.event
 import pytest
 
-from hermes_gevent.fairness import Turns, Yield, cycle_loop, take_turn
+from hermes_gevent.fairness import MAX_BUDGET, Turns, cycle_loop, take_turn
 
 from .support import t
 
 
-def test_a_busy_loop_shares_until_the_cycle_interval_then_cycles():
-    turns = Turns(0.25, now=100.0)  # binary-exact times: no float rounding at the boundary
-    assert turns.next_yield(100.0) is Yield.SHARE
-    assert turns.next_yield(100.125) is Yield.SHARE
-    assert turns.next_yield(100.25) is Yield.CYCLE
-    assert turns.next_yield(102.0) is Yield.CYCLE
+def test_a_busy_loop_works_for_its_budget_then_lets_the_loop_turn():
+    turns = Turns(0.25, now=100.0, cap=2.0)  # binary-exact times: no float rounding at the boundary
+    assert not turns.due(100.0)
+    assert not turns.due(100.125)
+    assert turns.due(100.25)
+    assert turns.due(102.0)
 
 
-def test_a_loop_turn_resets_the_clock():
-    turns = Turns(0.25, now=0.0)
-    turns.cycled(0.5)  # e.g. the reader waited for data: the event loop turned
-    assert turns.next_yield(0.625) is Yield.SHARE
-    assert turns.next_yield(0.75) is Yield.CYCLE
+def test_a_wait_for_io_restarts_the_budget():
+    turns = Turns(0.25, now=0.0, cap=2.0)
+    turns.turned(0.5)  # e.g. the reader waited for data: the event loop turned
+    assert not turns.due(0.625)
+    assert turns.due(0.75)
 
 
-def test_cycling_every_time_is_allowed_but_a_negative_interval_is_not():
-    assert Turns(0.0, now=0.0).next_yield(0.0) is Yield.CYCLE
+def test_when_other_greenlets_held_the_hub_longer_the_loop_may_work_as_long_up_to_the_cap():
+    turns = Turns(0.25, now=0.0, cap=2.0)
+    turns.turned(10.0, others=1.0)  # the loop turn took 1 s to come back: the app held the hub
+    assert not turns.due(10.5) and turns.due(11.0)
+    turns.turned(20.0, others=8.0)  # never more than the cap
+    assert not turns.due(21.5) and turns.due(22.0)
+    turns.turned(30.0, others=0.0)  # a quick turn: back to the base budget
+    assert not turns.due(30.125) and turns.due(30.25)
+
+
+def test_the_default_cap_and_bad_budgets():
+    assert Turns(0.005, now=0.0).cap == MAX_BUDGET == 0.1
+    assert Turns(0.0, now=0.0).due(0.0)  # a zero budget turns after every unit
     with pytest.raises(ValueError):
         Turns(-1.0, now=0.0)
+    with pytest.raises(ValueError):
+        Turns(1.0, now=0.0, cap=0.5)
 
 
 @pytest.fixture
@@ -66,7 +79,7 @@ UNITS, UNIT_SECONDS = 150, 0.004
 
 
 def test_a_greenlet_taking_turns_keeps_pace_with_a_sleep0_spinner_and_lets_timers_fire():
-    """Round-robin with sleep(0) callers, and a due timer never waits more than a few turns."""
+    """Side by side with a sleep(0) caller, and a due timer never waits much more than the budget."""
     progress = {"spinner": 0, "worker": 0}
     gaps = []
     done = gevent.event.Event()
@@ -100,5 +113,5 @@ def test_a_greenlet_taking_turns_keeps_pace_with_a_sleep0_spinner_and_lets_timer
     gevent.joinall(greenlets, timeout=t(5))
     # Both made progress side by side: the worker did not wait for the spinner to give up.
     assert progress["worker"] == UNITS and 100 <= progress["spinner_when_worker_done"] < 1_000_000, progress
-    # sleep(0) alone: gevent checks the clock every 50 callbacks, 25 units here, ~100 ms.
+    # sleep(0) after each unit instead: gevent checks the clock every 50 callbacks, 25 units here, ~100 ms.
     assert max(gaps) < t(0.04), f"a timer waited {max(gaps) * 1000:.0f} ms"
