@@ -38,10 +38,10 @@ from gevent import getcurrent
 from gevent._hub_local import get_hub_if_exists
 
 from . import frames, health, transport
-from .fairness import loop_turn_counter, new_turns, take_turn, timer_floor
 from .backoff import Backoff
 from .base import BaseClient
 from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolError
+from .fairness import loop_turn_counter, new_turns, take_turn, timer_floor
 from .logs import ClientLog, RateLimitedCounter, Redactor, enable_stderr_logging, env_flag, redact_url, secrets_in
 from .outbox import DROP_STOPPED, Item, Outbox
 from .policy import describe
@@ -529,8 +529,10 @@ class WebSocketClient(BaseClient):
                     # streams frames faster than we ask. Reading each packet alone costs a syscall
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
+                    paused_at = _now()
                     gevent.sleep(coalesce_pause)
-                    turns.turned(_now())
+                    now = _now()
+                    turns.turned(now, now - paused_at - coalesce_pause)  # a timer is a loop turn too
                 else:
                     # recv() does not yield while data is waiting: read on, within the budget (fairness.py).
                     take_turn(turns)
