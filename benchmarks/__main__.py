@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
     args = parser.parse_args()
     scale, rounds = (0.02, 1) if args.quick else (1.0, args.rounds)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still stops its servers (finally)
 
     ensure_node_deps()
     sink, port = start_sink()
@@ -90,7 +91,7 @@ def main() -> int:
     draw_chart(report, Path(args.output).with_name("chart.png"))
     failed = failures(report)
     for line in failed:
-        print(f"FAILED: {line}")
+        print(f"FAILED: {line}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -199,8 +200,9 @@ def enqueue_cost(url: str, count: int, rounds: int) -> dict:
     if failed:
         return {"failed": failed, "dropped": drops, "met": False}
     median = statistics.median(r["costs_ns"]["median"] for r in results["hermes"])
+    p99 = statistics.median(r["costs_ns"]["p99"] for r in results["hermes"])
     raw_median = statistics.median(r["costs_ns"]["median"] for r in results["raw"])
-    return {"hermes_median_ns": median, "hermes_p99_ns": statistics.median(r["costs_ns"]["p99"] for r in results["hermes"]),
+    return {"hermes_median_ns": median, "hermes_p99_ns": p99,
             "raw_median_ns": raw_median, "ratio": median / raw_median, "met": median / raw_median <= 0.2,
             "failed": None, "dropped": drops}
 
@@ -229,9 +231,15 @@ def sink_capacity(url: str, scale: float) -> dict:
     return {"msgs_per_s": count / seconds}
 
 
+#: wrk's open connections in the Flask benchmark: a worker in production serves many at once.
+#: The req/s comparison and the delivery lag are measured in the same runs, at this load.
+WRK_CONNECTIONS = 64
+
+
 def flask_in_gunicorn(scale: float, rounds: int) -> dict:
-    """Requests/s of one gevent worker, with and without a send per request. On 2+ CPUs the
-    worker gets CPU 0 to itself and the load generator and the sink share CPU 1, so the
+    """Requests/s of one gevent worker, with and without a send per request, and the delivery
+    lag of those sends (send_message in the handler -> the sink has the message). On 2+ CPUs
+    the worker gets CPU 0 to itself and the load generator and the sink share CPU 1, so the
     figure is the worker's own cost, not the sink's CPU taken from it."""
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
@@ -239,30 +247,99 @@ def flask_in_gunicorn(scale: float, rounds: int) -> dict:
     pin = (lambda cpu: ["taskset", "-c", str(cpu)]) if pinned else (lambda cpu: [])
     sink, port = start_sink(prefix=pin(1))
     http_port = free_port()
-    env = dict(os.environ, HERMES_WS_URL=f"ws://127.0.0.1:{port}/sink?expect=0")
-    app = subprocess.Popen([*pin(0), sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b",
-                            f"127.0.0.1:{http_port}", "--log-level", "warning", "benchmarks.flask_app:app"],
-                           cwd=HERE.parent, env=env)
+    env = dict(os.environ, HERMES_WS_URL=f"ws://127.0.0.1:{port}/lag")
+    base, lag_url = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{port}/lag"
+    app = None
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/plain", 30)
-        duration = "1s" if scale < 1 else "3s"
+        app = subprocess.Popen([*pin(0), sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "-b",
+                                f"127.0.0.1:{http_port}", "--log-level", "warning", "benchmarks.flask_app:app"],
+                               cwd=HERE.parent, env=env)
+        wait_http(f"{base}/plain", 30)
         for path in ("plain", "send"):  # warm-up, not counted: the first seconds of a worker run slower
-            subprocess.run([*pin(1), "wrk", "-t", "1", "-c", "16", "-d", "1s", f"http://127.0.0.1:{http_port}/{path}"],
-                           capture_output=True, timeout=60, check=True)
+            wrk(pin(1), f"{base}/{path}", "1s")
+        if not drained(base, 10)["connected"]:
+            raise RuntimeError("the Flask app's client did not connect to the sink")
+        get_json(lag_url)  # forget the warm-up's lags
+        duration = "1s" if scale < 1 else "3s"
         rates: dict[str, list[float]] = {"plain": [], "send": []}
+        lags: list[dict] = []
         for r in range(rounds * 2):
             for path in (["plain", "send"] if r % 2 == 0 else ["send", "plain"]):
-                out = subprocess.run([*pin(1), "wrk", "-t", "1", "-c", "16", "-d", duration,
-                                      f"http://127.0.0.1:{http_port}/{path}"], capture_output=True, text=True,
-                                     timeout=60, check=True)
-                line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
-                rates[path].append(float(line.split()[1]))
-        plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
-        return {"plain_rps": plain, "send_rps": send, "ratio": send / plain, "met": send / plain >= 0.95,
-                "pinned": pinned, "runs": rates}
+                rates[path].append(wrk(pin(1), f"{base}/{path}", duration))
+                if path == "send":
+                    drained(base, 10)  # every message of this run reached the sink before the next run
+                    lags.append(get_json(lag_url))
+        status = get_json(f"{base}/hermes-status")
     finally:
-        stop(app)
+        if app is not None:
+            stop(app)
         stop(sink)
+    return flask_summary(rates, lags, status, pinned)
+
+
+def flask_summary(rates: dict[str, list[float]], lags: list[dict], status: dict, pinned: bool) -> dict:
+    """Medians of the runs; the lag as the median of each run's p50 and p99, and the worst of all."""
+    plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
+    drops = {"messages": status["messages_dropped"], "by_reason": status["drops_by_reason"]}
+    failed = None
+    if drops["messages"]:
+        failed = (f"hermes dropped {drops['messages']:,} messages ({', '.join(sorted(drops['by_reason']))}) "
+                  f"under wrk -c{WRK_CONNECTIONS}")
+    measured = [run for run in lags if run["count"]]
+    return {
+        "plain_rps": plain, "send_rps": send, "ratio": send / plain, "met": not failed and send / plain >= 0.95,
+        "connections": WRK_CONNECTIONS, "pinned": pinned, "runs": rates, "failed": failed, "dropped": drops,
+        "lag_ms": {
+            "p50": statistics.median(run["p50_ms"] for run in measured) if measured else None,
+            "p99": statistics.median(run["p99_ms"] for run in measured) if measured else None,
+            "max": max((run["max_ms"] for run in measured), default=None),
+            "messages": sum(run["count"] + run["unrecorded"] for run in lags),
+            "runs": lags,
+        },
+        "messages_sent": status["messages_sent"],  # warm-up included
+        "queue_size_max": status["queue_size_max"],  # sampled every 10 ms, warm-up included
+    }
+
+
+def print_flask(f: dict) -> None:
+    if "skipped" in f:
+        print(f"flask under gunicorn: skipped ({f['skipped']})")
+    elif f["failed"]:
+        print(f"flask under gunicorn: FAILED — {f['failed']}")
+    else:
+        lag = f["lag_ms"]
+        print(f"flask under gunicorn (wrk -c{f['connections']}): {f['send_rps']:.0f} req/s with send_message vs "
+              f"{f['plain_rps']:.0f} without (ratio {f['ratio']:.3f}, target >= 0.95; "
+              f"{'worker pinned to its own CPU' if f['pinned'] else 'not pinned'}); 0 dropped")
+        print(f"  delivery lag, send_message -> sink: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, "
+              f"max {lag['max']:.2f} ms over {lag['messages']:,} messages; deepest queue seen {f['queue_size_max']:,}")
+
+
+def wrk(prefix: list[str], url: str, duration: str) -> float:
+    """Requests/s that wrk measured; every response must be a 200. A slow response is a slow
+    response, not an error: the event loop of a loaded worker can stall for a second."""
+    out = subprocess.run([*prefix, "wrk", "-t", "1", "-c", str(WRK_CONNECTIONS), "-d", duration, "--timeout", "10s",
+                          url], capture_output=True, text=True, timeout=60, check=True)
+    if "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
+        raise RuntimeError(f"wrk saw errors from {url}:\n{out.stdout}")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
+    return float(line.split()[1])
+
+
+def drained(base: str, timeout: float) -> dict:
+    """The app's client status once its queue is empty (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = get_json(f"{base}/hermes-status")
+        if status["queue_size"] == 0 or time.monotonic() > deadline:
+            time.sleep(0.1)  # written is not yet read: give the sink a moment to read the last ones
+            return status
+        time.sleep(0.01)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def ensure_node_deps() -> None:
@@ -324,7 +401,10 @@ def draw_chart(report: dict, path: Path) -> None:
     except ImportError:
         print("chart: skipped (pip install 'hermes_gevent[bench]' for matplotlib)")
         return
-    names = list(report["workloads"])
+    names = [n for n, row in report["workloads"].items() if not row["failed"]]  # a failure has no figure
+    if not names:
+        print("chart: skipped (every workload failed)")
+        return
     fig, ax = plt.subplots(figsize=(9, 4.2))
     width = 0.2
     for i, peer in enumerate(PEERS):
@@ -333,6 +413,9 @@ def draw_chart(report: dict, path: Path) -> None:
         ax.bar([x + (i - 1.5) * width for x in range(len(names))], values, width, label=peer)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(names)), names)
+    failed = [n for n, row in report["workloads"].items() if row["failed"]]
+    if failed:
+        ax.set_xlabel(f"FAILED (hermes dropped messages), no figure: {', '.join(failed)}", color="firebrick")
     ax.set_ylabel("throughput / raw websocket-client")
     ax.set_title(f"hermes_gevent vs peers (medians of {report['rounds']} rounds, {report['machine']['cpus']} CPUs)")
     ax.legend()

@@ -1,4 +1,8 @@
-"""The benchmarks run (a fraction of a second per workload): this checks they work, not the figures."""
+"""The benchmarks run (a fraction of a second per workload): this checks they work, not the figures.
+
+It does check what every run must report: the messages each peer dropped (none, for
+hermes with its default queue: --quick never sends more than it holds), and the Flask
+app's delivery lag."""
 
 import json
 import shutil
@@ -9,6 +13,7 @@ import pytest
 from .support import run_script, t
 
 WORKLOADS = ["one-way 100 B", "one-way 1 KiB", "one-way 64 KiB", "one-way 64 KiB bytes", "receive 100 B", "echo 100 B"]
+PEERS = {"raw", "websockets", "hermes", "hermes-pure"}
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="the benchmark server runs on Node.js (node not found)")
@@ -19,9 +24,20 @@ def test_every_benchmark_runs(tmp_path):
         assert name in text
     report = json.loads(output.read_text())
     assert list(report["workloads"]) == WORKLOADS
-    for row in report["workloads"].values():
-        assert set(row["peers"]) == {"raw", "websockets", "hermes", "hermes-pure"}
+    for name, row in report["workloads"].items():
+        assert row["failed"] is None, (name, row["failed"])
+        assert set(row["peers"]) == PEERS
         assert all(p["median"] > 0 for p in row["peers"].values())
+        assert set(row["dropped"]) == PEERS
+        assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
+    assert report["enqueue"]["failed"] is None and report["enqueue"]["dropped"]["hermes"]["messages"] == 0
     assert report["enqueue"]["hermes_median_ns"] > 0 and report["memory"]["bytes_per_message"] > 0
     assert report["recovery"]["seconds"] > 0
-    assert "skipped" in report["flask"] or report["flask"]["plain_rps"] > 0
+    flask = report["flask"]
+    if "skipped" not in flask:
+        assert flask["plain_rps"] > 0 and flask["send_rps"] > 0
+        assert flask["failed"] is None and flask["dropped"]["messages"] == 0
+        lag = flask["lag_ms"]
+        assert lag["messages"] > 0
+        assert all(isinstance(lag[key], (int, float)) for key in ("p50", "p99", "max")), lag
+        assert isinstance(flask["queue_size_max"], int)
