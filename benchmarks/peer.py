@@ -30,10 +30,11 @@ if PEER != "websockets":
     monkey.patch_all()
 
 
-#: The hermes producer yields with gevent.sleep(0) after every this many send_message
-#: calls, as a gevent app does (a request handler returns to the hub after its sends).
+#: The hermes producer yields with gevent.sleep(0) after every 100 send_message calls, as
+#: a gevent app does (a request handler returns to the hub after its sends), or sooner,
+#: after every 64 KiB of messages, as often as a loop writing to a socket would block.
 #: The other peers block in every send; send_message never does.
-YIELD_EVERY = 100
+YIELD_EVERY = max(1, min(100, 64 * 1024 // max(SIZE, 1)))
 
 #: What a peer that blocks in send() drops: nothing.
 NO_DROPS = {"dropped": 0, "drops_by_reason": {}}

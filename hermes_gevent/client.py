@@ -71,6 +71,9 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_BELOW = 16 * 1024
 COALESCE_IF_WAITED_UNDER = 0.00002
 COALESCE_PAUSE = 0.0005
+#: Above this fraction of MAX_QUEUE_SIZE queued, the sender keeps the hub for fairness.MAX_BUDGET
+#: before it yields: the queue is close enough to overflow that waiting would lose messages.
+BACKLOG_URGENT = 0.25
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
 #: How long a drop summary line waits before repeating.
@@ -574,6 +577,7 @@ class WebSocketClient(BaseClient):
         outbox = self._outbox_or_create()
         inbox = self._sender_inbox
         loop_turns = loop_turn_counter()
+        backlog_urgent = self.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
         while self._current(gen):
             session = inbox.get()
             turns = session.conn.write_turns
@@ -597,8 +601,9 @@ class WebSocketClient(BaseClient):
                     break
                 self.messages_sent += outbox.ack()
                 # A full queue never blocks take(), nor a draining socket send(): let the
-                # event loop turn once this loop has had the hub for its budget (fairness.py).
-                take_turn(turns)
+                # event loop turn once this loop has had the hub for its budget (fairness.py),
+                # the whole cap while the queue is close enough to overflow to lose messages.
+                take_turn(turns, urgent=len(outbox) > backlog_urgent)
 
     def _health_loop(self, gen: int) -> None:
         while True:

@@ -29,8 +29,10 @@ loop that then worked 5 ms per turn would get a few percent of the hub, and the
 reader fell seconds behind a stream of 5,000 messages a second. So the budget
 grows to what the others just took - at most half the hub for us - capped at
 MAX_BUDGET, so the library never holds the hub long enough for a person to notice.
-A wait for I/O or a timer is a loop turn too and restarts the budget, so a loop
-that is not busy never yields more than it waits.
+A loop whose backlog is about to be lost (the sender, with its queue more than a
+quarter full) takes the whole cap before it yields: a message dropped is worse
+than a timer 100 ms late. A wait for I/O or a timer is a loop turn too and
+restarts the budget, so a loop that is not busy never yields more than it waits.
 
 ``Turns`` is the pure decision (tested without a clock); ``take_turn`` performs it.
 """
@@ -68,8 +70,9 @@ class Turns:
         self._turned_at = now
         self._allowed = budget
 
-    def due(self, now: float) -> bool:
-        return now - self._turned_at >= self._allowed
+    def due(self, now: float, urgent: bool = False) -> bool:
+        """True once the loop has worked its budget (the whole cap when ``urgent``)."""
+        return now - self._turned_at >= (self.cap if urgent else self._allowed)
 
     def turned(self, now: float, others: float = 0.0) -> None:
         self._turned_at = now
@@ -107,10 +110,10 @@ def cycle_loop() -> None:
         hub.wait(timer)
 
 
-def take_turn(turns: Turns) -> None:
+def take_turn(turns: Turns, urgent: bool = False) -> None:
     """After a unit of work: let the event loop turn once the budget is spent."""
     began = time.monotonic()
-    if turns.due(began):
+    if turns.due(began, urgent):
         cycle_loop()
         now = time.monotonic()
         turns.turned(now, now - began)

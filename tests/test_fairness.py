@@ -36,6 +36,12 @@ def test_when_other_greenlets_held_the_hub_longer_the_loop_may_work_as_long_up_t
     assert not turns.due(30.125) and turns.due(30.25)
 
 
+def test_an_urgent_loop_works_for_the_whole_cap():
+    turns = Turns(0.25, now=0.0, cap=2.0)
+    assert turns.due(0.5) and not turns.due(0.5, urgent=True)
+    assert turns.due(2.0, urgent=True)
+
+
 def test_the_default_cap_and_bad_budgets():
     assert Turns(0.005, now=0.0).cap == MAX_BUDGET == 0.1
     assert Turns(0.0, now=0.0).due(0.0)  # a zero budget turns after every unit
