@@ -343,7 +343,7 @@ def get_json(url: str) -> dict:
 
 
 def ensure_node_deps() -> None:
-    if not (SINK / "node_modules" / "ws").exists():
+    if not all((SINK / "node_modules" / name).exists() for name in ("ws", "bufferutil", "utf-8-validate")):
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SINK, check=True, timeout=300)
 
 

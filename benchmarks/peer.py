@@ -36,6 +36,9 @@ if PEER != "websockets":
 #: The other peers block in every send; send_message never does.
 YIELD_EVERY = max(1, min(100, 64 * 1024 // max(SIZE, 1)))
 
+#: The hermes producer waits for the queue to drain above this many bytes of messages.
+HIGH_WATER_BYTES = 4 * 2**20
+
 #: What a peer that blocks in send() drops: nothing.
 NO_DROPS = {"dropped": 0, "drops_by_reason": {}}
 
@@ -191,26 +194,41 @@ def run_hermes() -> dict:
 
 
 def produce(client, text) -> None:
-    """COUNT send_message calls, yielding the way a gevent app does."""
-    import gevent
-
+    """COUNT send_message calls, yielding the way a gevent app does, and waiting when
+    the server falls behind (see pause())."""
     for i in range(COUNT):
         client.send_message(text)
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            gevent.sleep(0)  # back to the hub now and then, as a request handler does between requests
+            pause(client)
+
+
+def pause(client) -> None:
+    """Back to the hub now and then, as a request handler does between requests. A producer
+    faster than the server must wait or lose messages (send_message never waits; the queue
+    is bounded): above the high-water mark, wait for the queue to drain."""
+    import gevent
+
+    if client.status()["queue_size"] > high_water(client):
+        client.flush(60)
+    else:
+        gevent.sleep(0)
+
+
+def high_water(client) -> int:
+    """Half the queue, or 4 MiB of messages, whichever is less (a socket's send buffer holds
+    about as much)."""
+    return min(client.settings.MAX_QUEUE_SIZE // 2, max(1, HIGH_WATER_BYTES // max(SIZE, 1)))
 
 
 def produce_timed(client, text) -> list[int]:
     """produce(), with the cost of each send_message call in ns."""
-    import gevent
-
     costs = []
     for i in range(COUNT):
         began = time.perf_counter_ns()
         client.send_message(text)
         costs.append(time.perf_counter_ns() - began)
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            gevent.sleep(0)
+            pause(client)
     return costs
 
 

@@ -8,7 +8,8 @@
 //                        machine) when it called send_message; record how long each took to get here.
 //                        HTTP GET /lag answers {count, p50_ms, p99_ms, max_ms, unrecorded} for the
 //                        messages since the previous GET /lag, and starts afresh.
-// Prints "listening <port>" on stdout once ready.
+// Prints "listening <port>" on stdout once ready. ws uses its native addons (bufferutil, utf-8-validate)
+// for unmasking and UTF-8 checks, so the server is not what limits a fast client.
 const http = require("http");
 const { WebSocketServer } = require("ws");
 
