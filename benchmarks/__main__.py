@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -263,10 +264,13 @@ def flask_in_gunicorn(scale: float, rounds: int) -> dict:
         duration = "1s" if scale < 1 else "3s"
         rates: dict[str, list[float]] = {"plain": [], "send": []}
         lags: list[dict] = []
+        latencies: list[dict] = []  # wrk's request latency in the send runs, to set the lag beside
         for r in range(rounds * 2):
             for path in (["plain", "send"] if r % 2 == 0 else ["send", "plain"]):
-                rates[path].append(wrk(pin(1), f"{base}/{path}", duration))
+                run = wrk_run(pin(1), f"{base}/{path}", duration)
+                rates[path].append(run["rps"])
                 if path == "send":
+                    latencies.append(run)
                     drained(base, 10)  # every message of this run reached the sink before the next run
                     lags.append(get_json(lag_url))
         status = get_json(f"{base}/hermes-status")
@@ -274,10 +278,11 @@ def flask_in_gunicorn(scale: float, rounds: int) -> dict:
         if app is not None:
             stop(app)
         stop(sink)
-    return flask_summary(rates, lags, status, pinned)
+    return flask_summary(rates, lags, latencies, status, pinned)
 
 
-def flask_summary(rates: dict[str, list[float]], lags: list[dict], status: dict, pinned: bool) -> dict:
+def flask_summary(rates: dict[str, list[float]], lags: list[dict], latencies: list[dict], status: dict,
+                  pinned: bool) -> dict:
     """Medians of the runs; the lag as the median of each run's p50 and p99, and the worst of all."""
     plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
     drops = {"messages": status["messages_dropped"], "by_reason": status["drops_by_reason"]}
@@ -296,6 +301,8 @@ def flask_summary(rates: dict[str, list[float]], lags: list[dict], status: dict,
             "messages": sum(run["count"] + run["unrecorded"] for run in lags),
             "runs": lags,
         },
+        "request_latency_ms": {"p50": statistics.median(r["p50_ms"] for r in latencies),
+                               "p99": statistics.median(r["p99_ms"] for r in latencies)},
         "messages_sent": status["messages_sent"],  # warm-up included
         "queue_size_max": status["queue_size_max"],  # sampled every 10 ms, warm-up included
     }
@@ -313,17 +320,33 @@ def print_flask(f: dict) -> None:
               f"{'worker pinned to its own CPU' if f['pinned'] else 'not pinned'}); 0 dropped")
         print(f"  delivery lag, send_message -> sink: p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, "
               f"max {lag['max']:.2f} ms over {lag['messages']:,} messages; deepest queue seen {f['queue_size_max']:,}")
+        latency = f["request_latency_ms"]
+        print(f"  request latency in the same runs (wrk): p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms")
 
 
 def wrk(prefix: list[str], url: str, duration: str) -> float:
     """Requests/s that wrk measured; every response must be a 200. A slow response is a slow
     response, not an error: the event loop of a loaded worker can stall for a second."""
+    return wrk_run(prefix, url, duration)["rps"]
+
+
+def wrk_run(prefix: list[str], url: str, duration: str) -> dict:
+    """wrk's requests/s and its request latency percentiles (ms)."""
     out = subprocess.run([*prefix, "wrk", "-t", "1", "-c", str(WRK_CONNECTIONS), "-d", duration, "--timeout", "10s",
-                          url], capture_output=True, text=True, timeout=60, check=True)
+                          "--latency", url], capture_output=True, text=True, timeout=60, check=True)
     if "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
         raise RuntimeError(f"wrk saw errors from {url}:\n{out.stdout}")
     line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
-    return float(line.split()[1])
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out.stdout, re.MULTILINE))
+    return {"rps": float(line.split()[1]), "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"])}
+
+
+def _ms(text: str) -> float:
+    """wrk's durations ("812.00us", "12.5ms", "1.02s") in milliseconds."""
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(f"not a wrk duration: {text!r}")
 
 
 def drained(base: str, timeout: float) -> dict:

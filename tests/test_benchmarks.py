@@ -41,3 +41,4 @@ def test_every_benchmark_runs(tmp_path):
         assert lag["messages"] > 0
         assert all(isinstance(lag[key], (int, float)) for key in ("p50", "p99", "max")), lag
         assert isinstance(flask["queue_size_max"], int)
+        assert flask["request_latency_ms"]["p99"] >= flask["request_latency_ms"]["p50"] > 0
