@@ -58,11 +58,14 @@ def wrk(base: str) -> int:
 def test_send_under_http_load(server, worker):
     server.command(cmd="mode", count=True)
     base = worker()
+    samples_before = http("GET", f"{base}/report")["queue_samples"]
     requests = wrk(base)
     report = http("GET", f"{base}/report")
     sent = report["sent"]
+    assert report["queue_samples"] - samples_before >= LOAD_SECONDS  # the sampler ran during the load
     assert sent >= requests > 1000  # every completed request sent its message (and a few more were in flight)
-    print(f"\n{requests} requests in {LOAD_SECONDS}s; queue depth at most {report['max_queue']} while loaded")
+    print(f"\n{requests} requests in {LOAD_SECONDS}s; queue depth at most {report['max_queue']} "
+          f"in {report['queue_samples']} samples")
     assert report["status"]["messages_dropped"] == 0, report["status"]["drops_by_reason"]
     assert report["max_queue"] < QUEUE_BOUND
 

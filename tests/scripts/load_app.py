@@ -25,7 +25,7 @@ for key, value in os.environ.items():
 hermes = Hermes()
 lags = []
 numbers = itertools.count()
-seen = {"sent": 0, "max_queue": 0, "received": 0, "out_of_order": 0, "last": -1, "max_gap": 0.0,
+seen = {"sent": 0, "max_queue": 0, "queue_samples": 0, "received": 0, "out_of_order": 0, "last": -1, "max_gap": 0.0,
         "last_at": None, "max_lag": 0.0, "max_read": 0}
 
 
@@ -56,6 +56,7 @@ def sample_queue():
     client = app.extensions["hermes"].client
     while True:
         seen["max_queue"] = max(seen["max_queue"], client.status()["queue_size"])
+        seen["queue_samples"] += 1
         gevent.sleep(SAMPLE_EVERY)
 
 
