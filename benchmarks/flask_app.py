@@ -33,7 +33,7 @@ def start_sampler():
 
 def sample_queue_depth(client) -> None:
     for _ in range(SAMPLES):
-        depth["max"] = max(depth["max"], client.status()["queue_size"])
+        depth["max"] = max(depth["max"], client.queue_size)
         gevent.sleep(SAMPLE_EVERY)
 
 

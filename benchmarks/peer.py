@@ -208,7 +208,7 @@ def pause(client) -> None:
     is bounded): above the high-water mark, wait for the queue to drain."""
     import gevent
 
-    if client.status()["queue_size"] > high_water(client):
+    if client.queue_size > high_water(client):
         client.flush(60)
     else:
         gevent.sleep(0)

@@ -150,6 +150,13 @@ class WebSocketClient(BaseClient):
         return self._autostart_pending
 
     @property
+    def queue_size(self) -> int:
+        """Messages queued or being written (status()["queue_size"], without building the dict):
+        cheap enough for a producer to check as it goes, and wait (flush) when it is high."""
+        outbox = self._outbox
+        return len(outbox) if outbox is not None else 0
+
+    @property
     def connected(self) -> bool:
         session = self._session
         return session is not None and session.alive and self.state is State.OPEN
@@ -208,14 +215,13 @@ class WebSocketClient(BaseClient):
         """A snapshot of the client's state, safe to serialize as JSON."""
         loops = self._loops
         alive = lambda name: bool(loops.get(name)) and not loops[name].dead  # noqa: E731
-        outbox = self._outbox
         return {
             "connected": self.connected,
             "started": self._started,
             "stopping": self._stopping,
             "retry_count": self.retry_count,
             "max_retries_reached": self._gave_up,
-            "queue_size": len(outbox) if outbox is not None else 0,
+            "queue_size": self.queue_size,
             "event_thread_alive": alive("reader"),
             "send_thread_alive": alive("sender"),
             "health_thread_alive": alive("health"),

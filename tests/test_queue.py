@@ -28,7 +28,7 @@ def test_drop_oldest_keeps_the_newest_and_reports_every_drop(server, proxy_to, m
     assert all(results)  # the new message is always accepted under drop_oldest
     wait_until(lambda: len(drops) == 490, t(2), "drop hooks")
     assert drops[:3] == [("m-0", "overflow"), ("m-1", "overflow"), ("m-2", "overflow")]
-    assert client.status()["messages_dropped"] == 490 and client.status()["queue_size"] == 10
+    assert client.status()["messages_dropped"] == 490 and client.status()["queue_size"] == 10 == client.queue_size
     drop_lines = [r for r in caplog_hermes.records if "dropped" in r.getMessage()]
     assert 1 <= len(drop_lines) <= 2  # rate-limited: not one line per message
     proxy.reopen()

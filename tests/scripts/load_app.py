@@ -55,7 +55,7 @@ hermes.init_app(app)
 def sample_queue():
     client = app.extensions["hermes"].client
     while True:
-        seen["max_queue"] = max(seen["max_queue"], client.status()["queue_size"])
+        seen["max_queue"] = max(seen["max_queue"], client.queue_size)
         seen["queue_samples"] += 1
         gevent.sleep(SAMPLE_EVERY)
 
