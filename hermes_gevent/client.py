@@ -41,7 +41,7 @@ from . import frames, health, transport
 from .backoff import Backoff
 from .base import BaseClient
 from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolError
-from .fairness import loop_turn_counter, new_turns, take_turn, timer_floor
+from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floor
 from .logs import ClientLog, RateLimitedCounter, Redactor, enable_stderr_logging, env_flag, redact_url, secrets_in
 from .outbox import DROP_STOPPED, Item, Outbox
 from .policy import describe
@@ -71,7 +71,7 @@ MAX_BATCH_BYTES = 256 * 1024
 COALESCE_BELOW = 16 * 1024
 COALESCE_IF_WAITED_UNDER = 0.00002
 COALESCE_PAUSE = 0.0005
-#: Above this fraction of MAX_QUEUE_SIZE queued, the sender keeps the hub for fairness.MAX_BUDGET
+#: Above this fraction of MAX_QUEUE_SIZE queued, the sender works for fairness.MAX_BUDGET
 #: before it yields: the queue is close enough to overflow that waiting would lose messages.
 BACKLOG_URGENT = 0.25
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
@@ -538,10 +538,7 @@ class WebSocketClient(BaseClient):
                     # streams frames faster than we ask. Reading each packet alone costs a syscall
                     # and a loop turn per one or two messages; a short pause gathers them into one
                     # large read. (A request/response exchange writes between reads: never paused.)
-                    paused_at = _now()
-                    gevent.sleep(coalesce_pause)
-                    now = _now()
-                    turns.turned(now, now - paused_at - coalesce_pause)  # a timer is a loop turn too
+                    pause(turns, coalesce_pause)  # a timer: a loop turn too
                 else:
                     # recv() does not yield while data is waiting: read on, within the budget (fairness.py).
                     take_turn(turns)
@@ -582,15 +579,14 @@ class WebSocketClient(BaseClient):
     def _sender_loop(self, gen: int) -> None:
         outbox = self._outbox_or_create()
         inbox = self._sender_inbox
-        loop_turns = loop_turn_counter()
         backlog_urgent = self.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
         while self._current(gen):
             session = inbox.get()
             turns = session.conn.write_turns
             while session.alive and self._current(gen):
-                turned = loop_turns() if loop_turns is not None else None
+                waits = not len(outbox)
                 batch = outbox.take(MAX_BATCH_ITEMS, MAX_BATCH_BYTES, timeout=None)
-                if turned is not None and loop_turns() != turned:
+                if waits:
                     turns.turned(_now())  # take() waited for a message: the event loop turned
                 if not session.alive:
                     break  # the batch stays in flight and goes out first on the next session

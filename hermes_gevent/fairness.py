@@ -14,25 +14,30 @@ timeouts, and our own ping clock, stay on time. gevent offers three ways to yiel
   that each do a few milliseconds of work keeps timers and I/O waiting for 100 ms
   and more. And a callback queued while the loop dispatches I/O waits for the next
   turn anyway.
-- A zero-delay timer resumes the caller after one full turn of the event loop: I/O
-  is polled and every due timer and ready greenlet runs first (on libuv gevent turns
-  it into a one-shot check watcher; same effect).
+- A zero-delay timer, started with the loop's clock brought up to date and at the
+  lowest priority, resumes the caller after one full turn of the event loop: I/O
+  is polled, and the I/O that became ready and every timer that fell due while we
+  worked run first (libev runs pending watchers by priority; libuv runs I/O
+  callbacks during the poll, before timers).
 
 So a busy loop works without yielding for a budget, then takes one full loop
-turn with a zero-delay timer. The budget is ``gevent.getswitchinterval()`` (5 ms
-by default: the bound gevent itself sets for a greenlet holding the hub) - unless
+turn with such a timer. The budget is ``gevent.getswitchinterval()`` (5 ms by
+default: the bound gevent itself sets for a greenlet holding the hub) - unless
 the last loop turn took longer to come back, because the app's own greenlets held
 the hub that long. Request greenlets in a gunicorn gevent worker do: each one
 serves request after request without yielding while its client has the next one
-ready, and under wrk's load the event loop turned only 4 to 14 times a second. A
-loop that then worked 5 ms per turn would get a few percent of the hub, and the
-reader fell seconds behind a stream of 5,000 messages a second. So the budget
-grows to what the others just took - at most half the hub for us - capped at
-MAX_BUDGET, so the library never holds the hub long enough for a person to notice.
+ready, and under wrk's load the event loop turned only 8 to 22 times a second
+(tests/test_load.py prints it). A loop that then worked 5 ms per turn would get
+a few percent of the hub, and the reader fell seconds behind a stream of 5,000
+messages a second. So the budget grows to what the app's greenlets just took -
+the library's own loops' time is counted apart, per hub, so that a busy reader
+and a busy sender do not grow each other's budgets - capped at MAX_BUDGET.
+
 A loop whose backlog is about to be lost (the sender, with its queue more than a
 quarter full) takes the whole cap before it yields: a message dropped is worse
-than a timer 100 ms late. A wait for I/O or a timer is a loop turn too and
-restarts the budget, so a loop that is not busy never yields more than it waits.
+than a timer 80 ms late. A wait for I/O is a loop turn too and restarts the
+budget, so a loop that is not busy never yields more than it waits (where the
+caller can tell that it waited: see loop_turn_counter).
 
 ``Turns`` is the pure decision (tested without a clock); ``take_turn`` performs it.
 """
@@ -40,15 +45,20 @@ restarts the budget, so a loop that is not busy never yields more than it waits.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Callable, Optional
 
 import gevent
 
-__all__ = ["MAX_BUDGET", "Turns", "new_turns", "take_turn", "cycle_loop", "loop_turn_counter", "timer_floor"]
+__all__ = ["MAX_BUDGET", "Turns", "new_turns", "take_turn", "pause", "cycle_loop", "loop_turn_counter", "timer_floor"]
 
 
-#: The longest a busy loop holds the hub, however long the app's greenlets hold it.
-MAX_BUDGET = 0.1
+#: The longest a busy loop works between loop turns, however long the app's greenlets hold
+#: the hub: under gevent's default max_blocking_time (0.1 s), the hold its monitor reports,
+#: with 20 ms to spare for the unit of work that ends past the budget.
+MAX_BUDGET = 0.08
+#: libev's lowest watcher priority (EV_MINPRI): our resuming timer runs after the rest.
+LOWEST_PRIORITY = -2
 
 
 class Turns:
@@ -70,6 +80,11 @@ class Turns:
         self._turned_at = now
         self._allowed = budget
 
+    @property
+    def turned_at(self) -> float:
+        """When the event loop last turned for this loop (it has worked since)."""
+        return self._turned_at
+
     def due(self, now: float, urgent: bool = False) -> bool:
         """True once the loop has worked its budget (the whole cap when ``urgent``)."""
         return now - self._turned_at >= (self.cap if urgent else self._allowed)
@@ -83,8 +98,29 @@ class Turns:
 
 
 def new_turns() -> Turns:
-    """A Turns on gevent's switch interval, starting now."""
-    return Turns(gevent.getswitchinterval(), time.monotonic())
+    """A Turns on gevent's switch interval (at most MAX_BUDGET), starting now."""
+    return Turns(min(gevent.getswitchinterval(), MAX_BUDGET), time.monotonic())
+
+
+class _LibraryTime:
+    """Seconds the library's busy loops worked, in total, on one hub: what a loop was away
+    for, minus this, is what the app's greenlets took."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+_library_time: "weakref.WeakKeyDictionary[object, _LibraryTime]" = weakref.WeakKeyDictionary()
+
+
+def _library_time_here() -> _LibraryTime:
+    hub = gevent.get_hub()
+    spent = _library_time.get(hub)
+    if spent is None:
+        spent = _library_time[hub] = _LibraryTime()
+    return spent
 
 
 def loop_turn_counter() -> Optional[Callable[[], int]]:
@@ -104,9 +140,12 @@ def timer_floor(seconds: float) -> float:
 
 
 def cycle_loop() -> None:
-    """Resume after one full turn of the event loop (never waits for it to be idle)."""
+    """Resume after one full turn of the event loop (never waits for it to be idle): the
+    I/O that became ready and the timers that fell due meanwhile run first."""
     hub = gevent.get_hub()
-    with hub.loop.timer(0.0) as timer:
+    loop = hub.loop
+    loop.update_now()  # the timer's deadline is now, after every timer already due
+    with loop.timer(0.0, priority=LOWEST_PRIORITY) as timer:
         hub.wait(timer)
 
 
@@ -114,6 +153,20 @@ def take_turn(turns: Turns, urgent: bool = False) -> None:
     """After a unit of work: let the event loop turn once the budget is spent."""
     began = time.monotonic()
     if turns.due(began, urgent):
-        cycle_loop()
-        now = time.monotonic()
-        turns.turned(now, now - began)
+        _away(turns, began, cycle_loop, 0.0)
+
+
+def pause(turns: Turns, seconds: float) -> None:
+    """Sleep ``seconds`` on a timer (a loop turn too), and restart the budget."""
+    _away(turns, time.monotonic(), lambda: gevent.sleep(seconds), seconds)
+
+
+def _away(turns: Turns, began: float, wait: Callable[[], None], asked: float) -> None:
+    """Wait, then restart the budget with what the app's greenlets took meanwhile: the time
+    away, less what we asked for, less the library's other loops' work (counted per hub)."""
+    spent = _library_time_here()
+    spent.seconds += began - turns.turned_at
+    ours_before = spent.seconds
+    wait()
+    now = time.monotonic()
+    turns.turned(now, max(0.0, now - began - asked - (spent.seconds - ours_before)))

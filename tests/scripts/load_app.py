@@ -75,4 +75,5 @@ def send():
 def report():
     ordered = sorted(lags) or [0.0]
     percentiles = {f"lag_p{p}": ordered[min(len(ordered) - 1, len(ordered) * p // 100)] for p in (50, 99)}
-    return {**{k: v for k, v in seen.items() if k != "last_at"}, **percentiles, "status": current_app.hermes.status()}
+    return {**{k: v for k, v in seen.items() if k != "last_at"}, **percentiles, "status": current_app.hermes.status(),
+            "loop_turns": gevent.get_hub().loop.iteration}  # libev counts its turns (-1 on libuv)
