@@ -337,13 +337,14 @@ def wrk_run(prefix: list[str], url: str, duration: str) -> dict:
     if "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
         raise RuntimeError(f"wrk saw errors from {url}:\n{out.stdout}")
     line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out.stdout, re.MULTILINE))
+    # wrk pads a one-letter unit with a trailing space ("1.02s "): allow it.
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out.stdout, re.MULTILINE))
     return {"rps": float(line.split()[1]), "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"])}
 
 
 def _ms(text: str) -> float:
-    """wrk's durations ("812.00us", "12.5ms", "1.02s") in milliseconds."""
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+    """wrk's durations ("812.00us", "12.5ms", "1.02s", "1.10m") in milliseconds."""
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)):
         if text.endswith(unit):
             return float(text[: -len(unit)]) * factor
     raise ValueError(f"not a wrk duration: {text!r}")
