@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Union
 
 from . import policy
 from .errors import ConfigError
+from .headers import check_header, check_headers
 from .settings import Settings
 
 Headers = Mapping[str, str]
@@ -75,6 +76,7 @@ class BaseClient:
         self._url = url
         self._identifier = identifier
         self._extra_headers = headers
+        self._check_static_headers()
         self._hooks = hooks
         self._message_hook = hooks.get("on_message")
         self._log_enabled = log
@@ -83,6 +85,16 @@ class BaseClient:
         self.ssl_context = ssl_context
         self.ca_file = ca_file
         self._last_connected_at: Optional[datetime] = None
+
+    def _check_static_headers(self) -> None:
+        """Header values known at construction fail here; those from overridable methods
+        fail the attempt that reads them (see the client's connect)."""
+        for name in (self.IDENTIFIER_HEADER, self.LAST_CONNECTED_AT_HEADER):
+            check_header(name, "")
+        if self._identifier is not None:
+            check_header(self.IDENTIFIER_HEADER, self._identifier)
+        if self._extra_headers is not None and not callable(self._extra_headers):
+            check_headers(self._extra_headers)
 
     # -- singleton ---------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from .backoff import Backoff
 from .base import BaseClient
 from .errors import ConnectionClosed, HandshakeRejected, PingTimeout, ProtocolError
 from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floor
+from .headers import check_headers
 from .logs import ClientLog, RateLimitedCounter, Redactor, enable_stderr_logging, env_flag, redact_url, secrets_in
 from .outbox import DROP_STOPPED, Item, Outbox
 from .policy import describe
@@ -371,6 +372,7 @@ class WebSocketClient(BaseClient):
     def _connect_once(self) -> Session:
         url = self.url()
         headers = self.headers()
+        check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
         self._redactor.learn(secrets_in(url, headers))
         self.log.info(f"connecting to {redact_url(url)}")
         self.log.debug(f"upgrade headers: {sorted(headers)}")

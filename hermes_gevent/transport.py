@@ -32,6 +32,7 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
 except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
+from .headers import check_url
 
 READ_SIZE = 256 * 1024
 #: The ledger of unacknowledged writes is trimmed once it holds this many writes.
@@ -44,6 +45,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 def parse_ws_url(url: str) -> tuple[str, int, bool]:
     """(host, port, secure) of a ws:// or wss:// URL; ConfigError otherwise."""
+    check_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
