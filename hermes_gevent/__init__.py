@@ -4,6 +4,7 @@ from .backoff import Backoff
 from .base import BaseClient
 from .client import State, WebSocketClient
 from .errors import (
+    AnswerTooLarge,
     ConfigError,
     ConnectionClosed,
     ConnectionFailed,
@@ -19,6 +20,7 @@ from .settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerTooLarge",
     "Backoff",
     "BaseClient",
     "ConfigError",

@@ -512,6 +512,10 @@ class WebSocketClient(BaseClient):
         loop_turns = loop_turn_counter()
         coalesce_pause = timer_floor(COALESCE_PAUSE)
         try:
+            if conn.parser.buffered:  # frames the server sent along with its 101
+                session.handler_since = _now()
+                parse(on_message, on_control)
+                session.handler_since = None
             writes, turned = -1, 0
             while True:
                 asked_at = _now()

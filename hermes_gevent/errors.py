@@ -6,6 +6,7 @@
     └── ConnectionFailed             transport: one connection attempt or connection ended
         ├── ConnectTimeout           TCP + TLS + upgrade took longer than CONNECT_TIMEOUT
         ├── HandshakeRejected        the server answered the upgrade with another HTTP status
+        ├── AnswerTooLarge           the server's upgrade answer went past its limits (upgrade.py)
         ├── ConnectionClosed         the server sent a close frame, or the TCP stream ended
         ├── ProtocolError            the server broke RFC 6455; we close with .code
         └── PingTimeout              no frame arrived within PING_TIMEOUT after a ping
@@ -44,6 +45,10 @@ class HandshakeRejected(ConnectionFailed):
         self.status = status
         self.reason = reason
         super().__init__(f"server answered the upgrade with HTTP {status} {reason}".rstrip())
+
+
+class AnswerTooLarge(ConnectionFailed):
+    """The server's upgrade answer went past MAX_ANSWER_BYTES or MAX_ANSWER_HEADERS without its end."""
 
 
 class ConnectionClosed(ConnectionFailed):

@@ -128,6 +128,11 @@ class FrameParser:
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not parsed yet."""
+        return len(self._buffer) - self._pos
+
     def feed(self, data: bytes) -> None:
         if self._pos:
             del self._buffer[: self._pos]

@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .headers import check_url
+from .upgrade import UpgradeAnswer
 
 READ_SIZE = 256 * 1024
 #: The ledger of unacknowledged writes is trimmed once it holds this many writes.
@@ -40,6 +41,8 @@ LEDGER_TRIM_EVERY = 64
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
+#: The upgrade answer is read this much at a time (a real one fits in the first chunk).
+ANSWER_CHUNK = 4096
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -90,9 +93,12 @@ def connect(
         sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
             sock = _wrap_tls(sock, ssl_context or default_ssl_context(), host)
-        _upgrade(sock, url, headers)
+        rest = _upgrade(sock, url, headers)
         sock.settimeout(None)
-        return Connection(sock, max_message_size)
+        conn = Connection(sock, max_message_size)
+        if rest:
+            conn.parser.feed(rest)  # frames sent along with the 101: the reader parses them first
+        return conn
     except gevent.Timeout as exc:
         if sock is not None:
             sock.close()
@@ -107,11 +113,62 @@ def connect(
         timer.close()
 
 
-def _upgrade(sock, url: str, headers: Mapping[str, str]) -> None:
+class _AnswerReadByUs:
+    """The socket as websocket-client sees it during the upgrade: its request goes straight
+    through; the answer is read by us (upgrade.py: in chunks, bounded, yielding while a
+    server floods) and served back from memory. What followed the answer stays in ``rest``."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self._head: Optional[memoryview] = None
+        self.rest = b""
+
+    def send(self, data) -> int:
+        return self._sock.send(data)
+
+    def sendall(self, data) -> None:
+        self._sock.sendall(data)
+
+    def gettimeout(self):
+        return self._sock.gettimeout()
+
+    def settimeout(self, timeout) -> None:
+        self._sock.settimeout(timeout)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """websocket-client closes its socket when the upgrade fails: ours is closed by connect()."""
+
+    def recv(self, size: int) -> bytes:
+        if self._head is None:
+            head, self.rest = _read_answer(self._sock)
+            self._head = memoryview(head)
+        data, self._head = self._head[:size], self._head[size:]
+        return bytes(data)
+
+
+def _read_answer(sock) -> tuple[bytes, bytes]:
+    answer = UpgradeAnswer()
+    turns = new_turns()
+    while True:
+        chunk = sock.recv(ANSWER_CHUNK)
+        if not chunk:
+            raise ConnectionFailed("the server closed the connection before its upgrade answer was complete")
+        done = answer.feed(chunk)
+        if done is not None:
+            return done
+        take_turn(turns)  # a server that floods must not hold the hub (nor the connect timeout's timer)
+
+
+def _upgrade(sock, url: str, headers: Mapping[str, str]) -> bytes:
+    """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the parser)."""
     ws = websocket.WebSocket(skip_utf8_validation=True)
     header_lines = [f"{name}: {value}" for name, value in headers.items()]
+    shim = _AnswerReadByUs(sock)
     try:
-        ws.connect(url, socket=sock, header=header_lines, redirect_limit=0)
+        ws.connect(url, socket=shim, header=header_lines, redirect_limit=0)
     except websocket.WebSocketBadStatusException as exc:
         raise HandshakeRejected(exc.status_code, exc.status_message or "") from None
     except websocket.WebSocketException as exc:
@@ -121,6 +178,7 @@ def _upgrade(sock, url: str, headers: Mapping[str, str]) -> None:
         raise ConnectionFailed(f"WebSocket upgrade failed: {exc}") from None
     finally:
         ws.sock = None  # the socket is ours from here on; websocket-client must not close it
+    return shim.rest
 
 
 class WriteFailed(ConnectionClosed):

@@ -11,6 +11,7 @@ monkey.patch_all()
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -83,6 +84,22 @@ def procs():
         proc = Proc(args, {**os.environ, **env})
         started.append(proc)
         return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def hostile():
+    """tests/scripts/hostile_server.py in MODE, in a subprocess stopped by its PID; returns its URL."""
+    started = []
+
+    def start(mode: str) -> str:
+        proc = Proc([sys.executable, str(TESTS / "scripts" / "hostile_server.py"), mode], dict(os.environ))
+        started.append(proc)
+        wait_until(lambda: proc.output, t(10), "the hostile server to listen")
+        return f"ws://127.0.0.1:{int(proc.output[0].split()[1])}/ws"
 
     yield start
     for proc in started:

@@ -16,7 +16,7 @@ MAX_GAP_MS = 50
 
 
 @pytest.mark.parametrize("mode", ["patched", "unpatched", "libuv"])
-def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
+def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, hostile, mode):
     """On gevent's default loop (libev), patched and not, and on libuv (patched), whose
     loop counts no turns: there the reader times its reads instead."""
     server.command(cmd="mode", echo=True, quiet=True)
@@ -25,8 +25,9 @@ def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
     hang = proxy_to(server.port)
     hang.hang_new = True
     refused = f"ws://127.0.0.1:{free_port()}/ws"
+    flood = hostile("endless-line")
     out, err = run_script(
-        [sys.executable, str(TESTS / "scripts" / "hub_ticker.py"), mode, server.url, slow.url, hang.url, refused],
+        [sys.executable, str(TESTS / "scripts" / "hub_ticker.py"), mode, server.url, slow.url, hang.url, refused, flood],
         t(60), env={**os.environ, "HERMES_WS_LOG": "true", **({"GEVENT_LOOP": "libuv"} if mode == "libuv" else {})},
     )
     report = last_json_line(out)
@@ -34,6 +35,10 @@ def test_a_ticker_keeps_ticking_through_every_phase(server, proxy_to, mode):
     assert report["slow_connected"] and report["slow_seconds"] >= 0.1
     assert report["hang_error"] == "ConnectTimeout"
     assert report["backoff_failures"] >= 4
+    # An endless header line: three attempts fail on the size limit, well inside CONNECT_TIMEOUT (3 s),
+    # and buffer next to nothing (websocket-client alone kept the hub 32 s and grew by 611 MB).
+    assert report["flood_errors"] == ["AnswerTooLarge"] and report["flood_attempts"] >= 3
+    assert report["flood_seconds"] < 3 and report["flood_rss_growth_mb"] < 5
     assert report["ticks"] > 100
     assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
     warnings = err.count("has not monkey-patched")

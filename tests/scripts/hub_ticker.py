@@ -1,7 +1,7 @@
 """Run by test_hub.py: a ticker greenlet must keep ticking while clients connect,
 send, receive, wait on a slow handshake, time out on a hanging one and back off.
 
-usage: hub_ticker.py patched|unpatched|libuv ECHO_URL SLOW_URL HANG_URL REFUSED_URL
+usage: hub_ticker.py patched|unpatched|libuv ECHO_URL SLOW_URL HANG_URL REFUSED_URL FLOOD_URL
 Prints one JSON line: the largest gap between ticks and what each phase saw.
 """
 
@@ -19,7 +19,7 @@ import gevent  # noqa: E402
 
 from hermes_gevent import WebSocketClient  # noqa: E402
 
-echo_url, slow_url, hang_url, refused_url = sys.argv[2:6]
+echo_url, slow_url, hang_url, refused_url, flood_url = sys.argv[2:7]
 TICK = 0.005
 gaps = []
 
@@ -78,7 +78,29 @@ while len(failures) < 4 and time.monotonic() < deadline:
     gevent.sleep(0.01)
 report["backoff_failures"] = len(failures)
 
-for client in (echo, slow, hang, down):
+# a server that floods an endless header line: bounded in size, fails fast, the hub keeps going
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+flood_errors = []
+rss_before = rss_mb()
+flood = WebSocketClient(url=flood_url, connect_timeout=3, retry_delay=0.05, max_retry_delay=0.05, retry_jitter=0,
+                        on_error=flood_errors.append)
+began = time.monotonic()
+flood.start()
+deadline = time.monotonic() + 5
+while len(flood_errors) < 3 and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+report["flood_errors"] = sorted({type(e).__name__ for e in flood_errors})
+report["flood_attempts"] = len(flood_errors)
+report["flood_seconds"] = round(time.monotonic() - began, 3)
+report["flood_rss_growth_mb"] = round(rss_mb() - rss_before, 1)
+
+for client in (echo, slow, hang, down, flood):
     client.stop(2)
 ticking.kill()
 report["ticks"] = len(gaps)

@@ -1,0 +1,59 @@
+"""The server's answer to the upgrade request, read by us: bounded, in chunks, pure.
+
+websocket-client builds the request and validates the answer (status,
+``Sec-WebSocket-Accept``): it does both well. But it reads the answer one byte per
+``recv(1)``, and on a gevent socket with data waiting ``recv`` returns without
+yielding: a server (or a broken proxy, a captive portal) that floods an endless
+header line held the hub for 32 s and made the process buffer hundreds of MB. So
+the answer is read here - ``UpgradeAnswer`` takes chunks and says when the head
+is complete - and websocket-client is served the head from memory. Bytes after
+the head (a server may send its first frames in the same packet as its 101) are
+kept for the frame parser.
+
+The limits are far above any real answer (a few hundred bytes, a dozen headers)
+and far below what could hurt a worker.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .errors import AnswerTooLarge
+
+__all__ = ["MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer"]
+
+#: The status line and headers together, at most.
+MAX_ANSWER_BYTES = 64 * 1024
+#: Header lines after the status line, at most.
+MAX_ANSWER_HEADERS = 100
+
+
+class UpgradeAnswer:
+    """Feed it what the socket gives; ``feed`` returns (head, rest) once the head is
+    complete: everything up to and including the first blank line (a line empty once
+    stripped of whitespace, as websocket-client reads it), and what came after it."""
+
+    def __init__(self, max_bytes: int = MAX_ANSWER_BYTES, max_headers: int = MAX_ANSWER_HEADERS) -> None:
+        self.max_bytes = max_bytes
+        self.max_headers = max_headers
+        self._buffer = bytearray()
+        self._scanned = 0  # where the next line starts
+        self._lines = 0
+
+    def feed(self, data: bytes) -> Optional[tuple[bytes, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        while True:
+            end = buffer.find(b"\n", self._scanned)
+            if end < 0 or end >= self.max_bytes:
+                break
+            line = buffer[self._scanned:end]
+            self._scanned = end + 1
+            if not line.strip():
+                return bytes(buffer[: self._scanned]), bytes(buffer[self._scanned:])
+            self._lines += 1
+            if self._lines > self.max_headers + 1:  # the status line, then the headers
+                raise AnswerTooLarge(f"the server's upgrade answer has more than {self.max_headers} header lines")
+        if len(buffer) >= self.max_bytes:
+            raise AnswerTooLarge(f"the server's upgrade answer is longer than {self.max_bytes // 1024} KiB")
+        return None
