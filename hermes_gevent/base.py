@@ -92,7 +92,7 @@ class BaseClient:
         for name in (self.IDENTIFIER_HEADER, self.LAST_CONNECTED_AT_HEADER):
             check_header(name, "")
         if self._identifier is not None:
-            check_header(self.IDENTIFIER_HEADER, self._identifier)
+            check_header(self.IDENTIFIER_HEADER, str(self._identifier))  # headers() sends str(identifier)
         if self._extra_headers is not None and not callable(self._extra_headers):
             check_headers(self._extra_headers)
 

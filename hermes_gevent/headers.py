@@ -22,17 +22,22 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["check_header", "check_headers", "check_url"]
+__all__ = ["RESERVED", "check_header", "check_headers", "check_request", "check_url"]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
-_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+_URL_ALLOWED = re.compile(r"[\x21-\x7e]+")
+#: Headers websocket-client writes itself: a second copy would confuse the upgrade or the framing.
+RESERVED = frozenset({"host", "upgrade", "connection", "content-length", "transfer-encoding"})
+_HEADER_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t\x20-\x7e]*")
 
 
 def check_header(name: Any, value: Any) -> None:
     """ConfigError unless ``name: value`` is a header line we may send as it is."""
     if not isinstance(name, str) or not _TOKEN.fullmatch(name):
         raise ConfigError(f"header name {_show_name(name)} is not a valid HTTP token (letters, digits, !#$%&'*+-.^_`|~).")
+    if name.lower() in RESERVED or name.lower().startswith("sec-websocket-"):
+        raise ConfigError(f"header {name} is written by the WebSocket handshake itself and cannot be set.")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)  # sent as its decimal text, as websocket-client would
     if not isinstance(value, str):
@@ -52,10 +57,38 @@ def check_headers(headers: Any) -> None:
         check_header(name, value)
 
 
-def check_url(url: str) -> None:
-    """ConfigError when the URL would bend the request line (whitespace, control characters)."""
-    if _URL_FORBIDDEN.search(url):
-        raise ConfigError("url contains whitespace or a control character; percent-encode it (e.g. %20 for a space).")
+def check_url(url: Any) -> None:
+    """ConfigError unless the URL is printable ASCII without spaces (it goes into the request line)."""
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a str, not {type(url).__name__}.")
+    if not _URL_ALLOWED.fullmatch(url):
+        raise ConfigError(
+            "url contains whitespace, a control or a non-ASCII character; percent-encode it (e.g. %20 for a space)."
+        )
+
+
+#: The header lines websocket-client writes itself (Cookie: from its cookie jar, which servers fill).
+HANDSHAKE_OWN = frozenset({"host", "upgrade", "connection", "origin", "sec-websocket-key", "sec-websocket-version",
+                           "cookie"})
+
+
+def check_request(request: str, ours: Any) -> None:
+    """The whole upgrade request as it will be written: every header line valid, and each one
+    either ours (the names in ``ours``) or one the handshake writes itself, once. A cookie a
+    server set with a line break inside cannot add a line of its own."""
+    head, _, _ = request.partition("\r\n\r\n")
+    allowed = HANDSHAKE_OWN | {name.lower() for name in ours}
+    seen: set[str] = set()
+    for line in head.split("\r\n")[1:]:
+        match = _HEADER_LINE.fullmatch(line)
+        name = match.group(1).lower() if match else None
+        if name is None or name not in allowed or name in seen:
+            # Not named: the line may come from what a server put in a cookie.
+            raise ConfigError(
+                "the upgrade request would carry an unexpected or invalid header line (after a Cookie, "
+                "one the server set with a line break inside?); refused before sending."
+            )
+        seen.add(name)
 
 
 def _show_name(name: Any) -> str:

@@ -32,8 +32,8 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
 except ImportError:  # pragma: no cover - Windows
     fcntl = termios = None
 from .errors import ConfigError, ConnectionClosed, ConnectTimeout, ConnectionFailed, HandshakeRejected
-from .headers import check_url
-from .upgrade import UpgradeAnswer
+from .headers import check_request, check_url
+from .upgrade import UpgradeAnswer, status_of
 
 READ_SIZE = 256 * 1024
 #: The ledger of unacknowledged writes is trimmed once it holds this many writes.
@@ -52,8 +52,8 @@ def parse_ws_url(url: str) -> tuple[str, int, bool]:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"url is not a valid URL: {exc}.") from None
+    except ValueError:
+        raise ConfigError("url is not a valid URL (check its port, and percent-encode / # @ in a password).") from None
     if parts.scheme not in ("ws", "wss"):
         raise ConfigError(f"url must start with ws:// or wss://, got scheme {parts.scheme or 'none'!r}.")
     if not parts.hostname:
@@ -118,16 +118,21 @@ class _AnswerReadByUs:
     through; the answer is read by us (upgrade.py: in chunks, bounded, yielding while a
     server floods) and served back from memory. What followed the answer stays in ``rest``."""
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, header_names) -> None:
         self._sock = sock
+        self._ours = tuple(header_names)
         self._head: Optional[memoryview] = None
+        self._whole: Optional[bytes] = None
         self.rest = b""
 
     def send(self, data) -> int:
-        return self._sock.send(data)
+        check_request(data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data, self._ours)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        self._sock.sendall(payload)  # the request whole: websocket-client ignores a short send
+        return len(data)
 
     def sendall(self, data) -> None:
-        self._sock.sendall(data)
+        self.send(data)
 
     def gettimeout(self):
         return self._sock.gettimeout()
@@ -141,9 +146,15 @@ class _AnswerReadByUs:
     def close(self) -> None:
         """websocket-client closes its socket when the upgrade fails: ours is closed by connect()."""
 
+    @property
+    def status(self) -> tuple[Optional[int], str]:
+        """The answer's status and reason, once its head was read."""
+        return status_of(bytes(self._whole)) if self._whole is not None else (None, "")
+
     def recv(self, size: int) -> bytes:
         if self._head is None:
             head, self.rest = _read_answer(self._sock)
+            self._whole = head
             self._head = memoryview(head)
         data, self._head = self._head[:size], self._head[size:]
         return bytes(data)
@@ -166,12 +177,19 @@ def _upgrade(sock, url: str, headers: Mapping[str, str]) -> bytes:
     """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the parser)."""
     ws = websocket.WebSocket(skip_utf8_validation=True)
     header_lines = [f"{name}: {value}" for name, value in headers.items()]
-    shim = _AnswerReadByUs(sock)
+    shim = _AnswerReadByUs(sock, headers)
     try:
         ws.connect(url, socket=shim, header=header_lines, redirect_limit=0)
     except websocket.WebSocketBadStatusException as exc:
+        if not exc.status_code:
+            raise ConnectionFailed("the server's upgrade answer has no valid status line") from None
         raise HandshakeRejected(exc.status_code, exc.status_message or "") from None
     except websocket.WebSocketException as exc:
+        status, reason = shim.status
+        if status is not None and status != 101 and status not in _REDIRECTS:
+            # A rejection with a body: websocket-client reads the body past the head we hand
+            # it and fails; the status in our head is the answer.
+            raise HandshakeRejected(status, reason) from None
         response = getattr(ws, "handshake_response", None)
         if response is not None and response.status in _REDIRECTS:
             raise HandshakeRejected(response.status, "redirect (not followed)") from None

@@ -20,7 +20,7 @@ from typing import Optional
 
 from .errors import AnswerTooLarge
 
-__all__ = ["MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer", "status_of"]
 
 #: The status line and headers together, at most.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -49,7 +49,7 @@ class UpgradeAnswer:
                 break
             line = buffer[self._scanned:end]
             self._scanned = end + 1
-            if not line.strip():
+            if not line.decode("utf-8", "replace").strip():  # as websocket-client decides a line is blank
                 return bytes(buffer[: self._scanned]), bytes(buffer[self._scanned:])
             self._lines += 1
             if self._lines > self.max_headers + 1:  # the status line, then the headers
@@ -57,3 +57,13 @@ class UpgradeAnswer:
         if len(buffer) >= self.max_bytes:
             raise AnswerTooLarge(f"the server's upgrade answer is longer than {self.max_bytes // 1024} KiB")
         return None
+
+
+def status_of(head: bytes) -> tuple[Optional[int], str]:
+    """The HTTP status and reason of an answer's head ("HTTP/1.1 401 Unauthorized"), or
+    (None, "") when its first line is not a status line."""
+    line = head.split(b"\n", 1)[0].decode("latin-1").strip()
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None, ""
+    return int(parts[1]), parts[2] if len(parts) > 2 else ""

@@ -95,11 +95,13 @@ def hostile():
     """tests/scripts/hostile_server.py in MODE, in a subprocess stopped by its PID; returns its URL."""
     started = []
 
-    def start(mode: str) -> str:
+    def start(mode: str, with_output: bool = False):
+        """The server's URL; with ``with_output``, also its output lines as they come."""
         proc = Proc([sys.executable, str(TESTS / "scripts" / "hostile_server.py"), mode], dict(os.environ))
         started.append(proc)
         wait_until(lambda: proc.output, t(10), "the hostile server to listen")
-        return f"ws://127.0.0.1:{int(proc.output[0].split()[1])}/ws"
+        url = f"ws://127.0.0.1:{int(proc.output[0].split()[1])}/ws"
+        return (url, proc.output) if with_output else url
 
     yield start
     for proc in started:

@@ -5,7 +5,7 @@ import pytest
 
 from hermes_gevent import WebSocketClient
 from hermes_gevent.errors import ConfigError
-from hermes_gevent.headers import check_header, check_headers, check_url
+from hermes_gevent.headers import check_header, check_headers, check_request, check_url
 
 from .support import t, wait_until
 
@@ -33,6 +33,21 @@ def test_names_must_be_tokens(name):
     assert "\n" not in str(info.value) and "\r" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["Host", "upgrade", "Connection", "Content-Length", "Transfer-Encoding",
+                                  "Sec-WebSocket-Key", "sec-websocket-protocol"])
+def test_the_handshakes_own_headers_cannot_be_set(name):
+    with pytest.raises(ConfigError, match="written by the WebSocket handshake itself"):
+        check_header(name, "v")
+
+
+def test_a_request_line_by_line_only_carries_our_headers_and_the_handshakes():
+    request = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nHost: h\r\nX-Ours: 1\r\nCookie: a=b\r\n\r\n"
+    check_request(request, ["X-Ours"])
+    for bad in ("Cookie: a=x\r\nX-Injected: yes", "X-Ours: 1", "Bad line", "X-Ours: caf\u00e9"):
+        with pytest.raises(ConfigError, match="unexpected or invalid header line"):
+            check_request(request.replace("Cookie: a=b", bad), ["X-Ours"])
+
+
 def test_numbers_are_sent_as_text_other_types_are_refused():
     check_headers({"X-Version": 2, "X-Ratio": 0.5})
     for value in (None, b"bytes", ["x"], True):
@@ -42,10 +57,16 @@ def test_numbers_are_sent_as_text_other_types_are_refused():
         check_headers([("X-A", "b")])
 
 
-@pytest.mark.parametrize("url", ["ws://host/a b", "ws://host/a\tb", "ws://host/\r\nX: y", "ws://host/\x00", " ws://host/"])
+@pytest.mark.parametrize("url", ["ws://host/a b", "ws://host/a\tb", "ws://host/\r\nX: y", "ws://host/\x00", " ws://host/",
+                                 "ws://host/\x85", "ws://h\u00e9st/\u2028"])
 def test_urls_with_whitespace_or_controls_are_refused(url):
     with pytest.raises(ConfigError, match="^url contains whitespace"):
         check_url(url)
+
+
+def test_a_url_that_is_not_text_is_a_config_error():
+    with pytest.raises(ConfigError, match="url must be a str"):
+        check_url(None)
 
 
 @pytest.mark.parametrize("options, header", [

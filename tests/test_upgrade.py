@@ -3,7 +3,7 @@ hostile servers (raw sockets in a subprocess) that flood, drip, or send frames w
 
 import pytest
 
-from hermes_gevent.errors import AnswerTooLarge, ConnectTimeout
+from hermes_gevent.errors import AnswerTooLarge, ConfigError, ConnectionFailed, ConnectTimeout, HandshakeRejected
 from hermes_gevent.upgrade import MAX_ANSWER_BYTES, MAX_ANSWER_HEADERS, UpgradeAnswer
 
 from .support import t, wait_until
@@ -83,3 +83,42 @@ def test_frames_sent_with_the_101_are_delivered(hostile, make_client):
     client.start()
     wait_until(lambda: len(got) == 2, t(5), "both frames that came with the 101")
     assert got == ["first", "second"]
+
+
+def test_a_rejection_with_a_body_keeps_its_status_and_gives_up(hostile, make_client):
+    errors = []
+    client = make_client(url=hostile("reject-with-body"), on_error=errors.append)
+    client.start()
+    wait_until(lambda: client.status()["max_retries_reached"], t(5), "the client to give up on 401")
+    assert len(errors) == 1 and isinstance(errors[0], HandshakeRejected) and errors[0].status == 401
+
+
+def test_an_answer_without_a_status_line_is_a_failed_attempt(hostile, make_client):
+    errors = []
+    client = make_client(url=hostile("blank-first"), on_error=errors.append)
+    client.start()
+    wait_until(lambda: len(errors) >= 2, t(5), "two failed attempts")
+    assert type(errors[0]) is ConnectionFailed and "status line" in str(errors[0])
+
+
+def test_the_request_as_written_carries_no_line_we_did_not_ask_for():
+    """What websocket-client adds itself (a Cookie from its jar, which servers fill) is checked
+    where the request is written: an extra line is refused and nothing reaches the socket."""
+    import gevent.socket
+
+    from hermes_gevent.transport import _AnswerReadByUs
+
+    ours, theirs = gevent.socket.socketpair()
+    try:
+        shim = _AnswerReadByUs(ours, ["X-Ours"])
+        good = "GET /ws HTTP/1.1\r\nHost: h\r\nX-Ours: 1\r\nCookie: a=x\r\n\r\n"
+        assert shim.send(good.encode()) == len(good)
+        assert theirs.recv(4096) == good.encode()
+        with pytest.raises(ConfigError, match="unexpected or invalid header line"):
+            shim.send(good.replace("Cookie: a=x", "Cookie: a=x\r\nX-Injected: yes").encode())
+        theirs.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(4096)  # nothing was written
+    finally:
+        ours.close()
+        theirs.close()

@@ -8,6 +8,8 @@ Prints "listening <port>", then answers every connection in MODE:
   endless-status   a status line that never ends
   drip             a 101 status line, then one header byte every 10 ms, never ending
   frames-with-101  a valid 101 and two text frames ("first", "second") in the same write
+  reject-with-body "401 Unauthorized" with a body, then closes
+  blank-first      an empty line before the status line
 A connection is served until the client goes away, for SECONDS at most.
 """
 
@@ -42,6 +44,15 @@ def text_frame(text: str) -> bytes:
     return bytes([0x81, len(payload)]) + payload
 
 
+def handshake_101(request: bytes) -> bytes:
+    """A valid 101 for ``request``, without its closing blank line."""
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:"))
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n")
+
+
 def serve(conn, mode: str) -> None:
     request = read_request(conn)
     deadline = time.monotonic() + SECONDS
@@ -55,12 +66,12 @@ def serve(conn, mode: str) -> None:
         while time.monotonic() < deadline:
             conn.sendall(b"a")
             time.sleep(0.01)
+    elif mode == "reject-with-body":
+        conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 12\r\n\r\nUnauthorized")
+    elif mode == "blank-first":
+        conn.sendall(b"\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n")
     elif mode == "frames-with-101":
-        key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + text_frame("first") + text_frame("second"))
+        conn.sendall(handshake_101(request) + b"\r\n" + text_frame("first") + text_frame("second"))
         conn.settimeout(SECONDS)
         while conn.recv(4096):  # until the client goes away
             pass
