@@ -24,12 +24,14 @@ from .errors import ConfigError
 
 __all__ = ["RESERVED", "check_header", "check_headers", "check_request", "check_url"]
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD_CHARS = r"[\t\x20-\x7e]*"
+_TOKEN = re.compile(_TOKEN_CHARS)
+_FIELD_VALUE = re.compile(_FIELD_CHARS)
+_HEADER_LINE = re.compile(f"({_TOKEN_CHARS}):{_FIELD_CHARS}")
 _URL_ALLOWED = re.compile(r"[\x21-\x7e]+")
 #: Headers websocket-client writes itself: a second copy would confuse the upgrade or the framing.
 RESERVED = frozenset({"host", "upgrade", "connection", "content-length", "transfer-encoding"})
-_HEADER_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t\x20-\x7e]*")
 
 
 def check_header(name: Any, value: Any) -> None:

@@ -122,7 +122,7 @@ class _AnswerReadByUs:
         self._sock = sock
         self._ours = tuple(header_names)
         self._head: Optional[memoryview] = None
-        self._whole: Optional[bytes] = None
+        self.status: tuple[Optional[int], str] = (None, "")  # the answer's status and reason, once read
         self.rest = b""
 
     def send(self, data) -> int:
@@ -146,15 +146,10 @@ class _AnswerReadByUs:
     def close(self) -> None:
         """websocket-client closes its socket when the upgrade fails: ours is closed by connect()."""
 
-    @property
-    def status(self) -> tuple[Optional[int], str]:
-        """The answer's status and reason, once its head was read."""
-        return status_of(bytes(self._whole)) if self._whole is not None else (None, "")
-
     def recv(self, size: int) -> bytes:
         if self._head is None:
             head, self.rest = _read_answer(self._sock)
-            self._whole = head
+            self.status = status_of(head)
             self._head = memoryview(head)
         data, self._head = self._head[:size], self._head[size:]
         return bytes(data)

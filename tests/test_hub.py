@@ -50,7 +50,7 @@ def _sources():
     return sorted(Path(hermes_gevent.__file__).parent.glob("*.py"))
 
 
-def test_the_library_imports_no_threading_and_never_calls_time_sleep():
+def test_the_library_imports_no_threading_never_calls_time_sleep_nor_waits_for_an_idle_loop():
     for path in _sources():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -61,5 +61,7 @@ def test_the_library_imports_no_threading_and_never_calls_time_sleep():
             else:
                 names = []
             assert not any(n.split(".")[0] in ("threading", "_thread") for n in names), path
+            if isinstance(node, ast.Attribute) and node.attr == "idle":  # a busy worker never is idle
+                assert not (isinstance(node.value, ast.Name) and node.value.id == "gevent"), f"{path}: gevent.idle()"
             if isinstance(node, ast.Attribute) and node.attr == "sleep":
                 assert isinstance(node.value, ast.Name) and node.value.id == "gevent", f"{path}: {ast.unparse(node)}"
