@@ -28,7 +28,7 @@ import random
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import gevent
 import gevent.event
@@ -49,6 +49,8 @@ from .policy import describe
 from .session import Session, now as _now
 
 Message = Union[str, bytes, bytearray, memoryview, dict, list]
+#: connector(url, headers, *, timeout, max_message_size, ssl_context) -> transport.Connection
+Connector = Callable[..., transport.Connection]
 
 
 class State(enum.Enum):
@@ -89,8 +91,11 @@ _warned_unpatched = False
 class WebSocketClient(BaseClient):
     """A resilient WebSocket client made of greenlets. See the README for the API."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, connector: Optional[Connector] = None, **options: Any) -> None:
         super().__init__(**options)
+        # Every connection is opened through this one callable (transport.connect unless given):
+        # the seam where tests put an in-process peer.
+        self._connector: Connector = connector or transport.connect
         s = self.settings
         self.backoff = Backoff(s.DEFAULT_RETRY_DELAY, s.MAX_RETRY_DELAY, 2.0, s.RETRY_JITTER)
         self._redactor = Redactor()
@@ -379,7 +384,7 @@ class WebSocketClient(BaseClient):
         ssl_context = self.ssl_context
         if ssl_context is None and self.ca_file is not None:
             ssl_context = transport.default_ssl_context(self.ca_file)
-        conn = transport.connect(
+        conn = self._connector(
             url,
             headers,
             timeout=self.settings.CONNECT_TIMEOUT,
