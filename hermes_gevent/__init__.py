@@ -2,7 +2,7 @@
 
 from .backoff import Backoff
 from .base import BaseClient
-from .client import State, WebSocketClient
+from .client import WebSocketClient
 from .errors import (
     AnswerTooLarge,
     ConfigError,
@@ -15,6 +15,7 @@ from .errors import (
     ProtocolError,
     QueueFull,
 )
+from .lifecycle import State
 from .settings import Settings
 
 __version__ = "0.1.0"

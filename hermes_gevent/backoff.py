@@ -7,9 +7,14 @@ blindly.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
+
+from .errors import ConfigError
+
+__all__ = ["Backoff", "RandomSource", "check_delays", "check_number"]
 
 
 class RandomSource(Protocol):
@@ -33,14 +38,10 @@ class Backoff:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.initial < 0:
-            raise ValueError("Backoff.initial must be >= 0")
-        if self.maximum < self.initial:
-            raise ValueError("Backoff.maximum must be >= Backoff.initial")
+        check_delays(self.initial, self.maximum, self.jitter, names=("Backoff.initial", "Backoff.maximum", "Backoff.jitter"))
+        check_number("Backoff.factor", self.factor, allow_zero=False)
         if self.factor < 1:
-            raise ValueError("Backoff.factor must be >= 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("Backoff.jitter must be between 0 and 1")
+            raise ConfigError(f"Backoff.factor must be >= 1, got {self.factor!r}.")
 
     def base_delay(self, attempt: int) -> float:
         """The delay before jitter for the attempt numbered ``attempt`` (0 first)."""
@@ -68,3 +69,24 @@ class Backoff:
     def with_(self, **changes: float) -> "Backoff":
         """A copy with some fields changed (the value itself never changes)."""
         return replace(self, **changes)
+
+
+def check_number(name: str, value: Any, *, allow_zero: bool) -> None:
+    """ConfigError (a ValueError) naming ``name`` unless ``value`` is a finite number >= 0
+    (> 0 unless ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        wanted = "a number >= 0" if allow_zero else "a positive number of seconds"
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}.")
+
+
+def check_delays(initial: Any, maximum: Any, jitter: Any, *, names: tuple[str, str, str]) -> None:
+    """The one validation of a backoff's numbers, naming them as the caller knows them
+    (Backoff's fields, or the client's settings)."""
+    check_number(names[0], initial, allow_zero=True)
+    check_number(names[1], maximum, allow_zero=True)
+    if maximum < initial:
+        raise ConfigError(f"{names[1]} ({maximum}) must not be below {names[0]} ({initial}).")
+    check_number(names[2], jitter, allow_zero=True)
+    if jitter > 1:
+        raise ConfigError(f"{names[2]} must be between 0 and 1, got {jitter!r}.")

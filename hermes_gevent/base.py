@@ -11,34 +11,23 @@ from __future__ import annotations
 import os
 import ssl
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Mapping, Optional, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
-from . import policy
+from . import retry
 from .errors import ConfigError
 from .headers import check_header, check_headers
-from .settings import Settings
+from .settings import Defaults, Settings
+
+__all__ = ["BaseClient", "Headers", "iso_utc"]
 
 Headers = Mapping[str, str]
+C = TypeVar("C", bound="BaseClient")
 _HOOKS = ("on_message", "on_open", "on_close", "on_error", "on_drop", "on_give_up")
 
 
-class BaseClient:
-    """The overridable surface of a hermes_gevent client (see WebSocketClient)."""
-
-    # Class settings; every one can also be given as a lower-case keyword.
-    DEFAULT_RETRY_LIMIT: ClassVar[Optional[int]] = Settings.DEFAULT_RETRY_LIMIT
-    DEFAULT_RETRY_DELAY: ClassVar[float] = Settings.DEFAULT_RETRY_DELAY
-    MAX_RETRY_DELAY: ClassVar[float] = Settings.MAX_RETRY_DELAY
-    RETRY_JITTER: ClassVar[float] = Settings.RETRY_JITTER
-    MAX_QUEUE_SIZE: ClassVar[int] = Settings.MAX_QUEUE_SIZE
-    QUEUE_OVERFLOW_STRATEGY: ClassVar[str] = Settings.QUEUE_OVERFLOW_STRATEGY
-    MAX_THREAD_WAIT_TIME: ClassVar[float] = Settings.MAX_THREAD_WAIT_TIME
-    HEALTH_CHECK_INTERVAL: ClassVar[float] = Settings.HEALTH_CHECK_INTERVAL
-    CONNECT_TIMEOUT: ClassVar[float] = Settings.CONNECT_TIMEOUT
-    PING_INTERVAL: ClassVar[float] = Settings.PING_INTERVAL
-    PING_TIMEOUT: ClassVar[float] = Settings.PING_TIMEOUT
-    MIN_UPTIME: ClassVar[float] = Settings.MIN_UPTIME
-    MAX_MESSAGE_SIZE: ClassVar[int] = Settings.MAX_MESSAGE_SIZE
+class BaseClient(Defaults):
+    """The overridable surface of a hermes_gevent client (see WebSocketClient). Every setting
+    in ``Defaults`` is a class constant here, and a lower-case keyword of the constructor."""
 
     #: Environment variables read by the default url()/identifier() and the log switch.
     URL_ENV: ClassVar[str] = "HERMES_WS_URL"
@@ -99,13 +88,14 @@ class BaseClient:
     # -- singleton ---------------------------------------------------------------
 
     @classmethod
-    def instance(cls, **options: Any) -> "BaseClient":
+    def instance(cls: type[C], **options: Any) -> C:
         """The one client of this class in this process (made on first call)."""
         client = BaseClient._instances.get(cls)
         if client is None:
             client = BaseClient._instances[cls] = cls(**options)
         elif options:
             raise ConfigError(f"{cls.__name__}.instance() already exists; pass settings on the first call only.")
+        assert isinstance(client, cls)
         return client
 
     @classmethod
@@ -128,9 +118,7 @@ class BaseClient:
 
     def last_connected_at(self) -> Optional[str]:
         """When the last connection succeeded (ISO 8601, UTC), None before the first."""
-        if self._last_connected_at is None:
-            return None
-        return self._last_connected_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return iso_utc(self._last_connected_at)
 
     def headers(self) -> dict[str, str]:
         """Headers for the upgrade request; called anew on every attempt."""
@@ -153,8 +141,8 @@ class BaseClient:
             hook(msg)
 
     def should_retry(self, exc: BaseException) -> bool:
-        """Whether to try again after ``exc``; see ``hermes_gevent.policy``."""
-        return policy.should_retry(exc)
+        """Whether to try again after ``exc``; see ``hermes_gevent.retry``."""
+        return retry.should_retry(exc)
 
     # -- optional hooks (no-ops unless given as keywords) -------------------------
 
@@ -180,3 +168,10 @@ class BaseClient:
 
     def _mark_connected_now(self) -> None:
         self._last_connected_at = datetime.now(timezone.utc)
+
+
+def iso_utc(moment: Optional[datetime]) -> Optional[str]:
+    """The one timestamp format of this library: ISO 8601, UTC, whole seconds, "Z"."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

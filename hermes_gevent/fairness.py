@@ -145,8 +145,11 @@ def cycle_loop() -> None:
     hub = gevent.get_hub()
     loop = hub.loop
     loop.update_now()  # the timer's deadline is now, after every timer already due
-    with loop.timer(0.0, priority=LOWEST_PRIORITY) as timer:
+    timer = loop.timer(0.0, priority=LOWEST_PRIORITY)
+    try:
         hub.wait(timer)
+    finally:
+        timer.close()
 
 
 def take_turn(turns: Turns, urgent: bool = False) -> None:

@@ -21,12 +21,16 @@ import click
 import gevent
 import gevent.monkey
 import gevent.pool
-from flask import Flask, current_app, jsonify
+from flask import Flask, Response, current_app, jsonify
 from flask.cli import AppGroup
-from flask.signals import Namespace
+from blinker import Namespace
 
 from . import transport
+from .base import BaseClient
 from .client import WebSocketClient
+from .connection import Connection
+from .frames import CLOSE_NORMAL, Pong
+from .lifecycle import State
 from .logs import env_flag, redact_url
 from .settings import Settings
 
@@ -46,9 +50,9 @@ BENIGN_ALERTS = frozenset({"no_messages"})
 class Config:
     """The app.config keys the extension reads (every client setting also has HERMES_<SETTING>)."""
 
-    URL = "HERMES_WS_URL"
-    IDENTIFIER = "HERMES_WS_IDENTIFIER"
-    LOG = "HERMES_WS_LOG"
+    URL = BaseClient.URL_ENV  # the same names as the client's environment variables
+    IDENTIFIER = BaseClient.IDENTIFIER_ENV
+    LOG = BaseClient.LOG_ENV
     AUTOSTART = "HERMES_AUTOSTART"
     HANDLER_POOL_SIZE = "HERMES_HANDLER_POOL_SIZE"
     HEALTH_PATH = "HERMES_HEALTH_PATH"
@@ -61,17 +65,12 @@ class Config:
 class _AppState:
     """What the extension keeps per app, in app.extensions["hermes"]."""
 
-    def __init__(self, ext: "Hermes", app: Flask, client: WebSocketClient, autostart: bool) -> None:
-        self.ext = ext
+    def __init__(self, app: Flask, client: WebSocketClient, autostart: bool) -> None:
         self.app_ref = weakref.ref(app)
         self.client = client
         self.autostart = autostart
         self.pool: Optional[gevent.pool.Pool] = None
         self.warned_cannot_start = False
-
-
-#: Every app state in this process, for the gunicorn hooks and exit handling.
-_states: "weakref.WeakSet[_AppState]" = weakref.WeakSet()
 
 
 class Hermes:
@@ -117,13 +116,12 @@ class Hermes:
         transport.parse_ws_url(client.url())  # and here for a missing or non-ws URL
         pool_size = int(config[Config.HANDLER_POOL_SIZE] or 0)
 
-        state = _AppState(self, app, client, bool(config[Config.AUTOSTART]))
+        state = _AppState(app, client, bool(config[Config.AUTOSTART]))
         if pool_size > 0:
             state.pool = gevent.pool.Pool(pool_size)
         state_box["state"] = state
         app.extensions[EXTENSION_KEY] = state
-        app.hermes = client  # current_app.hermes
-        _states.add(state)
+        setattr(app, EXTENSION_KEY, client)  # current_app.hermes
 
         app.cli.add_command(_cli)
         if config[Config.HEALTH_PATH]:
@@ -154,25 +152,21 @@ class Hermes:
                 try:
                     handler(message)
                 except Exception:
-                    client = state.client
-                    client.handler_errors += 1
-                    client.log.error(
-                        f"message handler {getattr(handler, '__name__', handler)!s} raised "
-                        f"(error #{client.handler_errors}); the next handlers still run",
-                        exc_info=True,
+                    state.client.handler_failed(
+                        f"message handler {getattr(handler, '__name__', handler)!s}", "the next handlers still run"
                     )
 
 
 def get_client(app: Optional[Flask] = None) -> WebSocketClient:
     """The client of ``app`` (default: the current app)."""
-    app = app or current_app
-    return app.extensions[EXTENSION_KEY].client
+    state: _AppState = (app or current_app).extensions[EXTENSION_KEY]
+    return state.client
 
 
 def _start_if_serving(state: _AppState) -> None:
     """before_request: the first request shows this process is the one serving."""
     client = state.client
-    if not state.autostart or client.running or client.state.value == "stopped":
+    if not state.autostart or client.running or client.state is State.STOPPED:
         return
     if client.can_start_here():
         client.start()
@@ -185,7 +179,7 @@ def _start_if_serving(state: _AppState) -> None:
         )
 
 
-def _health_view():
+def _health_view() -> tuple[Response, int]:
     client = get_client()
     status = client.status()
     alerts = {a["name"] for a in status["alerts"]}
@@ -211,24 +205,26 @@ def _check(timeout: Optional[float]) -> None:
     try:
         conn = transport.connect(url, client.headers(), timeout=timeout,
                                  max_message_size=client.settings.MAX_MESSAGE_SIZE,
-                                 ssl_context=client.ssl_context or (
-                                     transport.default_ssl_context(client.ca_file) if client.ca_file else None))
+                                 ssl_context=transport.ssl_context_for(client.ssl_context, client.ca_file))
     except Exception as exc:
         raise click.ClickException(f"handshake with {shown} failed: {client.log.redact(str(exc)) or type(exc).__name__}")
     handshake_ms = (time.monotonic() - began) * 1000
     try:
         sent = time.monotonic()
         conn.ping(b"hermes-check")
-        with gevent.Timeout(timeout, False):
-            for event in conn.events():
-                if type(event).__name__ == "Pong":
-                    rtt_ms = (time.monotonic() - sent) * 1000
-                    click.echo(f"OK: connected to {shown} (handshake {handshake_ms:.1f} ms, ping round trip {rtt_ms:.1f} ms)")
-                    return
+        if gevent.with_timeout(timeout, _first_pong, conn, timeout_value=False):
+            rtt_ms = (time.monotonic() - sent) * 1000
+            click.echo(f"OK: connected to {shown} (handshake {handshake_ms:.1f} ms, ping round trip {rtt_ms:.1f} ms)")
+            return
         raise click.ClickException(f"connected to {shown}, but no pong within {timeout:g}s")
     finally:
-        conn.send_close(1000, "check done")
+        conn.send_close(CLOSE_NORMAL, "check done")
         conn.abort()
+
+
+def _first_pong(conn: Connection) -> bool:
+    """True once a pong arrives; False if the connection ends first."""
+    return any(isinstance(event, Pong) for event in conn.events())
 
 
 @_cli.command("send", help="Send one message and wait until it is written.")

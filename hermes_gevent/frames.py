@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, Optional, Union
 
 from websocket import ABNF
 
 from .errors import ProtocolError
 
+_c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
 try:  # the optional speedups extra: websockets' C masking routine
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover - exercised by HERMES_GEVENT_PURE_PYTHON in the tests
     _c_apply_mask = None
 if os.environ.get("HERMES_GEVENT_PURE_PYTHON"):
     _c_apply_mask = None
-
-#: True when frames are masked in C (pip install "hermes_gevent[speedups]").
-SPEEDUPS = _c_apply_mask is not None
 
 _U64 = struct.Struct("!Q")
 _HEADER_16 = struct.Struct("!BBH")
@@ -61,7 +59,7 @@ _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 
 class _Event:
     """Base of the parser's events: small slotted values, compared by type and fields."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and all(
@@ -127,6 +125,7 @@ class FrameParser:
         self._fragments: list[bytes] = []
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
+        self.closed = False  # a close frame was parsed: the stream is over
 
     @property
     def buffered(self) -> int:
@@ -134,6 +133,8 @@ class FrameParser:
         return len(self._buffer) - self._pos
 
     def feed(self, data: bytes) -> None:
+        if self.closed:
+            return
         if self._pos:
             del self._buffer[: self._pos]
             self._pos = 0
@@ -156,7 +157,7 @@ class FrameParser:
         """Call ``on_message(data)`` for each complete data message and ``on_control(event)``
         for each Ping, Pong or Close, in order, leaving any partial frame in the buffer.
         Raises ProtocolError at the first violation (after the callbacks for what came
-        before it). A callback may raise to stop parsing; the frame it was given is consumed."""
+        before it). Parsing ends after a close frame; the bytes after it are never parsed."""
         buf = self._buffer
         size = len(buf)
         max_size = self.max_size
@@ -218,6 +219,13 @@ class FrameParser:
             if type(event) is Message:
                 on_message(event.data)
             else:
+                if opcode == OP_CLOSE:
+                    # Nothing after a close frame belongs to the connection: never parsed, never kept.
+                    self.closed = True
+                    del self._buffer[:]
+                    self._pos = 0
+                    on_control(event)
+                    return
                 on_control(event)
 
     def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
@@ -268,9 +276,9 @@ def _parse_close(payload: bytes) -> Close:
 MASK_PIECE = 256 * 1024
 
 
-def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
+def encode_frame(opcode: int, payload: bytes) -> bytes:
     """One masked client frame (RFC 6455, the format websocket-client's ABNF writes)."""
-    key = key or os.urandom(4)
+    key = os.urandom(4)
     return _header(opcode, len(payload)) + key + mask(key, payload)
 
 
@@ -334,5 +342,13 @@ def _header(opcode: int, length: int) -> bytes:
     return _HEADER_64.pack(first, 0x80 | 127, length)
 
 
+#: A close frame's payload is at most 125 bytes: the code, then up to 123 bytes of reason.
+MAX_CLOSE_REASON = 123
+
+
 def close_payload(code: int, reason: str = "") -> bytes:
-    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    """The code and the reason, cut to MAX_CLOSE_REASON bytes without splitting a character."""
+    encoded = reason.encode("utf-8")
+    if len(encoded) > MAX_CLOSE_REASON:
+        encoded = encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + encoded

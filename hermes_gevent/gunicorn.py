@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import all_clients
+from .process import all_clients
+
+__all__ = ["post_worker_init", "worker_exit"]
 
 #: Seconds kept back from graceful_timeout for the worker's own exit.
 EXIT_MARGIN = 1.0

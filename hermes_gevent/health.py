@@ -10,9 +10,19 @@ from typing import Any, Mapping
 
 from .settings import Settings
 
+__all__ = ["LOOP_STATUS_KEYS", "alert_changes", "compute_alerts"]
+
 QUEUE_ALERT_RATIO = 0.9
 RETRY_ALERT_RATIO = 0.8
-LOOP_KEYS = ("event_thread_alive", "send_thread_alive", "health_thread_alive")
+#: Each loop greenlet -> the status() key that says it is alive (names kept from the original client).
+LOOP_STATUS_KEYS = {
+    "reader": "event_thread_alive",
+    "sender": "send_thread_alive",
+    "health": "health_thread_alive",
+    "supervisor": "supervisor_alive",
+}
+#: The loops whose death raises the loop_dead alert.
+WATCHED_LOOPS = ("reader", "sender", "health")
 
 
 def compute_alerts(status: Mapping[str, Any], settings: Settings, now: float) -> dict[str, str]:
@@ -39,7 +49,7 @@ def compute_alerts(status: Mapping[str, Any], settings: Settings, now: float) ->
     if limit is not None and retries > limit * RETRY_ALERT_RATIO:
         alerts["retries_high"] = f"{retries} consecutive failed attempts of DEFAULT_RETRY_LIMIT={limit}"
     if status.get("started") and not status.get("stopping"):
-        dead = [key for key in LOOP_KEYS if not status.get(key, True)]
+        dead = [LOOP_STATUS_KEYS[loop] for loop in WATCHED_LOOPS if not status.get(LOOP_STATUS_KEYS[loop], True)]
         if dead:
             alerts["loop_dead"] = f"loop greenlet not running: {', '.join(dead)}"
     return alerts

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 import gevent.event
 import gevent.hub
-from gevent._hub_local import get_hub_if_exists
 from gevent.queue import Empty, Queue
 
 from .errors import QueueFull
+
+__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "Item", "Outbox", "in_hub", "on_thread_of"]
 
 #: (opcode, payload) - the payload already encoded by the caller.
 Item = tuple[int, bytes]
@@ -37,6 +38,23 @@ DROP_STOPPED = "stopped"
 _WAKE = None  # a marker in the queue that only ends a waiting take()
 
 
+def in_hub() -> bool:
+    """True when the caller runs in a hub greenlet (a loop callback, a signal handler)."""
+    return isinstance(gevent.getcurrent(), gevent.hub.Hub)
+
+
+def _thread_root(glet: Any) -> Any:
+    while glet.parent is not None:
+        glet = glet.parent
+    return glet
+
+
+def on_thread_of(hub: gevent.hub.Hub) -> bool:
+    """True when the caller runs in the OS thread of ``hub``: greenlets never cross threads,
+    so the caller and the hub then descend from the same main greenlet."""
+    return _thread_root(gevent.getcurrent()) is _thread_root(hub)
+
+
 class Outbox:
     """A bounded FIFO of encoded messages with the overflow strategy applied on put."""
 
@@ -45,13 +63,15 @@ class Outbox:
         self.strategy = strategy
         self._on_drop = on_drop
         self._hub = hub or gevent.get_hub()
-        self._queue: Queue = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
+        self._queue: Queue[Optional[Item]] = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
         self._inflight: list[Item] = []
         self._redo: collections.deque[Item] = collections.deque()  # to resend before _inflight
         self._wakes = 0  # _WAKE markers in the queue (not messages)
         self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
-        self._wakeup.ref = False  # a pending hand-off must not keep the loop alive on its own
+        # A pending hand-off must not keep the loop alive on its own (watcher.ref is documented
+        # gevent API that types-gevent does not declare).
+        self._wakeup.ref = False  # type: ignore[attr-defined]
         self._wakeup.start(self._drain_handoff)
         self._empty = gevent.event.Event()
         self._empty.set()
@@ -63,7 +83,7 @@ class Outbox:
 
         Raises QueueFull under the "raise" strategy when the queue is full.
         """
-        if get_hub_if_exists() is not self._hub:
+        if not on_thread_of(self._hub):
             return self._put_from_thread(item)
         return self._put_local(item)
 
@@ -71,7 +91,7 @@ class Outbox:
         size = self._queued_here() if in_drain else len(self)
         if size >= self.maxsize:
             if self.strategy == "raise":
-                raise QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
+                raise self._full()
             oldest = self._pop_oldest() if self.strategy == "drop_oldest" else None
             if oldest is None:
                 self._on_drop(item, DROP_OVERFLOW)
@@ -86,7 +106,7 @@ class Outbox:
         # strategy when it moves the item, so the bound still holds.
         if len(self) >= self.maxsize:
             if self.strategy == "raise":
-                raise QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
+                raise self._full()
             if self.strategy == "drop_newest":
                 self._handoff.append((item, True))  # the hub counts the drop, in order
                 self._wakeup.send()
@@ -94,6 +114,9 @@ class Outbox:
         self._handoff.append((item, False))
         self._wakeup.send()
         return True
+
+    def _full(self) -> QueueFull:
+        return QueueFull(f"send queue is full (MAX_QUEUE_SIZE={self.maxsize})")
 
     def _drain_handoff(self) -> None:
         # Runs in the hub as a loop callback: nothing here may block.

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import gevent.event
 
-from . import transport
+from .connection import Connection
 from .errors import ConnectionClosed, PingTimeout
+from .frames import CLOSE_ABNORMAL
+
+
+__all__ = ["Session", "is_abrupt", "now"]
 
 
 def now() -> float:
+    """The library's one clock for durations (monotonic seconds)."""
     return time.monotonic()
 
 
 def is_abrupt(exc: BaseException) -> bool:
     """A connection that ended without a close handshake: unacknowledged data is suspect."""
-    return isinstance(exc, PingTimeout) or (isinstance(exc, ConnectionClosed) and exc.code == 1006)
+    return isinstance(exc, PingTimeout) or (isinstance(exc, ConnectionClosed) and exc.code == CLOSE_ABNORMAL)
 
 
 class Session:
     """One live connection. The supervisor publishes it to the reader and the sender,
     and watches it; whichever loop sees it die first calls ``fail``."""
 
-    def __init__(self, conn: transport.Connection, on_unacknowledged: Optional[Callable[[list], None]] = None) -> None:
+    def __init__(self, conn: Connection, on_unacknowledged: Optional[Callable[[list[Any]], None]] = None) -> None:
         self.conn = conn
         self._on_unacknowledged = on_unacknowledged
         self.opened_at = now()

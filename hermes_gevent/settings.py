@@ -1,47 +1,82 @@
-"""Client settings: class constants, their lower-case keyword twins, validation.
+"""Client settings: declared once, with their defaults; keywords; validation.
 
-A subclass sets ``MAX_QUEUE_SIZE = 100``; a plain ``WebSocketClient`` takes
-``max_queue_size=100``. The keyword is the constant's name in lower case, with
-the ``DEFAULT_`` prefix optional (``retry_limit`` or ``default_retry_limit``).
+``Defaults`` declares every setting as a class constant. ``BaseClient`` inherits
+them, so a subclass sets ``MAX_QUEUE_SIZE = 100``; a plain ``WebSocketClient``
+takes ``max_queue_size=100``. The keyword is the constant's name in lower case,
+with the ``DEFAULT_`` prefix optional (``retry_limit`` or ``default_retry_limit``).
+``Settings`` is the resolved, validated, immutable set one client runs with.
 Validation raises ConfigError with one sentence that names the setting.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, Optional
 
+from .backoff import Backoff, check_delays, check_number
 from .errors import ConfigError
+
+__all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
 
 OVERFLOW_STRATEGIES = ("drop_oldest", "drop_newest", "raise")
 
 
-@dataclass(frozen=True)
-class Settings:
-    DEFAULT_RETRY_LIMIT: int | None = 500
-    DEFAULT_RETRY_DELAY: float = 3
-    MAX_RETRY_DELAY: float = 30
-    RETRY_JITTER: float = 0.5
-    MAX_QUEUE_SIZE: int = 10000
-    QUEUE_OVERFLOW_STRATEGY: str = "drop_oldest"
-    MAX_THREAD_WAIT_TIME: float = 10
-    HEALTH_CHECK_INTERVAL: float = 60
-    CONNECT_TIMEOUT: float = 10
-    PING_INTERVAL: float = 20
-    PING_TIMEOUT: float = 10
-    MIN_UPTIME: float = 5
-    MAX_MESSAGE_SIZE: int = 16 * 2**20
+class Defaults:
+    """Every setting and its default (see the README's Settings table)."""
+
+    DEFAULT_RETRY_LIMIT: ClassVar[Optional[int]] = 500
+    DEFAULT_RETRY_DELAY: ClassVar[float] = 3
+    MAX_RETRY_DELAY: ClassVar[float] = 30
+    RETRY_JITTER: ClassVar[float] = 0.5
+    MAX_QUEUE_SIZE: ClassVar[int] = 10000
+    QUEUE_OVERFLOW_STRATEGY: ClassVar[str] = "drop_oldest"
+    MAX_THREAD_WAIT_TIME: ClassVar[float] = 10
+    HEALTH_CHECK_INTERVAL: ClassVar[float] = 60
+    CONNECT_TIMEOUT: ClassVar[float] = 10
+    PING_INTERVAL: ClassVar[float] = 20
+    PING_TIMEOUT: ClassVar[float] = 10
+    MIN_UPTIME: ClassVar[float] = 5
+    MAX_MESSAGE_SIZE: ClassVar[int] = 16 * 2**20
+
+
+_NAMES: tuple[str, ...] = tuple(Defaults.__annotations__)
+
+
+class Settings(Defaults):
+    """The settings one client runs with: ``Settings(MAX_QUEUE_SIZE=100)`` overrides defaults."""
+
+    __slots__ = _NAMES
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}; settings are: {', '.join(_NAMES)}.")
+        for name in _NAMES:
+            object.__setattr__(self, name, values.get(name, getattr(Defaults, name)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are immutable: build new ones with Settings.resolve()")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.values().items()))
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.values().items())})"
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _NAMES}
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return _NAMES
 
     @classmethod
     def keyword_map(cls) -> dict[str, str]:
         """Every accepted keyword -> the constant it sets."""
         mapping = {}
-        for name in cls.names():
+        for name in _NAMES:
             mapping[name.lower()] = name
             if name.startswith("DEFAULT_"):
                 mapping[name[len("DEFAULT_"):].lower()] = name
@@ -50,7 +85,7 @@ class Settings:
     @classmethod
     def resolve(cls, owner: type, keywords: Mapping[str, Any]) -> "Settings":
         """Class constants of ``owner`` overridden by ``keywords``, validated."""
-        values = {name: getattr(owner, name, getattr(cls, name)) for name in cls.names()}
+        values = {name: getattr(owner, name) for name in _NAMES}
         mapping = cls.keyword_map()
         for key, value in keywords.items():
             values[mapping[key]] = value
@@ -58,16 +93,15 @@ class Settings:
         settings.validate()
         return settings
 
+    def backoff(self) -> Backoff:
+        """The reconnection delays these settings ask for."""
+        return Backoff(self.DEFAULT_RETRY_DELAY, self.MAX_RETRY_DELAY, jitter=self.RETRY_JITTER)
+
     def validate(self) -> None:
-        _number("DEFAULT_RETRY_DELAY", self.DEFAULT_RETRY_DELAY, allow_zero=True)
-        _number("MAX_RETRY_DELAY", self.MAX_RETRY_DELAY, allow_zero=True)
-        if self.MAX_RETRY_DELAY < self.DEFAULT_RETRY_DELAY:
-            raise ConfigError(
-                f"MAX_RETRY_DELAY ({self.MAX_RETRY_DELAY}) must not be below DEFAULT_RETRY_DELAY ({self.DEFAULT_RETRY_DELAY})."
-            )
-        _number("RETRY_JITTER", self.RETRY_JITTER, allow_zero=True)
-        if self.RETRY_JITTER > 1:
-            raise ConfigError(f"RETRY_JITTER must be between 0 and 1, got {self.RETRY_JITTER!r}.")
+        check_delays(
+            self.DEFAULT_RETRY_DELAY, self.MAX_RETRY_DELAY, self.RETRY_JITTER,
+            names=("DEFAULT_RETRY_DELAY", "MAX_RETRY_DELAY", "RETRY_JITTER"),
+        )
         if self.DEFAULT_RETRY_LIMIT is not None:
             _integer("DEFAULT_RETRY_LIMIT", self.DEFAULT_RETRY_LIMIT, "a positive integer or None (never give up)")
         _integer("MAX_QUEUE_SIZE", self.MAX_QUEUE_SIZE, "a positive integer")
@@ -78,15 +112,8 @@ class Settings:
                 f"got {self.QUEUE_OVERFLOW_STRATEGY!r}."
             )
         for name in ("MAX_THREAD_WAIT_TIME", "HEALTH_CHECK_INTERVAL", "CONNECT_TIMEOUT", "PING_INTERVAL", "PING_TIMEOUT"):
-            _number(name, getattr(self, name), allow_zero=False)
-        _number("MIN_UPTIME", self.MIN_UPTIME, allow_zero=True)
-
-
-def _number(name: str, value: Any, *, allow_zero: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        wanted = "a number >= 0" if allow_zero else "a positive number of seconds"
-        raise ConfigError(f"{name} must be {wanted}, got {value!r}.")
+            check_number(name, getattr(self, name), allow_zero=False)
+        check_number("MIN_UPTIME", self.MIN_UPTIME, allow_zero=True)
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

@@ -29,7 +29,7 @@ def test_forked_child_starts_fresh_and_nothing_is_sent_twice(server):
     reports = {r["who"]: r for r in map(json.loads, out.splitlines())}
     assert reports["child"]["held"] == {
         "same_instance": True, "connected": False, "started": False, "queue_size": 0,
-        "state": "idle", "messages_sent": 0,
+        "state": "pending", "messages_sent": 0,
     }
     assert reports["child"]["ok"] and reports["parent"]["ok"] and reports["parent"]["child_exit"] == 0
     server.wait_for(lambda: len(server.of("close")) == 2, t(10), "both connections closed")

@@ -9,7 +9,7 @@ from hermes_gevent import Backoff, ConfigError, WebSocketClient
 from hermes_gevent.errors import ConnectionClosed, ConnectTimeout, HandshakeRejected, ProtocolError
 from hermes_gevent.health import alert_changes, compute_alerts
 from hermes_gevent.logs import RateLimitedCounter
-from hermes_gevent.policy import should_retry
+from hermes_gevent.retry import should_retry
 from hermes_gevent.settings import Settings
 
 

@@ -2,6 +2,8 @@
 arbitrary and mutated bytes raise only their documented exceptions, keep their memory
 bounded, and give the same result whether the bytes arrive at once or split anywhere."""
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +14,9 @@ from hermes_gevent.upgrade import UpgradeAnswer
 from .test_frames import frame
 
 CASES = 1000
+#: In CI the cases are the same on every run (a new counterexample must not fail an unrelated
+#: change); locally each run explores new ones.
+DERANDOMIZE = bool(os.environ.get("CI"))
 MAX_SIZE = 512  # the parser's MAX_MESSAGE_SIZE here: small, so the limit is reached often
 HEADER_MAX = 14  # the longest frame header (2 + 8 + 4)
 
@@ -68,13 +73,13 @@ def frame_streams(draw):
 CUTS = st.lists(st.integers(min_value=0), max_size=12)
 
 
-@settings(max_examples=CASES, deadline=None)
+@settings(max_examples=CASES, deadline=None, derandomize=DERANDOMIZE)
 @given(st.binary(max_size=2048), CUTS)
 def test_the_parser_on_arbitrary_bytes(data, cuts):
     assert run_parser(split(data, cuts)) == run_parser([data])
 
 
-@settings(max_examples=CASES, deadline=None)
+@settings(max_examples=CASES, deadline=None, derandomize=DERANDOMIZE)
 @given(frame_streams(), CUTS)
 def test_the_parser_on_mutated_frames(data, cuts):
     assert run_parser(split(data, cuts)) == run_parser([data])
@@ -101,7 +106,7 @@ ANSWER_LINES = st.lists(
 )
 
 
-@settings(max_examples=CASES, deadline=None)
+@settings(max_examples=CASES, deadline=None, derandomize=DERANDOMIZE)
 @given(st.one_of(st.binary(max_size=600), ANSWER_LINES.map(b"\r\n".join)), CUTS,
        st.integers(16, 512), st.integers(0, 8))
 def test_the_upgrade_answer_on_arbitrary_bytes(data, cuts, max_bytes, max_headers):
@@ -109,4 +114,6 @@ def test_the_upgrade_answer_on_arbitrary_bytes(data, cuts, max_bytes, max_header
     assert run_answer(split(data, cuts), max_bytes, max_headers) == whole
     if isinstance(whole, tuple):
         head, rest = whole
-        assert head + rest == data and len(head) <= max_bytes and not head.splitlines()[-1].strip()
+        assert head + rest == data and len(head) <= max_bytes and head.endswith(b"\n")
+        last_line = head[:-1].split(b"\n")[-1]
+        assert not last_line.decode("utf-8", "replace").strip()  # blank as websocket-client judges it

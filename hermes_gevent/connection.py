@@ -1,0 +1,249 @@
+"""One open WebSocket connection: the bytes between a gevent socket and its Protocol.
+
+The reader greenlet calls ``receive()`` (one large ``recv`` into the protocol) then
+``protocol.process(...)``; any greenlet writes: data through ``send_frames`` (the
+sender), control frames the protocol queued through ``send_pending``. Every write goes
+behind one gevent lock, so frames never interleave, and is recorded in the kernel
+ledger (ledger.py) so an abrupt failure can tell which messages to send again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import gevent.lock
+
+from . import frames
+from .errors import ConnectionClosed
+from .fairness import new_turns, take_turn
+from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
+from .protocol import Item, Protocol
+
+__all__ = ["Connection", "WriteFailed", "READ_SIZE"]
+
+READ_SIZE = 256 * 1024
+#: The ledger of unacknowledged writes is trimmed once it holds this many writes.
+LEDGER_TRIM_EVERY = 64
+#: Parts at least this large are written as they are (vectored); smaller ones are joined.
+VECTOR_MIN = 4096
+IOV_MAX = 512
+
+
+class WriteFailed(ConnectionClosed):
+    """A write failed after the first ``handed`` items of the batch reached the kernel whole.
+
+    ``code`` is 1006 when the socket failed, 1000 when the connection was already closing
+    (a close handshake under way is not an abrupt failure)."""
+
+    def __init__(self, handed: int, reason: str, code: int = frames.CLOSE_ABNORMAL) -> None:
+        self.handed = handed
+        super().__init__(code, reason)
+
+
+class Connection:
+    """An open WebSocket connection on ``sock`` (already upgraded). Reads from one greenlet;
+    writes from any."""
+
+    def __init__(self, sock: Any, max_message_size: int) -> None:
+        self.sock = sock
+        self.protocol = Protocol(max_message_size)
+        self._write_lock = gevent.lock.Semaphore()
+        self._ledger = KernelLedger()
+        # TLS records do not map byte for byte onto frames: no unacknowledged count there.
+        plain = not hasattr(sock, "cipher")  # gevent's SSLSocket, the stdlib's, or ours (transport.py)
+        self.tracks_acks = plain and TIOCOUTQ is not None
+        self._vectored = plain and hasattr(sock, "sendmsg")
+        self.aborted = False
+        self.last_read_size = 0
+        self.writes = 0  # write calls so far (the reader's coalescing looks at it)
+        self.write_turns = new_turns()  # the data writer's share of the hub (the sender's greenlet)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def receive(self) -> float:
+        """Wait for data and hand one large read to the protocol; return when it came.
+        When the stream ends or fails, the protocol is told (its state becomes CLOSED)."""
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError as exc:
+            data = b""
+            self.protocol.receive_eof(f"read failed: {exc}")
+        else:
+            if not data:
+                self.protocol.receive_eof()
+        self.last_read_size = len(data)
+        if data:
+            self.protocol.receive_data(data)
+        return time.monotonic()
+
+    def events(self) -> Iterator[frames.Event]:
+        """Yield events as they arrive until the connection ends (for simple callers)."""
+        protocol = self.protocol
+        while protocol.failure is None:
+            self.receive()
+            events = protocol.events_received()
+            self.send_pending()
+            yield from events
+
+    # -- writing ------------------------------------------------------------------------
+
+    def send_pending(self) -> bool:
+        """Write the control frames the protocol queued (pongs, pings, a close), whole and in
+        order; False when they could not be written."""
+        with self._write_lock:
+            pending = self.protocol.data_to_send()
+            if not pending or self.aborted:
+                return not pending
+            data = b"".join(pending)
+            try:
+                self._send([None], [data], [len(data)])
+            except _Partial:
+                return False
+            return True
+
+    def ping(self, payload: bytes = b"") -> bool:
+        return self.protocol.send_ping(payload) and self.send_pending()
+
+    def send_close(self, code: int, reason: str = "") -> bool:
+        """Start the close handshake; False when a close frame was already sent or not written."""
+        return self.protocol.send_close(code, reason) and self.send_pending()
+
+    def send_frames(self, items: list[Item]) -> None:
+        """Frame several messages and write them with as few socket calls as possible:
+        small frames joined into one write, large ones masked and written in pieces,
+        yielding to other greenlets between pieces. Raises WriteFailed(handed)."""
+        with self._write_lock:
+            if not self.protocol.can_send_data or self.aborted:
+                raise WriteFailed(0, "connection is closing", frames.CLOSE_NORMAL)
+            handed = 0
+            try:
+                start = 0
+                for index, item in enumerate(items):
+                    if len(item[1]) <= frames.MASK_PIECE:
+                        continue
+                    if index > start:
+                        handed += self._send_frames_whole(items[start:index])
+                    handed += self._send_frame_in_pieces(item)
+                    start = index + 1
+                if start < len(items):
+                    handed += self._send_frames_whole(items[start:])
+            except _Partial as partial:
+                raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
+
+    def _send_frames_whole(self, items: list[Item]) -> int:
+        chunks, lengths = self.protocol.frame_messages(items)
+        return self._send(items, chunks, lengths)
+
+    def _send_frame_in_pieces(self, item: Item) -> int:
+        """Masked lazily, one piece at a time, yielding in between; the ledger counts
+        the message once its last byte is in the kernel."""
+        last = -(-len(item[1]) // frames.MASK_PIECE)  # pieces after the header
+        for index, piece in enumerate(self.protocol.frame_in_pieces(item)):
+            self._send([item if index == last else None], [piece], [len(piece)])
+            take_turn(self.write_turns)
+        return 1
+
+    def _send(self, items: list[Any], chunks: list[bytes], lengths: list[int]) -> int:
+        """Write ``chunks`` (the frames of ``items``, whose sizes are ``lengths``) in order,
+        recording in the ledger what reached the kernel; return how many items were
+        handed over whole (all, unless it raises _Partial).
+
+        Small chunks are joined into one buffer; on plain TCP large ones go to the kernel
+        as they are, in one vectored write (sendmsg), so a payload is never copied again.
+        """
+        if self._vectored and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
+            buffers: list[bytes] = []
+            small: list[bytes] = []
+            for chunk in chunks:
+                if len(chunk) >= VECTOR_MIN:
+                    if small:
+                        buffers.append(b"".join(small))
+                        small = []
+                    buffers.append(chunk)
+                else:
+                    small.append(chunk)
+            if small:
+                buffers.append(b"".join(small))
+        else:
+            buffers = [chunks[0] if len(chunks) == 1 else b"".join(chunks)]
+        views = [memoryview(b) for b in buffers]
+        total, offset, first = sum(lengths), 0, 0
+        track, ledger = self.tracks_acks, self._ledger
+        recorded, recorded_bytes = 0, 0  # items in the ledger so far, and their bytes
+        self.writes += 1
+        try:
+            while offset < total:
+                if len(views) - first == 1:
+                    sent = self.sock.send(views[first])
+                else:
+                    sent = self.sock.sendmsg(views[first : first + IOV_MAX])
+                offset += sent
+                while sent:
+                    view = views[first]
+                    if sent >= len(view):
+                        sent -= len(view)
+                        first += 1
+                    else:
+                        views[first] = view[sent:]
+                        sent = 0
+                if track and offset < total:
+                    # A partial write, and we may wait before the rest: the ledger must match
+                    # the kernel now, in case another greenlet declares the connection dead.
+                    done = recorded
+                    while done < len(items) and recorded_bytes + lengths[done] <= offset:
+                        recorded_bytes += lengths[done]
+                        done += 1
+                    if done > recorded:
+                        ledger.record(items[recorded:done], lengths[recorded:done])
+                        recorded = done
+        except OSError as exc:
+            raise _Partial(self._record_partial(items, lengths, offset, recorded, recorded_bytes), exc) from None
+        if track:
+            if recorded < len(items):
+                ledger.record(items[recorded:], lengths[recorded:])
+            if len(ledger.entries) > LEDGER_TRIM_EVERY:
+                # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY writes.
+                outq = unacknowledged_bytes(self.sock.fileno())
+                if outq is not None:
+                    ledger.trim(outq)
+        return len(items)
+
+    def _record_partial(self, items: list[Any], lengths: list[int], offset: int, recorded: int, whole: int) -> int:
+        """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already
+        in the ledger): ledger the rest of the whole items, and the bytes of a cut-off frame
+        without its message (an incomplete frame is never delivered, so the message stays with
+        the caller to go again). Returns how many items went whole."""
+        handed = recorded
+        while handed < len(items) and whole + lengths[handed] <= offset:
+            whole += lengths[handed]
+            handed += 1
+        if self.tracks_acks:
+            done_items, done_lengths = items[recorded:handed], lengths[recorded:handed]
+            if offset > whole:
+                done_items, done_lengths = [*done_items, None], [*done_lengths, offset - whole]
+            if done_items:
+                self._ledger.record(done_items, done_lengths)
+        return handed
+
+    def unacknowledged(self) -> list[Any]:
+        """After an abrupt failure, before abort(): the messages whose bytes TCP never
+        acknowledged (Linux, plain TCP; empty elsewhere)."""
+        if not self.tracks_acks or self.aborted:
+            return []
+        outq = unacknowledged_bytes(self.sock.fileno())
+        return self._ledger.unacknowledged(outq) if outq is not None else []
+
+    def abort(self) -> None:
+        """Close the socket now, without a close frame (idempotent)."""
+        self.aborted = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _Partial(Exception):
+    def __init__(self, handed: int, error: OSError) -> None:
+        self.handed = handed
+        self.error = error

@@ -1,0 +1,87 @@
+"""Which written messages the server's TCP has not acknowledged yet.
+
+After an abrupt failure (no close handshake) the messages whose bytes are still
+in the kernel's send queue never reached the server: they are sent again. The
+kernel tells how many bytes that is (Linux: the TIOCOUTQ ioctl, plain TCP only);
+the ledger maps those last bytes back to the messages they carried.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from typing import Any, Optional
+
+try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
+    import fcntl
+    import termios
+
+    TIOCOUTQ: Optional[int] = getattr(termios, "TIOCOUTQ", None)
+except ImportError:  # pragma: no cover - Windows
+    TIOCOUTQ = None
+
+__all__ = ["KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "unacknowledged_bytes"]
+
+#: One ledger entry: the messages of one write call (None for control frames and the
+#: pieces of a large frame before its last), their byte counts, and their total.
+Entry = tuple[list[Any], list[int], int]
+
+
+def _kernel_send_limit() -> int:
+    """The most bytes a TCP send queue can hold here (Linux: tcp_wmem's maximum)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 2**20
+
+
+#: Read once at import: the ledger never needs to remember more than this.
+SEND_LIMIT = _kernel_send_limit()
+
+
+def unacknowledged_bytes(fileno: int) -> Optional[int]:
+    """Bytes in the kernel's send queue that the peer has not acknowledged (None if unknown)."""
+    if TIOCOUTQ is None:
+        return None
+    try:
+        count: int = struct.unpack("i", fcntl.ioctl(fileno, TIOCOUTQ, b"\0\0\0\0"))[0]
+        return count
+    except (OSError, ValueError):
+        return None
+
+
+class KernelLedger:
+    """The last writes handed to the kernel, newest last: one entry per write call."""
+
+    def __init__(self, limit: int = SEND_LIMIT) -> None:
+        self.entries: collections.deque[Entry] = collections.deque()
+        self.size = 0
+        self.limit = limit
+
+    def record(self, items: list[Any], lengths: list[int]) -> None:
+        total = sum(lengths)
+        self.entries.append((items, lengths, total))
+        self.size += total
+        while self.size > self.limit and len(self.entries) > 1:
+            self.size -= self.entries.popleft()[2]
+
+    def trim(self, outq: int) -> None:
+        """Forget the oldest writes the peer has acknowledged (all but the last ``outq`` bytes)."""
+        entries = self.entries
+        while entries and self.size - entries[0][2] >= outq:
+            self.size -= entries.popleft()[2]
+
+    def unacknowledged(self, outq: int) -> list[Any]:
+        """The messages (oldest first) covering the last ``outq`` bytes written."""
+        found: list[Any] = []
+        for items, lengths, _ in reversed(self.entries):
+            for index in range(len(items) - 1, -1, -1):
+                if outq <= 0:
+                    found.reverse()
+                    return found
+                if items[index] is not None:
+                    found.append(items[index])
+                outq -= lengths[index]
+        found.reverse()
+        return found

@@ -1,0 +1,82 @@
+"""What the client accepts to send, and how it counts what it could not deliver.
+
+``encode`` turns a message into the (opcode, payload) the send queue holds, raising
+in the caller for anything that cannot be sent. ``Drops`` counts every message that
+was accepted and then lost, by reason, reports them in rate-limited log lines, and
+hands each to the ``on_drop`` hook - never in the hub, where user code must not run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Union
+
+import gevent
+
+from . import frames
+from .logs import ClientLog, RateLimitedCounter
+from .outbox import Item, in_hub
+
+__all__ = ["DROP_LOG_PERIOD", "Drops", "Message", "encode"]
+
+Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"]
+#: How long a drop summary line waits before repeating.
+DROP_LOG_PERIOD = 10.0
+
+
+def encode(msg: Message, max_size: int) -> Item:
+    """str -> text frame, bytes-like -> binary frame, dict/list -> JSON text frame.
+    TypeError or ValueError here, in the caller, for a message that cannot be sent."""
+    if isinstance(msg, str):
+        try:
+            payload = msg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"message is not valid Unicode text: {exc}") from None
+        opcode = frames.OP_TEXT
+    elif isinstance(msg, (bytes, bytearray, memoryview)):
+        payload, opcode = bytes(msg), frames.OP_BINARY
+    elif isinstance(msg, (dict, list)):
+        payload, opcode = json.dumps(msg, separators=(",", ":")).encode("utf-8"), frames.OP_TEXT
+    else:
+        raise TypeError(f"send_message() takes str, bytes, dict or list, not {type(msg).__name__}")
+    if len(payload) > max_size:
+        raise ValueError(f"message of {len(payload)} bytes exceeds MAX_MESSAGE_SIZE={max_size}")
+    return opcode, payload
+
+
+def decode(item: Item) -> Union[str, bytes]:
+    """The message as the application gave it (dicts and lists as their JSON text)."""
+    opcode, payload = item
+    return payload.decode("utf-8") if opcode == frames.OP_TEXT else payload
+
+
+class Drops:
+    """Messages accepted and then lost: the total, by reason, the log lines, the hook."""
+
+    def __init__(self, log: ClientLog, on_drop: Callable[[Union[str, bytes], str], Any]) -> None:
+        self.total = 0
+        self.by_reason: dict[str, int] = {}
+        self._log = log
+        self._on_drop = on_drop
+        self._rate = RateLimitedCounter(DROP_LOG_PERIOD)
+
+    def count(self, item: Item, reason: str, *, log: bool = True) -> None:
+        self.total += 1
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        reported = self._rate.add(time.monotonic()) if log else 0
+        if reported:
+            self._log.warning(f"dropped {reported} message(s) ({self.summary()}); see status()['messages_dropped']")
+        if in_hub():
+            gevent.spawn(self._on_drop, decode(item), reason)  # user code never runs in the hub
+        else:
+            self._on_drop(decode(item), reason)
+
+    def report_pending(self) -> None:
+        """Log the drops the rate limit held back (the health loop calls this)."""
+        pending = self._rate.flush()
+        if pending:
+            self._log.warning(f"{pending} more message(s) dropped ({self.summary()})")
+
+    def summary(self) -> str:
+        return ", ".join(f"{reason}: {n}" for reason, n in sorted(self.by_reason.items()))

@@ -1,0 +1,111 @@
+"""The reader greenlet: for each live connection, read, let the protocol deliver, answer.
+
+It reads with large ``recv`` calls, hands the bytes to the connection's Protocol,
+which delivers every message to the client in order and queues pongs and close
+frames; the reader writes those and, when the protocol says the connection ended,
+fails the session with the protocol's reason. It shares the hub fairly
+(fairness.py), and gathers streams of small frames into large reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .connection import Connection
+from .errors import ProtocolError
+from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floor
+from .session import Session, now
+
+if TYPE_CHECKING:
+    from .client import WebSocketClient
+
+__all__ = ["read_loop", "read_session"]
+
+#: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting (the
+#: event loop did not turn during it; on loops that do not count turns, it returned within
+#: COALESCE_IF_WAITED_UNDER seconds), with nothing written meanwhile, pauses
+#: COALESCE_PAUSE seconds before the next read. Streams of small frames then arrive in large
+#: reads; a lone message, or a request/response exchange, is never delayed.
+COALESCE_BELOW = 16 * 1024
+COALESCE_IF_WAITED_UNDER = 0.00002
+COALESCE_PAUSE = 0.0005
+#: How long the reader may wait to write the close frame after a protocol error.
+CLOSE_WRITE_TIMEOUT = 1.0
+
+
+def read_loop(client: "WebSocketClient", generation: int) -> None:
+    inbox = client._reader_inbox
+    while client._current(generation):
+        session = inbox.get()
+        if session.alive and client._current(generation):
+            read_session(client, session)
+
+
+def read_session(client: "WebSocketClient", session: Session) -> None:
+    conn = session.conn
+    protocol = conn.protocol
+    process = protocol.process
+    on_message = client._on_data
+    turns = new_turns()
+    loop_turns = loop_turn_counter()
+    coalesce_pause = timer_floor(COALESCE_PAUSE)
+    if protocol.parser.buffered:  # frames the server sent along with its 101
+        session.handler_since = now()
+        process(on_message)
+        session.handler_since = None
+    writes, turned = -1, 0
+    while protocol.failure is None:
+        asked_at = now()
+        if loop_turns is not None:
+            turned = loop_turns()
+        read_at = session.last_frame_at = conn.receive()
+        # Did recv() wait for data (the event loop turned meanwhile), or find it waiting?
+        if loop_turns is not None:
+            waited = loop_turns() != turned
+            found_waiting = not waited
+        else:  # a loop that counts no turns (libuv): time the call; the budget alone decides yields
+            waited = False
+            found_waiting = read_at - asked_at < COALESCE_IF_WAITED_UNDER
+        quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
+        client._debug_bodies = client.log.logger.isEnabledFor(logging.DEBUG)
+        received = client.messages_received
+        session.handler_since = read_at  # the handlers run inside process()
+        process(on_message)
+        session.handler_since = None
+        if client.messages_received != received:
+            client._last_message_at = read_at
+        if protocol.has_data_to_send and protocol.failure is None:
+            conn.send_pending()  # pongs
+        if protocol.failure is not None:
+            break
+        if waited:
+            turns.turned(read_at)  # the hub already ran while we waited: no extra turn
+        elif quiet and found_waiting and conn.last_read_size < COALESCE_BELOW:
+            # Small reads that never had to wait, while we are not writing: the server
+            # streams frames faster than we ask. Reading each packet alone costs a syscall
+            # and a loop turn per one or two messages; a short pause gathers them into one
+            # large read. (A request/response exchange writes between reads: never paused.)
+            pause(turns, coalesce_pause)  # a timer: a loop turn too
+        else:
+            # recv() does not yield while data is waiting: read on, within the budget (fairness.py).
+            take_turn(turns)
+    _ended(client, session, conn)
+
+
+def _ended(client: "WebSocketClient", session: Session, conn: Connection) -> None:
+    """The protocol says the connection ended: send what it owes (the echo of the server's
+    close, or our close after a violation), log why, and fail the session with the reason."""
+    protocol = conn.protocol
+    failure = protocol.failure
+    assert failure is not None
+    if isinstance(failure, ProtocolError):
+        client.log.warning(f"protocol error from the server: {failure}")
+    elif protocol.close_received is not None:
+        close = protocol.close_received
+        client.log.info(f"server closed the connection with code {close.code} {close.reason}".rstrip())
+    if protocol.has_data_to_send:  # a peer that stopped reading must not hold us
+        gevent.with_timeout(CLOSE_WRITE_TIMEOUT, conn.send_pending, timeout_value=False)
+    session.fail(failure)

@@ -1,0 +1,124 @@
+"""Reconnection as a value: after a failure, retry after N seconds or give up, and why.
+
+``should_retry(exc)`` classifies a failure from the exception alone (a client
+subclass can override its own ``should_retry`` method). ``Retry`` is an immutable
+value, like urllib3's: it counts consecutive failed attempts and applies the
+backoff, the retry limit and the MIN_UPTIME rule; ``next()`` answers with a
+``Decision`` that carries the next value. No clock, no I/O, no sleeping: the
+client waits out the delay on an event that ``stop()`` and ``reconnect()`` set.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .backoff import Backoff, RandomSource
+from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError
+
+__all__ = ["Decision", "GIVE_UP_CLOSE_CODES", "RETRY_HTTP_STATUSES", "Retry", "describe", "should_retry"]
+
+#: HTTP statuses on the upgrade that mean "try again later".
+RETRY_HTTP_STATUSES = frozenset({408, 429})
+#: Close codes that mean "you are not welcome": policy violation, and the
+#: registered 3000 Unauthorized / 3003 Forbidden. Every other close code is retried.
+GIVE_UP_CLOSE_CODES = frozenset({1008, 3000, 3003})
+#: HTTP statuses that mean the credentials are wrong: the give-up line says so.
+CREDENTIAL_STATUSES = frozenset({401, 403})
+
+
+def should_retry(exc: BaseException) -> bool:
+    """True when a connection attempt that failed with ``exc`` is worth retrying.
+
+    Retried: network errors, timeouts, DNS failures, HTTP 5xx/408/429 on the
+    upgrade, close codes outside GIVE_UP_CLOSE_CODES (1000 included: this client keeps
+    one long-lived connection, and a server closing it normally is usually a restart),
+    protocol errors we detected. Not retried: other HTTP statuses (401, 403, 404,
+    redirects), certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors.
+    """
+    if isinstance(exc, ConfigError):
+        return False
+    if isinstance(exc, HandshakeRejected):
+        return exc.status >= 500 or exc.status in RETRY_HTTP_STATUSES
+    if isinstance(exc, ConnectionClosed):
+        # Unknown application codes (4000-4999) are retried: giving up forever on a
+        # code we do not understand would be worse than a bounded retry loop.
+        return exc.code not in GIVE_UP_CLOSE_CODES
+    if isinstance(exc, ProtocolError):
+        return True
+    if isinstance(exc, (ssl.SSLCertVerificationError, ssl.CertificateError)):
+        return False
+    if isinstance(exc, socket.gaierror):
+        return True  # a name that does not resolve may resolve later (DNS outage, container start)
+    # Network errors, timeouts, and anything else (websocket-client's own exceptions included)
+    # count as transient: a bounded retry is safer than a silent death.
+    return True
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line human description of why an attempt failed, without secrets."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message or exc.reason}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What follows a failure: wait ``delay`` seconds and try again with ``retry``, or give
+    up (``give_up`` says why, in one line)."""
+
+    retry: "Retry"
+    delay: Optional[float] = None
+    give_up: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Consecutive failed attempts so far, and the rules that turn a failure into a Decision.
+
+    ``limit``: give up after this many consecutive failed attempts (None: never).
+    ``min_uptime``: a connection that lived at least this long was a success, and resets
+    the count; one that ended sooner counts as a failed attempt (a server that accepts and
+    drops at once must not be hammered).
+    """
+
+    backoff: Backoff = Backoff()
+    limit: Optional[int] = None
+    min_uptime: float = 0.0
+    failures: int = 0
+
+    def next(
+        self,
+        exc: BaseException,
+        *,
+        retryable: bool,
+        uptime: Optional[float] = None,
+        rng: RandomSource = random,
+    ) -> Decision:
+        """The decision after ``exc``: an attempt that failed (``uptime`` None) or a connection
+        that ended after ``uptime`` seconds. ``retryable`` is should_retry's answer."""
+        if not retryable:
+            return Decision(self, give_up=f"not retrying after {describe(exc)}{_hint(exc)}")
+        lived = uptime is not None and uptime >= self.min_uptime
+        attempt = 0 if lived else self.failures
+        retry = replace(self, failures=0 if lived else self.failures + 1)
+        if self.limit is not None and retry.failures >= self.limit:
+            return Decision(
+                retry,
+                give_up=f"giving up after {retry.failures} consecutive failed attempts ({describe(exc)}){_hint(exc)}",
+            )
+        return Decision(retry, delay=self.backoff.delay(attempt, rng))
+
+    def reset(self) -> "Retry":
+        """The same rules with no failure counted (after reconnect())."""
+        return replace(self, failures=0)
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, HandshakeRejected) and exc.status in CREDENTIAL_STATUSES:
+        return " - check the credentials this client sends"
+    return ""

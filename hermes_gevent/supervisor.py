@@ -1,0 +1,165 @@
+"""The supervisor greenlet: connect, publish the session, watch it, decide what follows.
+
+    connect (through the client's connector) -> publish a Session to the reader and
+    the sender -> ping and watch it -> ask the Retry value what follows -> wait -> again
+
+Every wait is on an event that ``stop()`` and ``reconnect()`` set, so nothing waits
+out a delay blindly. The decisions are the Retry value's (retry.py); the lifecycle
+moves are the Lifecycle's (lifecycle.py); this module only obeys them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import gevent
+
+from .errors import ConnectionClosed, PingTimeout
+from .frames import CLOSE_ABNORMAL
+from .headers import check_headers
+from .lifecycle import State
+from .logs import redact_url, secrets_in
+from .retry import describe
+from .session import Session, now
+from .transport import ssl_context_for
+
+if TYPE_CHECKING:
+    from .client import WebSocketClient
+
+__all__ = ["supervise"]
+
+
+def supervise(client: "WebSocketClient", generation: int) -> None:
+    life = client.lifecycle
+    while client._current(generation) and not life.ended:
+        client._wake.clear()  # set by stop() and reconnect(): act now
+        if life.gave_up:
+            client._wake.wait()
+            continue
+        life.move(State.CONNECTING)
+        try:
+            session = _connect_once(client)
+        except Exception as exc:  # every failure is classified; none kills the loop
+            if not client._current(generation) or life.ended:
+                return
+            _after_failure(client, exc, uptime=None)
+            continue
+        if not client._current(generation) or life.ended:
+            session.conn.abort()
+            return
+        _run_session(client, session, generation)
+        if not client._current(generation) or life.ended:
+            return
+        error = session.error or ConnectionClosed(CLOSE_ABNORMAL, "connection lost")
+        _after_failure(client, error, uptime=now() - session.opened_at)
+
+
+def _connect_once(client: "WebSocketClient") -> Session:
+    url = client.url()
+    headers = client.headers()
+    check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
+    client._redactor.learn(secrets_in(url, headers))
+    client.log.info(f"connecting to {redact_url(url)}")
+    client.log.debug(f"upgrade headers: {sorted(headers)}")
+    conn = client._connector(
+        url,
+        headers,
+        timeout=client.settings.CONNECT_TIMEOUT,
+        max_message_size=client.settings.MAX_MESSAGE_SIZE,
+        ssl_context=ssl_context_for(client.ssl_context, client.ca_file),
+    )
+    return Session(conn, client._requeue_unacknowledged)
+
+
+def _run_session(client: "WebSocketClient", session: Session, generation: int) -> None:
+    """Publish a live session, watch it until it is lost, then unpublish it."""
+    if client._has_connected:
+        client.reconnects += 1
+    client._has_connected = True
+    client._mark_connected_now()
+    client._session = session
+    client.lifecycle.move(State.OPEN)
+    client._connected_event.set()
+    client.log.info(f"connected to {redact_url(client._safe_url())}")
+    client._safe_hook(client.on_open)
+    client._reader_inbox.put(session)
+    client._sender_inbox.put(session)
+    try:
+        _watch(client, session)
+    finally:
+        session.fail(session.error or ConnectionClosed(CLOSE_ABNORMAL, "connection lost"))
+        if client._outbox is not None:
+            client._outbox.wake()  # the sender may be waiting for a message on the dead session
+        if generation == client._generation:
+            client._connected_event.clear()
+    if generation != client._generation:
+        return
+    error = session.error
+    code = getattr(error, "code", CLOSE_ABNORMAL)
+    reason = getattr(error, "reason", "") or str(error)
+    if not client.lifecycle.ended:
+        client.log.warning(f"connection lost: {describe(error) if error else 'unknown'}")
+    client._safe_hook(client.on_close, code, reason)
+
+
+def _watch(client: "WebSocketClient", session: Session) -> None:
+    """Ping every PING_INTERVAL; declare the connection dead after PING_TIMEOUT of silence."""
+    interval, ping_timeout = client.settings.PING_INTERVAL, client.settings.PING_TIMEOUT
+    next_ping = session.opened_at + interval
+    while session.alive and not client.lifecycle.ended:
+        current = now()
+        sent = session.ping_sent_at
+        if sent is not None and session.last_frame_at < sent and current - sent >= ping_timeout:
+            busy_since = session.handler_since
+            if busy_since is None:
+                session.fail(PingTimeout(f"no frame for {ping_timeout:g}s after a ping"))
+                return
+            # The reader is inside handle_message: the pong may be waiting unread. Judge the
+            # link again PING_TIMEOUT from now instead of killing a healthy connection.
+            if session.slow_handler_warned != busy_since:
+                session.slow_handler_warned = busy_since
+                client.log.warning(
+                    f"handle_message has been running for {current - busy_since:.1f}s: reading and pong "
+                    "replies are paused (hand long work to a greenlet or HERMES_HANDLER_POOL_SIZE)"
+                )
+            session.ping_sent_at = sent = current
+        if current >= next_ping:
+            if sent is None or session.last_frame_at >= sent:
+                session.ping_sent_at = current  # the oldest unanswered ping starts the clock
+            next_ping = current + interval
+            # Spawned: a write stuck on a dead peer must not stop the liveness clock.
+            gevent.spawn(_send_ping, session)
+            continue
+        wake_at = next_ping
+        if sent is not None and session.last_frame_at < sent:
+            wake_at = min(wake_at, sent + ping_timeout)
+        session.lost.wait(max(0.0, wake_at - current))
+
+
+def _send_ping(session: Session) -> None:
+    conn = session.conn
+    if conn.protocol.send_ping() and not conn.send_pending() and session.alive:
+        session.fail(ConnectionClosed(CLOSE_ABNORMAL, "ping could not be written"))
+
+
+def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Optional[float]) -> None:
+    """What follows a failed attempt (``uptime`` None) or a lost connection: the Retry
+    value decides; wait for the delay unless stop() or reconnect() asks to act now."""
+    client._safe_hook(client.on_error, exc)
+    life = client.lifecycle
+    if client._wake.is_set() or life.ended:
+        return
+    decision = client._retry.next(exc, retryable=client.should_retry(exc), uptime=uptime, rng=client._random)
+    client._retry = decision.retry
+    if decision.give_up is not None:
+        life.move(State.GAVE_UP)
+        client.log.error(f"{decision.give_up}; call reconnect() to try again")
+        client._safe_hook(client.on_give_up, exc)
+        return
+    delay = decision.delay or 0.0
+    if uptime is None and not isinstance(exc, ConnectionClosed):
+        client.log.warning(f"connection attempt failed: {describe(exc)}")
+    limit_text = client.settings.DEFAULT_RETRY_LIMIT or "unlimited"
+    client.log.warning(f"reconnecting in {delay:.1f}s (attempt {client._retry.failures + 1}/{limit_text})")
+    life.move(State.BACKING_OFF)
+    client._wake.wait(delay)
