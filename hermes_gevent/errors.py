@@ -17,6 +17,9 @@ cannot be encoded, so the caller sees them like any other bad argument.
 
 from __future__ import annotations
 
+__all__ = ["AnswerTooLarge", "ConfigError", "ConnectTimeout", "ConnectionClosed", "ConnectionFailed", "HandshakeRejected",
+           "HermesError", "PingTimeout", "ProtocolError", "QueueFull"]
+
 
 class HermesError(Exception):
     """Base class of every exception hermes_gevent raises."""

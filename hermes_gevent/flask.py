@@ -34,6 +34,9 @@ from .lifecycle import State
 from .logs import env_flag, redact_url
 from .settings import Settings
 
+__all__ = ["BENIGN_ALERTS", "Config", "EXTENSION_KEY", "Hermes", "connected", "disconnected", "gave_up", "get_client",
+           "message_dropped", "message_received"]
+
 _signals = Namespace()
 #: Sent with the app as sender. Receivers get keyword arguments as named.
 connected = _signals.signal("hermes-connected")

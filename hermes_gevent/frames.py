@@ -20,6 +20,11 @@ from websocket import ABNF
 
 from .errors import ProtocolError
 
+__all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG",
+           "Close", "Event", "FrameParser", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
+           "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Ping", "Pong", "close_payload", "encode_frame", "encode_frame_pieces",
+           "frame_chunks", "mask", "valid_close_code"]
+
 _c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
 try:  # the optional speedups extra: websockets' C masking routine
     from websockets.speedups import apply_mask as _c_apply_mask

@@ -15,6 +15,9 @@ import sys
 from typing import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+__all__ = ["ClientLog", "HermesFormatter", "REDACTED", "ROOT_LOGGER_NAME", "RateLimitedCounter", "Redactor", "SECRET_HEADERS",
+           "enable_stderr_logging", "env_flag", "is_secret_name", "redact_url", "secrets_in"]
+
 ROOT_LOGGER_NAME = "hermes_gevent"
 logging.getLogger(ROOT_LOGGER_NAME).addHandler(logging.NullHandler())
 

@@ -136,8 +136,11 @@ def test_two_busy_loops_do_not_grow_each_others_budget():
 
     gevent.joinall([gevent.spawn(busy, "a"), gevent.spawn(busy, "b")], timeout=t(10))
     assert stints["a"] and stints["b"]
-    # The base budget (5 ms) plus one unit, with room for a preemption; the ratchet reached the cap.
-    assert max(stints["a"] + stints["b"]) < 0.005 + 0.001 + t(0.015), stints
+    # The base budget (5 ms) plus one unit, with room for noise; the ratchet made every stint reach
+    # the cap (80 ms). The 90th percentile, not the maximum: one OS preemption on a busy machine
+    # once stretched a single stint to 26 ms.
+    every = sorted(stints["a"] + stints["b"])
+    assert every[int(len(every) * 0.9)] < 0.005 + 0.001 + t(0.015), every
 
 
 UNITS, UNIT_SECONDS = 150, 0.004

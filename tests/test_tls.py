@@ -1,12 +1,15 @@
 """wss:// against a local TLS server whose certificate the test makes: verified by default."""
 
+import json
 import ssl
+import sys
 
 import gevent
 import pytest
 import trustme
 
 from .conftest import ServerProcess, free_port, t, wait_until
+from .support import TESTS, run_script
 
 
 @pytest.fixture
@@ -62,3 +65,18 @@ def test_untrusted_or_mismatched_certificates_fail_clearly_and_are_not_retried(
     assert not server.of("connect")  # never fell back to an unverified connection
     errors = [r.getMessage() for r in caplog_hermes.records if r.levelname == "ERROR"]
     assert any("TLS certificate rejected" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("hostname", ["127.0.0.1", "other.example"])
+def test_a_standard_library_context_in_an_unpatched_process(tls_server, hostname):
+    """The context's TLS runs in memory over gevent's socket (SSLContext.wrap_bio), verified as usual."""
+    server, cafile = tls_server(hostname)
+    server.command(cmd="mode", echo=True)
+    out, _ = run_script([sys.executable, str(TESTS / "scripts" / "tls_unpatched.py"), server.url, cafile], t(40))
+    report = json.loads(out.splitlines()[-1])
+    if hostname == "127.0.0.1":
+        assert report["connected"] and report["socket"] == "_MemoryTLS"
+        assert report["echoes"] == [len("over tls, unpatched"), 1 << 20] and report["undelivered"] == 0
+    else:
+        assert not report["connected"] and report["gave_up"] == ["SSLCertVerificationError"]
+        assert not server.of("connect")

@@ -34,3 +34,16 @@ def test_the_readme_quickstart_type_checks(tmp_path):
     (tmp_path / "quickstart.py").write_text(body)
     result = mypy("--cache-dir", str(tmp_path / "cache"), "quickstart.py", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_module_declares_its_public_names():
+    import importlib
+    import pkgutil
+
+    import hermes_gevent
+
+    for info in pkgutil.iter_modules(hermes_gevent.__path__):
+        module = importlib.import_module(f"hermes_gevent.{info.name}")
+        names = getattr(module, "__all__", None)
+        assert names, f"hermes_gevent.{info.name} has no __all__"
+        assert [n for n in names if not hasattr(module, n)] == [], info.name
