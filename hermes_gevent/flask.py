@@ -30,7 +30,6 @@ from .base import BaseClient
 from .client import WebSocketClient
 from .connection import Connection
 from .frames import CLOSE_NORMAL, Pong
-from .lifecycle import State
 from .logs import env_flag, redact_url
 from .settings import Settings
 
@@ -169,7 +168,7 @@ def get_client(app: Optional[Flask] = None) -> WebSocketClient:
 def _start_if_serving(state: _AppState) -> None:
     """before_request: the first request shows this process is the one serving."""
     client = state.client
-    if not state.autostart or client.running or client.state is State.STOPPED:
+    if not state.autostart or client.running or client.lifecycle.ended:  # stopped, or stopping (worker exit)
         return
     if client.can_start_here():
         client.start()
