@@ -1,0 +1,82 @@
+"""The in-process peer itself (tests/peer.py): a real server protocol, bounded waits, a clean teardown."""
+
+import struct
+import time
+
+import gevent
+import pytest
+
+from .frames_util import frame
+from .peer import Peer
+from .support import t
+
+
+def open_raw(peer):
+    """A connection straight from the connector, no client: the test writes the client's bytes."""
+    return peer.connector(peer.url, {"X-Test": "1"}, timeout=1.0, max_message_size=1000)
+
+
+def test_the_peer_is_a_real_server_it_refuses_an_unmasked_client_frame(peer):
+    conn = open_raw(peer)
+    conn.sock.sendall(frame(1, b"not masked"))  # a client must mask every frame
+    data = b""
+    while True:
+        chunk = conn.sock.recv(100)
+        if not chunk:
+            break  # the peer ended the stream after its close frame, as a failing server does
+        data += chunk
+    assert data[0] == 0x88 and struct.unpack("!H", data[2:4])[0] == 1002  # failed as RFC 6455 says
+    conn.abort()
+    assert peer.wait_closed() is None  # no close frame from this "client"
+    assert peer.messages == [] and len(peer.errors) == 1 and "mask" in peer.errors[0]
+
+
+def test_messages_pings_and_headers_are_recorded_in_order(peer):
+    conn = open_raw(peer)
+    conn.send_frames([(1, "één".encode()), (2, b"\x00\xff")])
+    conn.ping(b"p1")
+    conn.send_close(1000)
+    data = b""
+    while chunk := conn.sock.recv(100):
+        data += chunk
+    assert data == frame(10, b"p1") + frame(8, struct.pack("!H", 1000))  # pong, close echoed, end of stream
+    conn.abort()
+    assert peer.wait_closed() == 1000
+    assert peer.messages == ["één", b"\x00\xff"] and peer.connections[0].pings == [b"p1"]
+    assert peer.attempts[0]["headers"] == {"X-Test": "1"} and peer.connections[0].headers == {"X-Test": "1"}
+    conn.abort()
+
+
+def test_waits_fail_at_their_timeout():
+    peer = Peer()
+    try:
+        began = time.monotonic()
+        with pytest.raises(AssertionError, match="timed out after .* 1 message"):
+            peer.wait_messages(1, timeout=t(0.05))
+        assert time.monotonic() - began < t(1)
+    finally:
+        peer.stop()
+
+
+def test_refusing_and_rejecting_raise_in_the_connector_until_accept(peer):
+    peer.refuse()
+    with pytest.raises(ConnectionRefusedError):
+        open_raw(peer)
+    peer.reject(401)
+    with pytest.raises(Exception, match="HTTP 401"):
+        open_raw(peer)
+    peer.accept()
+    open_raw(peer).abort()
+    assert [a["outcome"] == "accepted" for a in peer.attempts] == [False, False, True]
+
+
+def test_stop_ends_every_greenlet_and_socket():
+    peer = Peer()
+    conns = [open_raw(peer) for _ in range(3)]
+    gevent.sleep(0)  # the serving greenlets start and block in recv
+    peer.stop()
+    assert all(g.dead for g in peer._greenlets) and len(peer._greenlets) == 3
+    assert all(c.ended and c.sock.fileno() == -1 for c in peer.connections)
+    assert all(c.sock.fileno() == -1 for c in conns)
+    with pytest.raises(ConnectionRefusedError):
+        open_raw(peer)  # a stopped peer accepts nothing more
