@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
 
 import gevent
 import gevent.lock
@@ -33,36 +33,38 @@ from websockets.frames import Opcode
 from websockets.protocol import SEND_EOF, Protocol, Side, State
 
 from hermes_gevent.errors import HandshakeRejected
-from hermes_gevent.transport import Connection  # the one place the tests name the connection class
+
+# The one place the tests name the connection class (its module may move):
+from hermes_gevent.transport import Connection
 
 from .frames_util import frame
 from .support import Changes, t
 
 READ_SIZE = 65536
-Refusal = Union[BaseException, Callable[[], BaseException]]
+Refusal = BaseException | Callable[[], BaseException]
 
 
 class PeerConnection:
     """The server's end of one accepted connection, served by websockets' Protocol."""
 
-    def __init__(self, peer: "Peer", index: int, sock, headers: dict[str, str]) -> None:
+    def __init__(self, peer: Peer, index: int, sock, headers: dict[str, str]) -> None:
         self.peer = peer
         self.index = index
         self.sock = sock
         self.headers = headers  # the upgrade headers the client sent for this connection
         self.protocol = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
-        self.messages: list[Union[str, bytes]] = []
+        self.messages: list[str | bytes] = []
         self.pings: list[bytes] = []  # payloads of the client's pings
         self.pongs: list[bytes] = []  # payloads of the client's pongs (answers to ping())
         self.withheld_pongs = 0
-        self.close_code: Optional[int] = None  # the code of the client's close frame, None without one
-        self.close_reason: Optional[str] = None
+        self.close_code: int | None = None  # the code of the client's close frame, None without one
+        self.close_reason: str | None = None
         self.ended = False  # the TCP stream is over (EOF, dropped, failed)
         self._failed = False
         self._fragments: list[bytes] = []
         self._fragment_opcode = None
         self._write_lock = gevent.lock.Semaphore()
-        self._greenlet: Optional[gevent.Greenlet] = None
+        self._greenlet: gevent.Greenlet | None = None
 
     @property
     def open(self) -> bool:
@@ -111,7 +113,7 @@ class PeerConnection:
             self._fragments = []
             if self._fragment_opcode is Opcode.TEXT:
                 try:
-                    message: Union[str, bytes] = payload.decode("utf-8")
+                    message: str | bytes = payload.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     self.peer._error(f"connection {self.index}: invalid UTF-8 in a text message: {exc}")
                     self.protocol.fail(1007, "invalid UTF-8")
@@ -152,14 +154,14 @@ class PeerConnection:
         if not self.open:
             raise AssertionError(f"peer connection {self.index} is not open (state {self.protocol.state.name})")
 
-    def _send(self, message: Union[str, bytes]) -> None:
+    def _send(self, message: str | bytes) -> None:
         if isinstance(message, str):
             self.protocol.send_text(message.encode("utf-8"))
         else:
             self.protocol.send_binary(bytes(message))
         self._flush()
 
-    def send(self, message: Union[str, bytes]) -> None:
+    def send(self, message: str | bytes) -> None:
         self._check_open()
         self._send(message)
 
@@ -207,11 +209,11 @@ class Peer:
         self.echo = echo
         self.attempts: list[dict] = []
         self.connections: list[PeerConnection] = []
-        self.messages: list[Union[str, bytes]] = []
+        self.messages: list[str | bytes] = []
         self.errors: list[str] = []
         self.pongs_withheld = False
-        self._refusal: Optional[Refusal] = None
-        self._close_on_open: Optional[tuple[int, str, Optional[int]]] = None
+        self._refusal: Refusal | None = None
+        self._close_on_open: tuple[int, str, int | None] | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._client_socks: list = []
         self._changes = Changes()
@@ -249,12 +251,12 @@ class Peer:
 
     # -- controls ------------------------------------------------------------------------
 
-    def refuse(self, exc: Optional[Refusal] = None) -> None:
+    def refuse(self, exc: Refusal | None = None) -> None:
         """Every attempt raises ``exc`` (default: connection refused) until accept()."""
         self._refusal = exc if exc is not None else ConnectionRefusedError(
             errno.ECONNREFUSED, "Connection refused (the peer is refusing)")
 
-    def reject(self, exc: Union[int, Refusal]) -> None:
+    def reject(self, exc: int | Refusal) -> None:
         """Every attempt fails its handshake: an HTTP status (``HandshakeRejected``) or ``exc``."""
         self._refusal = HandshakeRejected(exc, "Rejected") if isinstance(exc, int) else exc
 
@@ -263,7 +265,7 @@ class Peer:
         self._refusal = None
         self._close_on_open = None
 
-    def close_on_open(self, code: int, reason: str = "closing at once", times: Optional[int] = None) -> None:
+    def close_on_open(self, code: int, reason: str = "closing at once", times: int | None = None) -> None:
         """Accept each attempt, then start closing it with ``code`` at once (a flapping server);
         only the next ``times`` connections when given, then keep them open again."""
         self._close_on_open = (code, reason, times)
@@ -310,33 +312,33 @@ class Peer:
 
     # -- waits (bounded; they fail the test on timeout) ----------------------------------
 
-    def _wait(self, predicate, timeout: Optional[float], what: str):
+    def _wait(self, predicate, timeout: float | None, what: str):
         timeout = t(5) if timeout is None else timeout
         return self._changes.wait_for(predicate, timeout, lambda: f"{what} ({self.summary()})")
 
-    def wait_attempts(self, n: int, timeout: Optional[float] = None) -> list[dict]:
+    def wait_attempts(self, n: int, timeout: float | None = None) -> list[dict]:
         self._wait(lambda: len(self.attempts) >= n, timeout, f"{n} connection attempt(s)")
         return list(self.attempts)
 
-    def wait_connections(self, n: int, timeout: Optional[float] = None) -> list[PeerConnection]:
+    def wait_connections(self, n: int, timeout: float | None = None) -> list[PeerConnection]:
         self._wait(lambda: len(self.connections) >= n, timeout, f"{n} accepted connection(s)")
         return list(self.connections)
 
-    def wait_messages(self, n: int, timeout: Optional[float] = None) -> list[Union[str, bytes]]:
+    def wait_messages(self, n: int, timeout: float | None = None) -> list[str | bytes]:
         """Every message received so far (all connections, in order), once there are ``n``."""
         self._wait(lambda: len(self.messages) >= n, timeout, f"{n} message(s)")
         return list(self.messages)
 
-    def wait_pings(self, n: int, timeout: Optional[float] = None, index: int = -1) -> list[bytes]:
+    def wait_pings(self, n: int, timeout: float | None = None, index: int = -1) -> list[bytes]:
         """The client's pings on connection ``index`` (default the latest), once there are ``n``."""
         self._wait(lambda: self.connections and len(self.connections[index].pings) >= n, timeout, f"{n} ping(s)")
         return list(self.connections[index].pings)
 
-    def wait_pongs(self, n: int, timeout: Optional[float] = None, index: int = -1) -> list[bytes]:
+    def wait_pongs(self, n: int, timeout: float | None = None, index: int = -1) -> list[bytes]:
         self._wait(lambda: self.connections and len(self.connections[index].pongs) >= n, timeout, f"{n} pong(s)")
         return list(self.connections[index].pongs)
 
-    def wait_closed(self, timeout: Optional[float] = None, index: int = -1) -> Optional[int]:
+    def wait_closed(self, timeout: float | None = None, index: int = -1) -> int | None:
         """Wait until connection ``index`` (default the latest) has ended; the close code the
         client sent on it, or None if it sent none."""
         conn = self._wait(lambda: self.connections and self.connections[index].ended and self.connections[index],
