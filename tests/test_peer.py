@@ -1,12 +1,11 @@
 """The in-process peer itself (tests/peer.py): a real server protocol, bounded waits, a clean teardown."""
 
-import struct
 import time
 
 import gevent
 import pytest
 
-from .frames_util import frame
+from .frames_util import close_payload, frame
 from .peer import Peer
 from .support import t
 
@@ -25,7 +24,7 @@ def test_the_peer_is_a_real_server_it_refuses_an_unmasked_client_frame(peer):
         if not chunk:
             break  # the peer ended the stream after its close frame, as a failing server does
         data += chunk
-    assert data[0] == 0x88 and struct.unpack("!H", data[2:4])[0] == 1002  # failed as RFC 6455 says
+    assert data[0] == 0x88 and data[2:4] == close_payload(1002)  # failed as RFC 6455 says
     conn.abort()
     assert peer.wait_closed() is None  # no close frame from this "client"
     assert peer.messages == [] and len(peer.errors) == 1 and "mask" in peer.errors[0]
@@ -39,7 +38,7 @@ def test_messages_pings_and_headers_are_recorded_in_order(peer):
     data = b""
     while chunk := conn.sock.recv(100):
         data += chunk
-    assert data == frame(10, b"p1") + frame(8, struct.pack("!H", 1000))  # pong, close echoed, end of stream
+    assert data == frame(10, b"p1") + frame(8, close_payload(1000))  # pong, close echoed, end of stream
     conn.abort()
     assert peer.wait_closed() == 1000
     assert peer.messages == ["één", b"\x00\xff"] and peer.connections[0].pings == [b"p1"]

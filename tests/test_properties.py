@@ -9,7 +9,7 @@ from hermes_gevent.errors import AnswerTooLarge, ProtocolError
 from hermes_gevent.frames import FrameParser, Message
 from hermes_gevent.upgrade import UpgradeAnswer
 
-from .test_frames import frame
+from .frames_util import frame
 
 CASES = 1000
 MAX_SIZE = 512  # the parser's MAX_MESSAGE_SIZE here: small, so the limit is reached often
