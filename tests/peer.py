@@ -61,6 +61,7 @@ class PeerConnection:
         self.close_reason: str | None = None
         self.ended = False  # the TCP stream is over (EOF, dropped, failed)
         self._failed = False
+        self._dropping = False
         self._fragments: list[bytes] = []
         self._fragment_opcode = None
         self._write_lock = gevent.lock.Semaphore()
@@ -122,7 +123,7 @@ class PeerConnection:
                 message = payload
             self.messages.append(message)
             self.peer.messages.append(message)
-            if self.peer.echo and self.protocol.state is State.OPEN:
+            if self.peer.echo and self.protocol.state is State.OPEN and not self._dropping:
                 self._send(message)
 
     def _flush(self) -> None:
@@ -184,14 +185,35 @@ class PeerConnection:
         self._flush()
 
     def drop(self) -> None:
-        """Abort: the socket goes, with no close frame."""
-        if self._greenlet is not None:
+        """Abort: no close frame, the socket just goes. What the client's writes already put
+        in the socket pair is read and recorded first, as a server whose TCP acknowledged it
+        would have had it; a frame cut short there is not a message. Nothing is answered."""
+        if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=True, timeout=t(5))
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if not self.ended:
+            self._dropping = True
+            self._drain()
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._end()
+
+    def _drain(self) -> None:
+        """Read what is already buffered, without waiting (and without yielding: the client
+        cannot write in between, so nothing is lost between this read and the close)."""
+        self.sock.settimeout(0)
+        while True:
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except OSError:  # nothing more buffered (or the client has gone)
+                break
+            if not data:
+                break
+            self.protocol.receive_data(data)
+            for event in self.protocol.events_received():
+                self._on_frame(event)
+        self.protocol.data_to_send()  # pongs or a close the protocol wanted to send: never sent
 
 
 class Peer:

@@ -79,3 +79,14 @@ def test_stop_ends_every_greenlet_and_socket():
     assert all(c.sock.fileno() == -1 for c in conns)
     with pytest.raises(ConnectionRefusedError):
         open_raw(peer)  # a stopped peer accepts nothing more
+
+
+def test_drop_records_what_was_buffered_but_no_cut_frame_and_sends_nothing(peer):
+    conn = open_raw(peer)
+    conn.send_frames([(1, b"a"), (1, b"b")])
+    whole = frame(1, b"cut short", mask=b"abcd")
+    conn.sock.sendall(whole[:-3])  # a frame without its last bytes: not a message
+    peer.drop()  # without yielding first: the serving greenlet has not read any of it yet
+    assert peer.wait_closed() is None and peer.messages == ["a", "b"]
+    assert conn.sock.recv(100) == b""  # no close frame, just the end of the stream
+    conn.abort()
