@@ -19,12 +19,14 @@ def test_stop_flushes_the_queue_and_closes_with_1000(peer, make_client):
     client = make_client(connector=peer.connector, url=peer.url)
     client.start()
     assert client.wait_until_connected(t(5))
-    for i in range(2000):
-        client.send_message(f"m-{i}")
-    assert client.queue_size > 0  # stop() has something to flush
+    # 2 MB: ten times what the socket pair buffers, so the close must wait for the flush.
+    sent = [f"m-{i}-".ljust(1000, "x") for i in range(2000)]
+    for message in sent:
+        client.send_message(message)
+    assert client.queue_size == 2000  # stop() has everything to flush
     assert client.stop(timeout=t(5)) == 0
     assert peer.wait_closed() == 1000
-    assert peer.messages == [f"m-{i}" for i in range(2000)]  # all before the close frame, in order, once
+    assert peer.messages == sent  # all before the close frame, in order, once
     status = client.status()
     assert not status["started"] and status["state"] == "stopped"
     assert not any(status[k] for k in ("event_thread_alive", "send_thread_alive", "health_thread_alive"))
