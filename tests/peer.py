@@ -96,6 +96,8 @@ class PeerConnection:
             self._end()
 
     def _on_frame(self, event) -> None:
+        if self._failed:
+            return  # the peer failed this connection: what followed is not processed (RFC 6455 7.1.7)
         opcode, data = event.opcode, bytes(event.data)
         if opcode in (Opcode.TEXT, Opcode.BINARY):
             self._fragment_opcode, self._fragments = opcode, [data]
@@ -117,6 +119,7 @@ class PeerConnection:
                     message: str | bytes = payload.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     self.peer._error(f"connection {self.index}: invalid UTF-8 in a text message: {exc}")
+                    self._failed = True
                     self.protocol.fail(1007, "invalid UTF-8")
                     return
             else:

@@ -90,3 +90,14 @@ def test_drop_records_what_was_buffered_but_no_cut_frame_and_sends_nothing(peer)
     assert peer.wait_closed() is None and peer.messages == ["a", "b"]
     assert conn.sock.recv(100) == b""  # no close frame, just the end of the stream
     conn.abort()
+
+
+def test_invalid_utf8_from_the_client_fails_the_connection_with_1007(peer):
+    conn = open_raw(peer)
+    conn.send_frames([(1, b"good"), (1, b"\xff bad"), (1, b"after")])  # one write: one read for the peer
+    data = b""
+    while chunk := conn.sock.recv(100):
+        data += chunk
+    assert data == frame(8, close_payload(1007, b"invalid UTF-8"))
+    conn.abort()
+    assert peer.wait_closed() is None and peer.messages == ["good"] and "UTF-8" in peer.errors[0]
