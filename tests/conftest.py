@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 from hermes_gevent import WebSocketClient  # noqa: E402
 
 from .faultproxy import FaultProxy  # noqa: E402
-
-from .support import FACTOR, TESTS, Proc, ServerProcess, free_port, t, wait_until  # noqa: E402,F401
+from .peer import Peer  # noqa: E402
+from .support import FACTOR, TESTS, LogWatch, Proc, Recorder, ServerProcess, free_port, t, wait_until  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -71,9 +71,35 @@ def make_client():
         clients.append(client)
         return client
 
+    make.clients = clients
     yield make
     for client in clients:
         client.stop(timeout=t(2))
+
+
+@pytest.fixture
+def peer(make_client):
+    """An in-process WebSocket server (tests/peer.py): pass ``connector=peer.connector,
+    url=peer.url`` to make_client. After the test the clients are stopped first (their
+    close handshake still has a server), then the peer's greenlets and sockets."""
+    p = Peer()
+    yield p
+    for client in make_client.clients:
+        client.stop(timeout=t(2))
+    p.stop()
+
+
+@pytest.fixture
+def log_watch():
+    """A handler on the hermes_gevent logger (DEBUG) that a test can wait on."""
+    watch = LogWatch()
+    logger = logging.getLogger("hermes_gevent")
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.DEBUG)
+    yield watch
+    logger.removeHandler(watch)
+    logger.setLevel(level)
 
 
 @pytest.fixture

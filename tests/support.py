@@ -2,6 +2,7 @@
 the scaled clock, free ports, and the real WebSocket server in a subprocess."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -42,6 +43,77 @@ def wait_until(predicate, timeout: float, message: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {message}")
         gevent.sleep(0.01)
+
+
+class Changes:
+    """Something that changes, and greenlets that wait for a condition on it, bounded.
+
+    Each notify() sets the event the waiters hold and starts a fresh one, so a waiter
+    that checked its condition before a change is always woken by it."""
+
+    def __init__(self) -> None:
+        self._event = gevent.event.Event()
+
+    def notify(self) -> None:
+        event, self._event = self._event, gevent.event.Event()
+        event.set()
+
+    def wait_for(self, predicate, timeout: float, message: str = "condition"):
+        """Return ``predicate()`` once it is true; fail the test after ``timeout``.
+        ``message`` may be a callable, to describe the state at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._event
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                text = message() if callable(message) else message
+                raise AssertionError(f"timed out after {timeout:.1f}s waiting for {text}")
+            event.wait(remaining)
+
+
+class Recorder:
+    """A hook (on_error, on_drop, on_give_up, on_message...) that records every call and
+    lets the test wait for the n-th one, bounded. One argument is recorded as itself,
+    several as a tuple. For greenlets of the test's own thread."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self._changes = Changes()
+
+    def __call__(self, *args) -> None:
+        self.calls.append(args[0] if len(args) == 1 else args)
+        self._changes.notify()
+
+    def wait(self, n: int = 1, timeout: float | None = None, what: str = "hook calls") -> list:
+        """Every call so far, once there are at least ``n``."""
+        timeout = t(5) if timeout is None else timeout
+        self._changes.wait_for(lambda: len(self.calls) >= n, timeout, f"{n} {what} (got {len(self.calls)})")
+        return list(self.calls)
+
+
+class LogWatch(logging.Handler):
+    """A log handler a test can wait on: ``wait("text")`` returns the first record whose
+    message contains the text, or fails the test after the timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changes = Changes()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._changes.notify()
+
+    def wait(self, text: str, timeout: float | None = None) -> logging.LogRecord:
+        timeout = t(5) if timeout is None else timeout
+
+        def find():
+            return next((r for r in self.records if text in r.getMessage()), None)
+
+        return self._changes.wait_for(find, timeout, f"a log line with {text!r}")
 
 
 class ServerProcess:

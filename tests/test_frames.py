@@ -1,26 +1,11 @@
 """The frame parser, fed bytes by hand: every protocol rule as a plain assert."""
 
-import struct
-
 import pytest
 
 from hermes_gevent.errors import ProtocolError
 from hermes_gevent.frames import Close, FrameParser, Message, Ping, Pong, encode_frame
 
-
-def frame(opcode, payload=b"", fin=True, rsv=0, mask=None):
-    b1 = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes([b1, (0x80 if mask else 0) | n])
-    elif n < 65536:
-        head = bytes([b1, (0x80 if mask else 0) | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([b1, (0x80 if mask else 0) | 127]) + struct.pack("!Q", n)
-    if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        head += mask
-    return head + payload
+from .frames_util import close_payload, frame
 
 
 def parse(data, max_size=1 << 20):
@@ -58,9 +43,9 @@ def test_fragmented_message_with_a_ping_in_between():
         (frame(0, b"x"), 1002),  # continuation of nothing
         (frame(1, b"a", fin=False) + frame(1, b"b"), 1002),  # new message inside a fragmented one
         (frame(8, b"\x03"), 1002),  # one-byte close payload
-        (frame(8, struct.pack("!H", 999)), 1002),  # invalid close code
-        (frame(8, struct.pack("!H", 1005)), 1002),  # reserved close code on the wire
-        (frame(8, struct.pack("!H", 1000) + b"\xff"), 1007),
+        (frame(8, close_payload(999)), 1002),  # invalid close code
+        (frame(8, close_payload(1005)), 1002),  # reserved close code on the wire
+        (frame(8, close_payload(1000, b"\xff")), 1007),
     ],
 )
 def test_protocol_violations_raise_with_the_close_code(data, code):
@@ -87,8 +72,8 @@ def test_too_big_counts_all_fragments():
 
 def test_close_frames():
     assert parse(frame(8, b"")) == [Close(1005, "")]
-    assert parse(frame(8, struct.pack("!H", 1001) + b"bye")) == [Close(1001, "bye")]
-    assert parse(frame(8, struct.pack("!H", 4000))) == [Close(4000, "")]
+    assert parse(frame(8, close_payload(1001, b"bye"))) == [Close(1001, "bye")]
+    assert parse(frame(8, close_payload(4000))) == [Close(4000, "")]
 
 
 def test_encoded_client_frames_are_masked_and_round_trip():
@@ -111,7 +96,7 @@ def test_events_before_a_violation_are_delivered_first():
 
 def test_parse_calls_back_in_order():
     parser = FrameParser(1 << 20)
-    parser.feed(frame(1, b"a") + frame(9, b"p") + frame(2, b"b") + frame(8, struct.pack("!H", 1000)))
+    parser.feed(frame(1, b"a") + frame(9, b"p") + frame(2, b"b") + frame(8, close_payload(1000)))
     calls = []
     parser.parse(lambda data: calls.append(("message", data)), lambda event: calls.append(("control", event)))
     assert calls == [("message", "a"), ("control", Ping(b"p")), ("message", b"b"), ("control", Close(1000, ""))]

@@ -11,7 +11,7 @@ from hermes_gevent.errors import AnswerTooLarge, ProtocolError
 from hermes_gevent.frames import FrameParser, Message
 from hermes_gevent.upgrade import UpgradeAnswer
 
-from .test_frames import frame
+from .frames_util import frame
 
 CASES = 1000
 #: In CI the cases are the same on every run (a new counterexample must not fail an unrelated

@@ -1,92 +1,109 @@
-"""Receiving: handlers, protocol errors and their close codes, liveness, the one writer."""
+"""Receiving: handlers, protocol errors and their close codes, liveness, the one writer.
+
+Against the in-process peer (tests/peer.py) where a well-behaved server is all a test
+needs; against the real server and the fault proxy for a half-open link and for a ping
+flood over a slow link."""
 
 import hashlib
-import struct
 
 import gevent
+import gevent.event
 
 from hermes_gevent.errors import PingTimeout, ProtocolError
 
-from .conftest import ServerProcess, free_port, t, wait_until
+from .conftest import Recorder, ServerProcess, free_port, t, wait_until
+from .frames_util import close_payload, frame, header_only
+
+LOOPS = ("event_thread_alive", "send_thread_alive", "health_thread_alive", "supervisor_alive")
 
 
-def raw_frame(opcode, payload, fin=True):
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([n])
-    elif n < 65536:
-        head += bytes([126]) + struct.pack("!H", n)
-    else:
-        head += bytes([127]) + struct.pack("!Q", n)
-    return (head + payload).hex()
+def peer_client(make_client, peer, **options):
+    return make_client(connector=peer.connector, url=peer.url, **options)
 
 
-def test_a_failing_handler_is_logged_counted_and_the_reader_goes_on(server, make_client, caplog_hermes):
-    got = []
+def test_a_failing_handler_is_logged_counted_and_the_reader_goes_on(peer, make_client, caplog_hermes):
+    got = Recorder()
 
     def handle(msg):
         if msg.endswith("3"):
             raise RuntimeError("handler bug")
-        got.append(msg)
+        got(msg)
 
-    client = make_client(url=server.url, on_message=handle)
+    client = peer_client(make_client, peer, on_message=handle)
     client.start()
     assert client.wait_until_connected(t(5))
-    server.command(cmd="push", n=10)
-    wait_until(lambda: len(got) == 9, t(5), "the other nine messages")
+    for i in range(10):
+        peer.send_text(f"push-{i}")
+    assert got.wait(9) == [f"push-{i}" for i in range(10) if i != 3]
     status = client.status()
     assert status["handler_errors"] == 1 and status["messages_received"] == 10 and status["connected"]
     errors = [r for r in caplog_hermes.records if "handle_message raised" in r.getMessage()]
     assert len(errors) == 1 and errors[0].exc_info and "handler bug" in str(errors[0].exc_info[1])
-    assert len(server.of("connect")) == 1  # no reconnect for a handler error
+    assert len(peer.attempts) == 1 and peer.current.close_code is None  # no close, no reconnect
 
 
-def check_protocol_error(server, client, errors, hex_bytes, code):
+def check_protocol_error(peer, make_client, raw, code, **options):
+    """Connect, take one good message, send ``raw``: the client closes with ``code``, reports one
+    ProtocolError, delivers nothing of the bad frame, and reconnects with every loop alive."""
+    errors, got = Recorder(), Recorder()
+    client = peer_client(make_client, peer, on_error=errors, on_message=got, **options)
     client.start()
     assert client.wait_until_connected(t(5))
-    server.command(cmd="raw", hex=hex_bytes)
-    close = server.wait_event(lambda e: e["ev"] == "close", t(5))
-    assert close["code"] == code
-    wait_until(lambda: errors and isinstance(errors[-1], ProtocolError), t(5), "the protocol error")
-    assert errors[-1].code == code
-    server.wait_for(lambda: len(server.of("connect")) == 2, t(5), "the reconnection")
+    peer.send_text("before")
+    assert got.wait(1) == ["before"]
+    peer.send_raw(raw)
+    assert peer.wait_closed() == code
+    [exc] = errors.wait(1)
+    assert isinstance(exc, ProtocolError) and exc.code == code
+    peer.wait_connections(2)
     assert client.wait_until_connected(t(5))
-    assert all(client.status()[k] for k in ("event_thread_alive", "send_thread_alive", "health_thread_alive"))
+    peer.send_text("after")
+    assert got.wait(2) == ["before", "after"]  # nothing of the bad frame was delivered
+    assert errors.calls == [exc] and peer.errors == []
+    assert all(client.status()[k] for k in LOOPS)
 
 
-def test_invalid_utf8_closes_with_1007_and_reconnects(server, make_client):
-    errors = []
-    client = make_client(url=server.url, on_error=errors.append)
-    check_protocol_error(server, client, errors, raw_frame(1, b"\xc3\x28bad"), 1007)
+def test_invalid_utf8_closes_with_1007_and_reconnects(peer, make_client):
+    check_protocol_error(peer, make_client, frame(1, b"\xc3\x28bad"), 1007)
 
 
-def test_reserved_opcode_closes_with_1002_and_reconnects(server, make_client):
-    errors = []
-    client = make_client(url=server.url, on_error=errors.append)
-    check_protocol_error(server, client, errors, raw_frame(3, b"x"), 1002)
+def test_reserved_opcode_closes_with_1002_and_reconnects(peer, make_client):
+    check_protocol_error(peer, make_client, frame(3, b"x"), 1002)
 
 
-def test_invalid_close_code_closes_with_1002(server, make_client):
-    errors = []
-    client = make_client(url=server.url, on_error=errors.append)
-    check_protocol_error(server, client, errors, raw_frame(8, struct.pack("!H", 999)), 1002)
+def test_invalid_close_code_closes_with_1002(peer, make_client):
+    check_protocol_error(peer, make_client, frame(8, close_payload(999)), 1002)
 
 
-def test_message_over_max_size_closes_with_1009_without_buffering_it(server, make_client):
-    errors = []
-    client = make_client(url=server.url, on_error=errors.append, max_message_size=1000)
+def test_message_over_max_size_closes_with_1009_without_buffering_it(peer, make_client):
     # Only the header of a 50 MB message is sent: refusing it must not wait for the payload.
-    header = bytes([0x82, 127]) + struct.pack("!Q", 50 * 2**20)
-    check_protocol_error(server, client, errors, header.hex(), 1009)
+    check_protocol_error(peer, make_client, header_only(2, 50 * 2**20), 1009, max_message_size=1000)
 
 
-def test_server_pings_are_answered(server, make_client):
-    client = make_client(url=server.url)
+def test_server_pings_are_answered(peer, make_client):
+    client = peer_client(make_client, peer)
     client.start()
     assert client.wait_until_connected(t(5))
-    server.command(cmd="ping_wait", timeout=t(2))
-    assert server.of("pong") and not server.of("pong_timeout")
+    peer.ping(b"are you there")
+    peer.ping(b"")
+    assert peer.wait_pongs(2) == [b"are you there", b""]  # each answered, payload echoed, in order
+
+
+def test_unanswered_pings_are_a_ping_timeout_then_a_new_connection(peer, make_client):
+    errors = Recorder()
+    client = peer_client(make_client, peer, ping_interval=t(0.1), ping_timeout=t(0.2), on_error=errors)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    peer.wait_pings(2)
+    assert client.connected  # answered pings keep a quiet connection alive
+    peer.withhold_pongs()  # the server is there, reads, but says nothing
+    [exc] = errors.wait(1)
+    assert isinstance(exc, PingTimeout)
+    assert peer.wait_closed(index=0) is None  # a dead link gets no close frame, only the socket's end
+    peer.withhold_pongs(False)
+    peer.wait_connections(2)
+    assert client.wait_until_connected(t(5))
+    assert peer.connections[0].withheld_pongs >= 1
 
 
 def test_a_half_open_connection_is_detected_by_the_ping_timeout(server, proxy_to, make_client):
@@ -127,20 +144,27 @@ def test_one_writer_large_messages_during_a_ping_flood_arrive_intact(make_client
         server.stop()
 
 
-def test_a_slow_handler_is_not_mistaken_for_a_dead_connection(server, make_client, caplog_hermes):
-    got = []
+def test_a_slow_handler_is_not_mistaken_for_a_dead_connection(peer, make_client, log_watch):
+    release = gevent.event.Event()
+    got = Recorder()
 
     def slow(msg):
-        gevent.sleep(t(1.0))  # far longer than PING_TIMEOUT; cooperative, so pings still go out
-        got.append(msg)
+        assert release.wait(t(5)), "the test never released the handler"  # cooperative: pings still go out
+        got(msg)
 
-    errors = []
-    client = make_client(url=server.url, on_message=slow, ping_interval=t(0.1), ping_timeout=t(0.2),
-                         on_error=errors.append)
+    errors = Recorder()
+    client = peer_client(make_client, peer, on_message=slow, ping_interval=t(0.1), ping_timeout=t(0.2),
+                         on_error=errors)
     client.start()
     assert client.wait_until_connected(t(5))
-    server.command(cmd="push", n=2)
-    wait_until(lambda: len(got) == 2, t(5), "both slow messages")
-    gevent.sleep(t(0.5))  # and the link is judged healthy again once reading resumes
-    assert client.connected and not errors and len(server.of("connect")) == 1
-    assert any("handle_message has been running" in r.getMessage() for r in caplog_hermes.records)
+    peer.send_text("push-0")
+    peer.send_text("push-1")
+    log_watch.wait("handle_message has been running")  # a ping went unanswered for PING_TIMEOUT: spared
+    seen = len(peer.current.pings)
+    peer.wait_pings(seen + 3)  # held well past another PING_TIMEOUT: still spared, warned once
+    release.set()
+    assert got.wait(2) == ["push-0", "push-1"]
+    seen = len(peer.current.pings)
+    peer.wait_pings(seen + 3)  # and the link is judged healthy again once reading resumes
+    assert client.connected and errors.calls == [] and len(peer.connections) == 1
+    assert sum("handle_message has been running" in r.getMessage() for r in log_watch.records) == 1

@@ -1,4 +1,8 @@
-"""Graceful shutdown: flush, close 1000, bounded, idempotent, from anywhere."""
+"""Graceful shutdown: flush, close 1000, bounded, idempotent, from anywhere.
+
+Against the in-process peer (tests/peer.py) where a well-behaved server is all a test
+needs; against the real server for a slow link and for stopping at exit or on a signal
+in a subprocess."""
 
 import signal
 import sys
@@ -8,39 +12,39 @@ import gevent
 import gevent.subprocess
 import pytest
 
-from .conftest import TESTS, t, wait_until
+from .conftest import TESTS, Recorder, t
 
 
-def test_stop_flushes_the_queue_and_closes_with_1000(server, make_client):
-    client = make_client(url=server.url)
+def test_stop_flushes_the_queue_and_closes_with_1000(peer, make_client):
+    client = make_client(connector=peer.connector, url=peer.url)
     client.start()
     assert client.wait_until_connected(t(5))
-    for i in range(2000):
-        client.send_message(f"m-{i}")
+    # 2 MB: ten times what the socket pair buffers, so the close must wait for the flush.
+    sent = [f"m-{i}-".ljust(1000, "x") for i in range(2000)]
+    for message in sent:
+        client.send_message(message)
+    assert client.queue_size == 2000  # stop() has everything to flush
     assert client.stop(timeout=t(5)) == 0
-    assert server.texts() == [f"m-{i}" for i in range(2000)] or server.wait_for(
-        lambda: len(server.texts()) == 2000, t(5), "every message")
-    close = server.wait_event(lambda e: e["ev"] == "close", t(5))
-    assert close["code"] == 1000
-    assert server.texts() == [f"m-{i}" for i in range(2000)]
+    assert peer.wait_closed() == 1000
+    assert peer.messages == sent  # all before the close frame, in order, once
     status = client.status()
     assert not status["started"] and status["state"] == "stopped"
     assert not any(status[k] for k in ("event_thread_alive", "send_thread_alive", "health_thread_alive"))
 
 
-def test_stop_while_disconnected_returns_and_reports_the_undelivered(server, proxy_to, make_client):
-    proxy = proxy_to(server.port)
-    proxy.refuse()
-    drops = []
-    client = make_client(url=proxy.url, on_drop=lambda m, r: drops.append((m, r)))
+def test_stop_while_disconnected_returns_and_reports_the_undelivered(peer, make_client):
+    peer.refuse()
+    drops, errors = Recorder(), Recorder()
+    client = make_client(connector=peer.connector, url=peer.url, on_drop=drops, on_error=errors)
     client.start()
+    errors.wait(1)  # refused: backing off
     for i in range(7):
         client.send_message(f"m-{i}")
     assert client.stop(timeout=t(1)) == 7
-    wait_until(lambda: len(drops) == 7, t(2), "drop hooks")
-    assert drops[0] == ("m-0", "stopped")
+    assert drops.wait(7) == [(f"m-{i}", "stopped") for i in range(7)]
     assert client.status()["drops_by_reason"] == {"stopped": 7}
     assert client.stop() == 0  # idempotent
+    assert peer.connections == []
 
 
 def test_stop_gives_up_flushing_at_its_timeout(server, proxy_to, make_client):
@@ -58,29 +62,28 @@ def test_stop_gives_up_flushing_at_its_timeout(server, proxy_to, make_client):
     assert elapsed < t(0.5) + t(1.5)  # the flush budget, then bounded close and kill steps
 
 
-def test_stop_from_a_handler_and_from_two_greenlets(server, make_client):
-    client = make_client(url=server.url)
-    results = []
+def test_stop_from_a_handler_and_from_two_greenlets(peer, make_client):
+    client = make_client(connector=peer.connector, url=peer.url)
+    results = Recorder()
 
     def handle(msg):
         if msg == "push-0":
-            results.append(client.stop())
+            results(client.stop())
 
     client.handle_message = handle
     client.start()
     assert client.wait_until_connected(t(5))
-    server.command(cmd="push", n=1)
-    wait_until(lambda: results, t(5), "stop() from the handler")
-    assert results == [0]
-    close = server.wait_event(lambda e: e["ev"] == "close", t(5))
-    assert close["code"] == 1000
+    peer.send_text("push-0")
+    assert results.wait(1) == [0]
+    assert peer.wait_closed(index=0) == 1000
 
-    other = make_client(url=server.url)
+    other = make_client(connector=peer.connector, url=peer.url)
     other.start()
     assert other.wait_until_connected(t(5))
     both = [gevent.spawn(other.stop), gevent.spawn(other.stop)]
     gevent.joinall(both, timeout=t(10))
     assert [g.value for g in both] == [0, 0]
+    assert peer.wait_closed(index=1) == 1000 and len(peer.connections) == 2
 
 
 @pytest.mark.parametrize("mode, patched", [("atexit", "patched"), ("signal", "patched"), ("signal", "unpatched"),

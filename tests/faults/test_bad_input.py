@@ -4,12 +4,12 @@ For every bad frame the client closes with the right code, reconnects, keeps its
 counters right, and no loop dies."""
 
 import hashlib
-import struct
 
 import pytest
 
 from hermes_gevent.errors import ProtocolError
 
+from ..frames_util import close_payload, frame, header_only
 from ..support import t, wait_until
 
 pytestmark = pytest.mark.faults
@@ -17,34 +17,19 @@ pytestmark = pytest.mark.faults
 LOOPS = ("event_thread_alive", "send_thread_alive", "health_thread_alive", "supervisor_alive")
 
 
-def frame(first_byte: int, payload: bytes, mask: bytes | None = None) -> str:
-    n = len(payload)
-    second = (0x80 if mask else 0)
-    if n < 126:
-        head = bytes([first_byte, second | n])
-    elif n < 65536:
-        head = bytes([first_byte, second | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([first_byte, second | 127]) + struct.pack("!Q", n)
-    if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        head += mask
-    return (head + payload).hex()
-
-
 HOSTILE = [
-    ("invalid UTF-8 in a text message", frame(0x81, b"ok \xed\xa0\x80"), 1007),
-    ("reserved data opcode 0x3", frame(0x83, b"x"), 1002),
-    ("reserved control opcode 0xB", frame(0x8B, b""), 1002),
-    ("RSV1 set without an extension", frame(0xC1, b"x"), 1002),
-    ("masked frame from the server", frame(0x81, b"hello", mask=b"\x01\x02\x03\x04"), 1002),
-    ("fragmented ping", frame(0x09, b"p"), 1002),
-    ("ping longer than 125 bytes", frame(0x89, b"p" * 200), 1002),
-    ("continuation without a start", frame(0x80, b"x"), 1002),
-    ("close frame with a 1-byte payload", frame(0x88, b"\x03"), 1002),
-    ("close frame with invalid code 1005", frame(0x88, struct.pack("!H", 1005)), 1002),
-    ("close frame with invalid code 2999", frame(0x88, struct.pack("!H", 2999)), 1002),
-    ("message over MAX_MESSAGE_SIZE (header only)", (bytes([0x82, 127]) + struct.pack("!Q", 2**40)).hex(), 1009),
+    ("invalid UTF-8 in a text message", frame(1, b"ok \xed\xa0\x80"), 1007),
+    ("reserved data opcode 0x3", frame(3, b"x"), 1002),
+    ("reserved control opcode 0xB", frame(11), 1002),
+    ("RSV1 set without an extension", frame(1, b"x", rsv=0x40), 1002),
+    ("masked frame from the server", frame(1, b"hello", mask=b"\x01\x02\x03\x04"), 1002),
+    ("fragmented ping", frame(9, b"p", fin=False), 1002),
+    ("ping longer than 125 bytes", frame(9, b"p" * 200), 1002),
+    ("continuation without a start", frame(0, b"x"), 1002),
+    ("close frame with a 1-byte payload", frame(8, b"\x03"), 1002),
+    ("close frame with invalid code 1005", frame(8, close_payload(1005)), 1002),
+    ("close frame with invalid code 2999", frame(8, close_payload(2999)), 1002),
+    ("message over MAX_MESSAGE_SIZE (header only)", header_only(2, 2**40), 1009),
 ]
 
 
@@ -56,7 +41,7 @@ def test_a_hostile_server_gets_the_right_close_code(server, make_client, name, r
     assert client.wait_until_connected(t(5))
     server.command(cmd="send", text="before")
     wait_until(lambda: got == ["before"], t(5), "a good message first")
-    server.command(cmd="raw", hex=raw)
+    server.command(cmd="raw", hex=raw.hex())
     close = server.wait_event(lambda e: e["ev"] == "close", t(5))
     assert close["code"] == code, close
     assert isinstance(errors[0], ProtocolError) and errors[0].code == code
