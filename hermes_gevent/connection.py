@@ -9,6 +9,7 @@ ledger (ledger.py) so an abrupt failure can tell which messages to send again.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Iterator
 
@@ -50,9 +51,12 @@ class Connection:
         self.protocol = Protocol(max_message_size)
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = KernelLedger()
-        # TLS records do not map byte for byte onto frames: no unacknowledged count there.
-        plain = not hasattr(sock, "cipher")  # gevent's SSLSocket, the stdlib's, or ours (transport.py)
-        self.tracks_acks = plain and TIOCOUTQ is not None
+        # TLS records do not map byte for byte onto frames (gevent's SSLSocket, the stdlib's and
+        # ours in transport.py all have cipher()); and TIOCOUTQ counts unacknowledged bytes on
+        # TCP only (on a Unix socket it counts buffer memory): no ledger for either.
+        plain = not hasattr(sock, "cipher")
+        tcp = getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
+        self.tracks_acks = plain and tcp and TIOCOUTQ is not None
         self._vectored = plain and hasattr(sock, "sendmsg")
         self.aborted = False
         self.last_read_size = 0

@@ -32,3 +32,21 @@ def header_only(opcode: int, length: int) -> bytes:
 def close_payload(code: int, reason: bytes = b"") -> bytes:
     """A close frame's payload, with any code (even one the protocol forbids on the wire)."""
     return struct.pack("!H", code) + reason
+
+
+def client_frames(chunks: list[bytes]) -> list[tuple[int, bytes]]:
+    """Decode what the client wrote (masked frames) into (opcode, payload) pairs."""
+    data = b"".join(chunks)
+    out = []
+    while data:
+        b1, b2 = data[0], data[1]
+        assert b2 & 0x80, "a client frame must be masked"
+        n, pos = b2 & 0x7F, 2
+        if n == 126:
+            n, pos = struct.unpack("!H", data[2:4])[0], 4
+        elif n == 127:
+            n, pos = struct.unpack("!Q", data[2:10])[0], 10
+        key, payload = data[pos:pos + 4], data[pos + 4:pos + 4 + n]
+        out.append((b1 & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(payload))))
+        data = data[pos + 4 + n:]
+    return out

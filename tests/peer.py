@@ -35,7 +35,7 @@ from websockets.protocol import SEND_EOF, Protocol, Side, State
 from hermes_gevent.errors import HandshakeRejected
 
 # The one place the tests name the connection class (its module may move):
-from hermes_gevent.transport import Connection
+from hermes_gevent.connection import Connection
 
 from .frames_util import frame
 from .support import Changes, t

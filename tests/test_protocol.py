@@ -8,29 +8,7 @@ from hermes_gevent.errors import ConnectionClosed, ProtocolError
 from hermes_gevent.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Close, Message, Ping, Pong
 from hermes_gevent.protocol import Protocol, ProtocolState
 
-from .test_frames import frame
-
-
-def client_frames(chunks):
-    """Decode what the client wrote (masked frames) into (opcode, payload) pairs."""
-    data = b"".join(chunks)
-    out = []
-    while data:
-        b1, b2 = data[0], data[1]
-        assert b2 & 0x80, "a client frame must be masked"
-        n, pos = b2 & 0x7F, 2
-        if n == 126:
-            n, pos = struct.unpack("!H", data[2:4])[0], 4
-        elif n == 127:
-            n, pos = struct.unpack("!Q", data[2:10])[0], 10
-        key, payload = data[pos:pos + 4], data[pos + 4:pos + 4 + n]
-        out.append((b1 & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(payload))))
-        data = data[pos + 4 + n:]
-    return out
-
-
-def close_body(code, reason=b""):
-    return struct.pack("!H", code) + reason
+from .frames_util import client_frames, close_payload as close_body, frame
 
 
 def opened(data=b"", max_size=1 << 20):
