@@ -96,15 +96,18 @@ class Connection:
         """Write the control frames the protocol queued (pongs, pings, a close), whole and in
         order; False when they could not be written."""
         with self._write_lock:
-            pending = self.protocol.data_to_send()
-            if not pending or self.aborted:
-                return not pending
-            data = b"".join(pending)
-            try:
-                self._send([None], [data], [len(data)])
-            except _Partial:
-                return False
-            return True
+            return self._write_pending()
+
+    def _write_pending(self) -> bool:
+        pending = self.protocol.data_to_send()
+        if not pending or self.aborted:
+            return not pending
+        data = b"".join(pending)
+        try:
+            self._send([None], [data], [len(data)])
+        except _Partial:
+            return False
+        return True
 
     def ping(self, payload: bytes = b"") -> bool:
         return self.protocol.send_ping(payload) and self.send_pending()
@@ -119,6 +122,9 @@ class Connection:
         yielding to other greenlets between pieces. Raises WriteFailed(handed)."""
         with self._write_lock:
             if not self.protocol.can_send_data or self.aborted:
+                # The close frame the protocol queued (our echo of the server's, or ours) goes
+                # out before the caller fails the session and closes the socket.
+                self._write_pending()
                 raise WriteFailed(0, "connection is closing", frames.CLOSE_NORMAL)
             handed = 0
             try:

@@ -1,7 +1,7 @@
 """An in-process WebSocket server peer, for tests that only need a well-behaved server.
 
 The client opens every connection through one callable (``WebSocketClient(connector=...)``).
-``Peer.connector`` answers it with one end of a gevent socket pair, wrapped as the
+``Peer.connector`` answers it with one end of a TCP socket pair on 127.0.0.1, wrapped as the
 library's own ``Connection`` (already upgraded: there is no HTTP here), and serves the
 other end in a greenlet with a real protocol implementation: websockets' sans-I/O
 ``Protocol`` on the server side. It reads the client's bytes, feeds them to the protocol,
@@ -15,9 +15,8 @@ A test drives the timeline: refuse or reject attempts (a server that is down or 
 wait - on events, never by sleeping, always bounded - for what the client did.
 
 What stays on the real subprocess server (tests/wsserver.py) and the fault proxy: the
-HTTP upgrade itself, TCP faults (resets, half-open, slow links), TLS, gunicorn, and
-anything that counts what TCP acknowledged: a socket pair is an AF_UNIX stream, where
-the kernel's unacknowledged-byte count means something else than on TCP.
+HTTP upgrade itself, TCP faults (resets, half-open, slow links, a killed server), TLS,
+gunicorn, and load.
 """
 
 from __future__ import annotations
@@ -42,6 +41,19 @@ from .support import Changes, t
 
 READ_SIZE = 65536
 Refusal = BaseException | Callable[[], BaseException]
+
+
+def tcp_pair():
+    """Two connected TCP sockets on 127.0.0.1 (the client's end with TCP_NODELAY, as transport.connect
+    sets it): the kernel acknowledges bytes as it does for a real server, so the client's ledger of
+    unacknowledged writes works as in production (on a Unix socket pair it cannot)."""
+    with gevent.socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client_sock = gevent.socket.create_connection(listener.getsockname())
+        server_sock, _ = listener.accept()
+    client_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client_sock, server_sock
 
 
 class PeerConnection:
@@ -189,7 +201,7 @@ class PeerConnection:
 
     def drop(self) -> None:
         """Abort: no close frame, the socket just goes. What the client's writes already put
-        in the socket pair is read and recorded first, as a server whose TCP acknowledged it
+        in the socket is read and recorded first, as a server whose TCP acknowledged it
         would have had it; a frame cut short there is not a message. Nothing is answered."""
         if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=True, timeout=t(5))
@@ -259,7 +271,7 @@ class Peer:
                 exc = self._refusal() if callable(self._refusal) else self._refusal
                 attempt["outcome"] = exc
                 raise exc.with_traceback(None)  # the same instance may be raised many times
-            client_sock, server_sock = gevent.socket.socketpair()
+            client_sock, server_sock = tcp_pair()
             self._client_socks.append(client_sock)
             conn = PeerConnection(self, len(self.connections), server_sock, dict(headers))
             conn._greenlet = gevent.spawn(conn.serve)

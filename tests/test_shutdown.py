@@ -19,7 +19,7 @@ def test_stop_flushes_the_queue_and_closes_with_1000(peer, make_client):
     client = make_client(connector=peer.connector, url=peer.url)
     client.start()
     assert client.wait_until_connected(t(5))
-    # 2 MB: ten times what the socket pair buffers, so the close must wait for the flush.
+    # 2 MB: more than the socket buffers hold, so the close must wait for the flush.
     sent = [f"m-{i}-".ljust(1000, "x") for i in range(2000)]
     for message in sent:
         client.send_message(message)
@@ -28,7 +28,7 @@ def test_stop_flushes_the_queue_and_closes_with_1000(peer, make_client):
     assert peer.wait_closed() == 1000
     assert peer.messages == sent  # all before the close frame, in order, once
     status = client.status()
-    assert not status["started"] and status["state"] == "stopped"
+    assert not status["started"] and not status["stopping"] and status["state"] == "stopped"  # one state: consistent
     assert not any(status[k] for k in ("event_thread_alive", "send_thread_alive", "health_thread_alive"))
 
 
