@@ -6,31 +6,39 @@ import json
 import ssl
 import sys
 
+import gevent
+import gevent.event
+
 from hermes_gevent import WebSocketClient
 
 url, cafile = sys.argv[1:3]
 got = []
 failures = []
-client = WebSocketClient(url=url, ssl_context=ssl.create_default_context(cafile=cafile), on_message=got.append,
-                         on_give_up=lambda exc: failures.append(type(exc).__name__), retry_delay=0.05,
-                         connect_timeout=5)
+settled = gevent.event.Event()  # connected, or gave up
+echoed = gevent.event.Event()
+
+
+def on_message(message):
+    got.append(message)
+    if len(got) == 2:
+        echoed.set()
+
+
+def on_give_up(exc):
+    failures.append(type(exc).__name__)
+    settled.set()
+
+
+client = WebSocketClient(url=url, ssl_context=ssl.create_default_context(cafile=cafile), on_message=on_message,
+                         on_open=settled.set, on_give_up=on_give_up, retry_delay=0.05, connect_timeout=5)
 client.start()
-report = {"connected": client.wait_until_connected(10)}
+settled.wait(10)
+report = {"connected": client.connected, "gave_up": failures}
 if report["connected"]:
     report["socket"] = type(client._session.conn.sock).__name__
-    big = "x" * (1 << 20)
-    for message in ("over tls, unpatched", big):
+    for message in ("over tls, unpatched", "x" * (1 << 20)):
         client.send_message(message)
-    import gevent
-
-    with gevent.Timeout(10, False):
-        while len(got) < 2:
-            gevent.sleep(0.01)
+    echoed.wait(10)
     report["echoes"] = [len(m) for m in got]
-else:
-    import gevent
-
-    gevent.sleep(0.5)
-report["gave_up"] = failures
 report["undelivered"] = client.stop(5)
 print(json.dumps(report))
