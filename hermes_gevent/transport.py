@@ -150,7 +150,7 @@ def connect(
 ) -> "Connection":
     """Open a connection; the whole of TCP, TLS and the upgrade is bounded by ``timeout``."""
     host, port, secure = parse_ws_url(url)
-    sock = None
+    sock: Any = None
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
@@ -246,7 +246,9 @@ def _upgrade(sock: Any, url: str, headers: Mapping[str, str]) -> bytes:
     except websocket.WebSocketBadStatusException as exc:
         if not exc.status_code:
             raise ConnectionFailed("the server's upgrade answer has no valid status line") from None
-        raise HandshakeRejected(exc.status_code, exc.status_message or "") from None
+        # status_message is stored from websocket-client 1.9.1 on; our own read of the head has it too.
+        reason = getattr(exc, "status_message", None) or shim.status[1]
+        raise HandshakeRejected(exc.status_code, reason) from None
     except websocket.WebSocketException as exc:
         status, reason = shim.status
         if status is not None and status != 101 and status not in _REDIRECTS:
