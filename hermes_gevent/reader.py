@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from . import frames
 from .connection import Connection
 from .errors import ProtocolError
 from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floor
@@ -49,12 +50,19 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
     protocol = conn.protocol
     process = protocol.process
     on_message = client._on_data
+
+    def on_control(event: frames.Event) -> None:
+        # A pong (or our ping's answer) goes out as soon as the ping is parsed, not after the
+        # handlers of everything else in the read have run.
+        if protocol.has_data_to_send and protocol.failure is None:
+            conn.send_pending()
+
     turns = new_turns()
     loop_turns = loop_turn_counter()
     coalesce_pause = timer_floor(COALESCE_PAUSE)
     if protocol.parser.buffered:  # frames the server sent along with its 101
         session.handler_since = now()
-        process(on_message)
+        process(on_message, on_control)
         session.handler_since = None
     writes, turned = -1, 0
     while protocol.failure is None:
@@ -73,12 +81,10 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
         client._debug_bodies = client.log.logger.isEnabledFor(logging.DEBUG)
         received = client.messages_received
         session.handler_since = read_at  # the handlers run inside process()
-        process(on_message)
+        process(on_message, on_control)
         session.handler_since = None
         if client.messages_received != received:
             client._last_message_at = read_at
-        if protocol.has_data_to_send and protocol.failure is None:
-            conn.send_pending()  # pongs
         if protocol.failure is not None:
             break
         if waited:
@@ -106,6 +112,8 @@ def _ended(client: "WebSocketClient", session: Session, conn: Connection) -> Non
     elif protocol.close_received is not None:
         close = protocol.close_received
         client.log.info(f"server closed the connection with code {close.code} {close.reason}".rstrip())
-    if protocol.has_data_to_send:  # a peer that stopped reading must not hold us
+    if isinstance(failure, ProtocolError):  # a peer that breaks the protocol must not hold us
         gevent.with_timeout(CLOSE_WRITE_TIMEOUT, conn.send_pending, timeout_value=False)
+    elif protocol.has_data_to_send:  # the echo of the server's close, after any message being written
+        conn.send_pending()
     session.fail(failure)

@@ -101,17 +101,28 @@ class Retry:
     ) -> Decision:
         """The decision after ``exc``: an attempt that failed (``uptime`` None) or a connection
         that ended after ``uptime`` seconds. ``retryable`` is should_retry's answer."""
+        lived = self.lived(uptime)
+        current = self.reset() if lived else self
         if not retryable:
-            return Decision(self, give_up=f"not retrying after {describe(exc)}{_hint(exc)}")
-        lived = uptime is not None and uptime >= self.min_uptime
-        attempt = 0 if lived else self.failures
-        retry = replace(self, failures=0 if lived else self.failures + 1)
+            return Decision(current, give_up=f"not retrying after {describe(exc)}{_hint(exc)}")
+        if lived:
+            return Decision(current, delay=self.backoff.delay(0, rng))
+        retry = replace(self, failures=self.failures + 1)
         if self.limit is not None and retry.failures >= self.limit:
             return Decision(
                 retry,
                 give_up=f"giving up after {retry.failures} consecutive failed attempts ({describe(exc)}){_hint(exc)}",
             )
-        return Decision(retry, delay=self.backoff.delay(attempt, rng))
+        return Decision(retry, delay=self.backoff.delay(self.failures, rng))
+
+    def lived(self, uptime: Optional[float]) -> bool:
+        """True for a connection that stayed up MIN_UPTIME: a success, whatever ended it."""
+        return uptime is not None and uptime >= self.min_uptime
+
+    def after_connection(self, uptime: float) -> "Retry":
+        """The count after a connection that lived ``uptime`` seconds (reset if it lived long
+        enough), for when no decision follows (reconnect() or stop() asked to act now)."""
+        return self.reset() if self.lived(uptime) else self
 
     def reset(self) -> "Retry":
         """The same rules with no failure counted (after reconnect())."""

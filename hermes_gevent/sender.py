@@ -51,7 +51,10 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 # acknowledgements cannot be tracked, the whole batch goes again.
                 written = exc.handed if conn.tracks_acks else 0
                 client.messages_sent += outbox.settle(batch, written)
-                session.fail(exc)
+                # When the protocol ended the connection (the server's close, a violation), that is
+                # why it ended - not the write this refused (the server's code decides what follows).
+                failure = conn.protocol.failure
+                session.fail(failure if failure is not None else exc)
                 break
             client.messages_sent += outbox.ack()
             # A full queue never blocks take(), nor a draining socket send(): let the

@@ -145,6 +145,8 @@ def _send_ping(session: Session) -> None:
 def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Optional[float]) -> None:
     """What follows a failed attempt (``uptime`` None) or a lost connection: the Retry
     value decides; wait for the delay unless stop() or reconnect() asks to act now."""
+    if uptime is not None:
+        client._retry = client._retry.after_connection(uptime)  # a success resets the count, act-now or not
     client._safe_hook(client.on_error, exc)
     life = client.lifecycle
     if client._wake.is_set() or life.ended:
@@ -157,7 +159,7 @@ def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Opt
         client._safe_hook(client.on_give_up, exc)
         return
     delay = decision.delay or 0.0
-    if uptime is None and not isinstance(exc, ConnectionClosed):
+    if not client._retry.lived(uptime) and not isinstance(exc, ConnectionClosed):
         client.log.warning(f"connection attempt failed: {describe(exc)}")
     limit_text = client.settings.DEFAULT_RETRY_LIMIT or "unlimited"
     client.log.warning(f"reconnecting in {delay:.1f}s (attempt {client._retry.failures + 1}/{limit_text})")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.lock
 import gevent.socket
 import gevent.ssl
 import websocket
@@ -79,6 +80,10 @@ class _MemoryTLS:
 
     def __init__(self, sock: Any, context: _stdlib_ssl.SSLContext, host: str) -> None:
         self._sock = sock
+        # The reader and the sender both run TLS operations; each may need to read a record
+        # (a key update) or write one: one greenlet at a time on each direction of the socket.
+        self._reading = gevent.lock.Semaphore()
+        self._writing = gevent.lock.Semaphore()
         self._incoming = _stdlib_ssl.MemoryBIO()
         self._outgoing = _stdlib_ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
@@ -89,19 +94,23 @@ class _MemoryTLS:
                 result = operation(*args)
             except _stdlib_ssl.SSLWantReadError:
                 self._flush()
-                data = self._sock.recv(self.RECORD_READ)
-                if data:
-                    self._incoming.write(data)
-                else:
-                    self._incoming.write_eof()
+                with self._reading:
+                    if self._incoming.pending or self._incoming.eof:
+                        continue  # another greenlet read a record while we waited
+                    data = self._sock.recv(self.RECORD_READ)
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._incoming.write_eof()
                 continue
             self._flush()
             return result
 
     def _flush(self) -> None:
-        data = self._outgoing.read()
-        if data:
-            self._sock.sendall(data)
+        with self._writing:  # taken and written together: records stay in order
+            data = self._outgoing.read()
+            if data:
+                self._sock.sendall(data)
 
     def do_handshake(self) -> None:
         self._run(self._tls.do_handshake)

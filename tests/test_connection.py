@@ -6,12 +6,16 @@ hanging upgrade, refused TCP connections and a killed server."""
 
 import time
 
+import gevent
+
 import pytest
 
 from hermes_gevent import WebSocketClient
 from hermes_gevent.errors import ConnectionClosed, ConnectTimeout, HandshakeRejected
 
 from .conftest import Recorder, t, wait_until
+from .frames_util import close_payload, frame
+from .peer import Connection, tcp_pair
 
 
 def peer_client(make_client, peer, **options):
@@ -193,3 +197,41 @@ def test_stop_interrupts_a_backoff_wait_at_once(peer, make_client):
     client.stop(timeout=5)
     assert time.monotonic() - began < t(0.5)
     assert client.status()["state"] == "stopped" and len(peer.attempts) == 1
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.01])
+def test_a_close_that_says_give_up_is_obeyed_while_large_messages_are_being_written(make_client, delay):
+    """The server's code decides what follows, even when the sender finds the connection closing
+    first (it held the write lock, writing 1 MiB messages, while the reader waited to echo the close).
+    The server here drains what it gets without parsing it, so the sender never waits for it."""
+    servers = []
+
+    def drain(sock):
+        try:
+            while sock.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+
+    def connector(url, headers, *, timeout, max_message_size, ssl_context=None):
+        client_sock, server_sock = tcp_pair()
+        servers.append((server_sock, gevent.spawn(drain, server_sock)))
+        return Connection(client_sock, max_message_size)
+
+    gave_up, closes = Recorder(), Recorder()
+    client = make_client(connector=connector, url="ws://127.0.0.1:9/ws", on_give_up=gave_up,
+                         on_close=lambda code, reason: closes((code, reason)))
+    try:
+        client.start()
+        assert client.wait_until_connected(t(5))
+        for _ in range(40):
+            client.send_message(b"x" * (1 << 20))
+        gevent.sleep(delay)  # where the close finds the sender: the point of the parameter, not a wait
+        servers[0][0].sendall(frame(0x8, close_payload(1008, b"policy")))
+        assert closes.wait(1, t(10)) == [(1008, "policy")]
+        assert gave_up.wait(1, t(5)) and client.status()["state"] == "gave_up"
+    finally:
+        client.stop(t(1))
+        for sock, greenlet in servers:
+            greenlet.kill()
+            sock.close()

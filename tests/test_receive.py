@@ -89,6 +89,37 @@ def test_server_pings_are_answered(peer, make_client):
     assert peer.wait_pongs(2) == [b"are you there", b""]  # each answered, payload echoed, in order
 
 
+def test_a_ping_is_answered_before_the_handlers_of_what_follows_it_run(peer, make_client):
+    release = gevent.event.Event()
+    handled = Recorder()
+
+    def slow(msg):
+        release.wait(t(10))
+        handled(msg)
+
+    client = peer_client(make_client, peer, on_message=slow)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    peer.send_raw(frame(0x9, b"now") + frame(0x1, b"slow"))  # one read: the ping, then a slow message
+    try:
+        assert peer.wait_pongs(1, t(2)) == [b"now"]  # while the handler still runs
+    finally:
+        release.set()
+    assert handled.wait(1) == ["slow"]
+
+
+def test_a_ping_sent_along_with_the_101_is_answered_at_once(peer, make_client):
+    def connector(*args, **options):
+        conn = peer.connector(*args, **options)
+        conn.protocol.receive_data(frame(0x9, b"early"))  # as transport.connect hands over what followed the 101
+        return conn
+
+    client = make_client(connector=connector, url=peer.url, ping_interval=t(30))
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert peer.wait_pongs(1, t(2)) == [b"early"]  # not at the next read, nor the next client ping
+
+
 def test_unanswered_pings_are_a_ping_timeout_then_a_new_connection(peer, make_client):
     errors = Recorder()
     client = peer_client(make_client, peer, ping_interval=t(0.1), ping_timeout=t(0.2), on_error=errors)

@@ -92,3 +92,11 @@ def test_a_transition_the_table_forbids_raises(path):
         life.move(state)
     with pytest.raises(LifecycleError, match=f"to {path[-1].value}"):
         life.move(path[-1])
+
+
+def test_a_connection_that_lived_resets_the_count_even_when_it_gives_up_or_no_decision_follows():
+    retry = Retry(RETRY.backoff, limit=4, min_uptime=5, failures=3)
+    assert retry.after_connection(5.0).failures == 0  # reconnect() or stop(): no decision, still a success
+    assert retry.after_connection(4.9) is retry
+    decision = retry.next(ConnectionClosed(1008), retryable=False, uptime=60.0)
+    assert decision.give_up.startswith("not retrying") and decision.retry.failures == 0
