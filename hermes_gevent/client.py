@@ -196,7 +196,8 @@ class WebSocketClient(BaseClient):
         if life.ended:
             self.drops.count(item, DROP_STOPPED)
             return False
-        return self._outbox_or_create().put(item)
+        outbox = self._outbox
+        return (outbox if outbox is not None else self._outbox_or_create()).put(item)
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the client's state, safe to serialize as JSON."""

@@ -52,7 +52,10 @@ def _thread_root(glet: Any) -> Any:
 def on_thread_of(hub: gevent.hub.Hub) -> bool:
     """True when the caller runs in the OS thread of ``hub``: greenlets never cross threads,
     so the caller and the hub then descend from the same main greenlet."""
-    return _thread_root(gevent.getcurrent()) is _thread_root(hub)
+    current = gevent.getcurrent()
+    if current.parent is hub or current is hub:  # the common case: a greenlet the hub runs
+        return True
+    return _thread_root(current) is _thread_root(hub)
 
 
 class Outbox:
