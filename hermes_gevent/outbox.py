@@ -49,13 +49,19 @@ def _thread_root(glet: Any) -> Any:
     return glet
 
 
-def on_thread_of(hub: gevent.hub.Hub) -> bool:
+def on_thread_of(hub: gevent.hub.Hub, hub_root: Any = None) -> bool:
     """True when the caller runs in the OS thread of ``hub``: greenlets never cross threads,
-    so the caller and the hub then descend from the same main greenlet."""
+    so the caller and the hub then descend from the same main greenlet (``hub_root``, when
+    the caller has it at hand). The common cases - a greenlet the hub runs, the thread's
+    main greenlet - are answered without walking."""
     current = gevent.getcurrent()
-    if current.parent is hub or current is hub:  # the common case: a greenlet the hub runs
+    parent = current.parent
+    if parent is hub or current is hub:
         return True
-    return _thread_root(current) is _thread_root(hub)
+    root = hub_root if hub_root is not None else _thread_root(hub)
+    if parent is None:
+        return current is root
+    return _thread_root(current) is root
 
 
 class Outbox:
@@ -66,6 +72,7 @@ class Outbox:
         self.strategy = strategy
         self._on_drop = on_drop
         self._hub = hub or gevent.get_hub()
+        self._hub_root = _thread_root(self._hub)  # the main greenlet of the hub's thread
         self._queue: Queue[Optional[Item]] = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
         self._inflight: list[Item] = []
         self._redo: collections.deque[Item] = collections.deque()  # to resend before _inflight
@@ -86,7 +93,7 @@ class Outbox:
 
         Raises QueueFull under the "raise" strategy when the queue is full.
         """
-        if not on_thread_of(self._hub):
+        if not on_thread_of(self._hub, self._hub_root):
             return self._put_from_thread(item)
         return self._put_local(item)
 
