@@ -3,7 +3,7 @@
 Subclasses override ``url``, ``identifier``, ``last_connected_at``,
 ``headers`` and ``handle_message``; or a plain client takes the same things as
 keywords (``url=``, ``identifier=``, ``headers=``, ``on_message=``...).
-Nothing here does I/O; the connection machinery lives in ``client.py``.
+Nothing here does I/O; the client and its loops live in ``client.py`` and the modules it names.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .settings import Defaults, Settings
 __all__ = ["BaseClient", "Headers", "iso_utc"]
 
 Headers = Mapping[str, str]
-C = TypeVar("C", bound="BaseClient")
+_C = TypeVar("_C", bound="BaseClient")
 _HOOKS = ("on_message", "on_open", "on_close", "on_error", "on_drop", "on_give_up")
 
 
@@ -88,7 +88,7 @@ class BaseClient(Defaults):
     # -- singleton ---------------------------------------------------------------
 
     @classmethod
-    def instance(cls: type[C], **options: Any) -> C:
+    def instance(cls: type[_C], **options: Any) -> _C:
         """The one client of this class in this process (made on first call)."""
         client = BaseClient._instances.get(cls)
         if client is None:

@@ -5,7 +5,8 @@
     sender      for each Session: take a batch from the outbox, write it, settle it
     health      every HEALTH_CHECK_INTERVAL: compute alerts, log what changed
 
-The loops live in supervisor.py, reader.py and sender.py; the decisions in pure
+The supervisor, reader and sender loops live in supervisor.py, reader.py and
+sender.py, the health loop here (it only reads status()); the decisions in pure
 modules (retry.py, health.py, lifecycle.py, protocol.py). This module holds what
 they share for one run (start to stop) and the lifecycle's one state. Nothing here
 blocks the hub: no threads, no time.sleep, only gevent sockets and events.
@@ -25,28 +26,27 @@ import gevent.event
 import gevent.queue
 
 from . import health, messages, process, transport
+from .transport import Connector
 from .base import BaseClient, iso_utc
-from .connection import Connection
 from .errors import ConnectionClosed
 from .frames import CLOSE_ABNORMAL, CLOSE_NORMAL
 from .lifecycle import Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .messages import Drops, Message
-from .outbox import DROP_STOPPED, Item, Outbox, in_hub, on_thread_of
+from .frames import Item
+from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
 from .reader import read_loop
 from .retry import Retry, describe
 from .sender import send_loop
 from .session import Session, now
 from .supervisor import supervise
 
-__all__ = ["Connector", "State", "WebSocketClient", "all_clients"]
+__all__ = ["all_clients", "CLOSE_WAIT", "Connector", "LOOP_RESTART_DELAY", "State", "WebSocketClient"]
 
 if TYPE_CHECKING:
     Greenlet = gevent.Greenlet[..., Any]
 else:
     Greenlet = gevent.Greenlet
-#: connector(url, headers, *, timeout, max_message_size, ssl_context) -> Connection
-Connector = Callable[..., Connection]
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
 #: How long to wait for the server's answer to our close frame (within stop's budget).

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Iterator
+import typing
+from typing import Any, Callable, Iterator, Optional, Union
 
 import gevent.lock
 
@@ -19,9 +20,12 @@ from . import frames
 from .errors import ConnectionClosed
 from .fairness import new_turns, take_turn
 from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
-from .protocol import Item, Protocol
+from .frames import Item
+from .protocol import Protocol
 
-__all__ = ["Connection", "WriteFailed", "READ_SIZE"]
+__all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "READ_SIZE", "StreamSocket", "VECTOR_MIN", "WriteFailed"]
+
+_Buffer = Union[bytes, bytearray, memoryview]
 
 READ_SIZE = 256 * 1024
 #: The ledger of unacknowledged writes is trimmed once it holds this many writes.
@@ -29,6 +33,25 @@ LEDGER_TRIM_EVERY = 64
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
+
+
+class StreamSocket(typing.Protocol):
+    """What a connection needs of its socket: gevent's socket, an SSLSocket (gevent's or the
+    standard library's), or transport's in-memory TLS. ``sendmsg`` is used when present."""
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def send(self, data: _Buffer, /) -> int: ...
+
+    def sendall(self, data: _Buffer, /) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def close(self) -> None: ...
+
+    def gettimeout(self) -> Optional[float]: ...
+
+    def settimeout(self, timeout: Optional[float], /) -> None: ...
 
 
 class WriteFailed(ConnectionClosed):
@@ -46,7 +69,7 @@ class Connection:
     """An open WebSocket connection on ``sock`` (already upgraded). Reads from one greenlet;
     writes from any."""
 
-    def __init__(self, sock: Any, max_message_size: int) -> None:
+    def __init__(self, sock: StreamSocket, max_message_size: int) -> None:
         self.sock = sock
         self.protocol = Protocol(max_message_size)
         self._write_lock = gevent.lock.Semaphore()
@@ -57,7 +80,8 @@ class Connection:
         plain = not hasattr(sock, "cipher")
         tcp = getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
         self.tracks_acks = plain and tcp and TIOCOUTQ is not None
-        self._vectored = plain and hasattr(sock, "sendmsg")
+        sendmsg: Optional[Callable[[list[memoryview]], int]] = getattr(sock, "sendmsg", None) if plain else None
+        self._sendmsg = sendmsg  # vectored writes: plain TCP only
         self.aborted = False
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)
@@ -162,7 +186,8 @@ class Connection:
         Small chunks are joined into one buffer; on plain TCP large ones go to the kernel
         as they are, in one vectored write (sendmsg), so a payload is never copied again.
         """
-        if self._vectored and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
+        sendmsg = self._sendmsg
+        if sendmsg is not None and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
             buffers: list[bytes] = []
             small: list[bytes] = []
             for chunk in chunks:
@@ -187,7 +212,8 @@ class Connection:
                 if len(views) - first == 1:
                     sent = self.sock.send(views[first])
                 else:
-                    sent = self.sock.sendmsg(views[first : first + IOV_MAX])
+                    assert sendmsg is not None  # several views only when vectored
+                    sent = sendmsg(views[first : first + IOV_MAX])
                 offset += sent
                 while sent:
                     view = views[first]

@@ -50,7 +50,8 @@ from typing import Callable, Optional
 
 import gevent
 
-__all__ = ["MAX_BUDGET", "Turns", "new_turns", "take_turn", "pause", "cycle_loop", "loop_turn_counter", "timer_floor"]
+__all__ = ["cycle_loop", "loop_turn_counter", "LOWEST_PRIORITY", "MAX_BUDGET", "new_turns", "pause",
+    "take_turn", "timer_floor", "Turns"]
 
 
 #: The longest a busy loop works between loop turns, however long the app's greenlets hold

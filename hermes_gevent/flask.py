@@ -29,6 +29,7 @@ from . import transport
 from .base import BaseClient
 from .client import WebSocketClient
 from .connection import Connection
+from .supervisor import open_connection
 from .frames import CLOSE_NORMAL, Pong
 from .logs import env_flag, redact_url
 from .settings import Settings
@@ -205,9 +206,7 @@ def _check(timeout: Optional[float]) -> None:
     shown = redact_url(url)
     began = time.monotonic()
     try:
-        conn = transport.connect(url, client.headers(), timeout=timeout,
-                                 max_message_size=client.settings.MAX_MESSAGE_SIZE,
-                                 ssl_context=transport.ssl_context_for(client.ssl_context, client.ca_file))
+        conn = open_connection(client, timeout)
     except Exception as exc:
         raise click.ClickException(f"handshake with {shown} failed: {client.log.redact(str(exc)) or type(exc).__name__}")
     handshake_ms = (time.monotonic() - began) * 1000

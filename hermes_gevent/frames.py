@@ -21,7 +21,7 @@ from websocket import ABNF
 from .errors import ProtocolError
 
 __all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG",
-           "Close", "Event", "FrameParser", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
+           "CLOSE_FORBIDDEN", "CLOSE_POLICY_VIOLATION", "CLOSE_UNAUTHORIZED", "Close", "Event", "FrameParser", "Item", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
            "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Ping", "Pong", "close_payload", "encode_frame", "encode_frame_pieces",
            "frame_chunks", "mask", "valid_close_code"]
 
@@ -51,12 +51,18 @@ OP_CLOSE = ABNF.OPCODE_CLOSE
 OP_PING = ABNF.OPCODE_PING
 OP_PONG = ABNF.OPCODE_PONG
 
+#: (opcode, payload): one message as it waits to be framed, the payload already encoded.
+Item = tuple[int, bytes]
+
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NO_STATUS = 1005
 CLOSE_ABNORMAL = 1006
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 3000  # registered with IANA, as 3003
+CLOSE_FORBIDDEN = 3003
 # Codes a peer may put in a close frame (RFC 6455 section 7.4, plus IANA's 1012-1014).
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
@@ -335,7 +341,10 @@ def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
 
 
 #: Two-byte headers of masked frames with payloads under 126 bytes, by opcode and length.
-_SMALL_HEADERS = {op: [bytes((0x80 | op, 0x80 | n)) for n in range(126)] for op in (0, 1, 2, 8, 9, 10)}
+_SMALL_HEADERS = {
+    op: [bytes((0x80 | op, 0x80 | n)) for n in range(126)]
+    for op in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
+}
 
 
 def _header(opcode: int, length: int) -> bytes:

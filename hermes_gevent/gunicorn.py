@@ -15,7 +15,7 @@ from typing import Any
 
 from .process import all_clients
 
-__all__ = ["post_worker_init", "worker_exit"]
+__all__ = ["EXIT_MARGIN", "post_worker_init", "worker_exit"]
 
 #: Seconds kept back from graceful_timeout for the worker's own exit.
 EXIT_MARGIN = 1.0

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["RESERVED", "check_header", "check_headers", "check_request", "check_url"]
+__all__ = ["check_header", "check_headers", "check_request", "check_url", "HANDSHAKE_OWN", "RESERVED"]
 
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELD_CHARS = r"[\t\x20-\x7e]*"

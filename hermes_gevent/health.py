@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 from .settings import Settings
 
-__all__ = ["LOOP_STATUS_KEYS", "alert_changes", "compute_alerts"]
+__all__ = ["alert_changes", "compute_alerts", "LOOP_STATUS_KEYS", "QUEUE_ALERT_RATIO", "RETRY_ALERT_RATIO",
+    "WATCHED_LOOPS"]
 
 QUEUE_ALERT_RATIO = 0.9
 RETRY_ALERT_RATIO = 0.8

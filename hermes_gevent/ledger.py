@@ -20,7 +20,7 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
 except ImportError:  # pragma: no cover - Windows
     TIOCOUTQ = None
 
-__all__ = ["KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "unacknowledged_bytes"]
+__all__ = ["Entry", "KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "unacknowledged_bytes"]
 
 #: One ledger entry: the messages of one write call (None for control frames and the
 #: pieces of a large frame before its last), their byte counts, and their total.

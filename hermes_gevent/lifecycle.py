@@ -64,8 +64,10 @@ class Lifecycle:
             self._log(logging.DEBUG, f"state {before.value} -> {to.value}{f' ({why})' if why else ''}")
 
     def reset(self, to: State) -> None:
-        """After a fork: the parent's state means nothing in the child."""
-        self.state = to
+        """After a fork: the parent's state means nothing in the child (unchecked, logged)."""
+        before, self.state = self.state, to
+        if self._log is not None:
+            self._log(logging.DEBUG, f"state {before.value} -> {to.value} (reset after fork)")
 
     @property
     def started(self) -> bool:

@@ -16,9 +16,10 @@ import gevent
 
 from . import frames
 from .logs import ClientLog, RateLimitedCounter
-from .outbox import Item, in_hub
+from .frames import Item
+from .outbox import in_hub
 
-__all__ = ["DROP_LOG_PERIOD", "Drops", "Message", "encode"]
+__all__ = ["decode", "DROP_LOG_PERIOD", "Drops", "encode", "Message"]
 
 Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"]
 #: How long a drop summary line waits before repeating.

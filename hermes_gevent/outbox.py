@@ -26,11 +26,10 @@ import gevent.hub
 from gevent.queue import Empty, Queue
 
 from .errors import QueueFull
+from .frames import Item
 
-__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "Item", "Outbox", "in_hub", "on_thread_of"]
+__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "DropSink", "in_hub", "Item", "on_thread_of", "Outbox"]
 
-#: (opcode, payload) - the payload already encoded by the caller.
-Item = tuple[int, bytes]
 DropSink = Callable[[Item, str], None]
 
 DROP_OVERFLOW = "overflow"

@@ -18,10 +18,10 @@ from typing import Callable, Iterator, Optional, Union
 
 from . import frames
 from .errors import ConnectionClosed, ConnectionFailed, ProtocolError
+from .frames import Item
 
-__all__ = ["Protocol", "ProtocolState"]
+__all__ = ["OnControl", "OnMessage", "Protocol", "ProtocolState"]
 
-Item = tuple[int, bytes]
 OnMessage = Callable[[Union[str, bytes]], object]
 OnControl = Callable[[frames.Event], object]
 

@@ -23,7 +23,8 @@ from .session import Session, now
 if TYPE_CHECKING:
     from .client import WebSocketClient
 
-__all__ = ["read_loop", "read_session"]
+__all__ = ["CLOSE_WRITE_TIMEOUT", "COALESCE_BELOW", "COALESCE_IF_WAITED_UNDER", "COALESCE_PAUSE", "read_loop",
+    "read_session"]
 
 #: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting (the
 #: event loop did not turn during it; on loops that do not count turns, it returned within

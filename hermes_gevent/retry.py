@@ -18,14 +18,16 @@ from typing import Optional
 
 from .backoff import Backoff, RandomSource
 from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError
+from .frames import CLOSE_FORBIDDEN, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED
 
-__all__ = ["Decision", "GIVE_UP_CLOSE_CODES", "RETRY_HTTP_STATUSES", "Retry", "describe", "should_retry"]
+__all__ = ["CREDENTIAL_STATUSES", "Decision", "describe", "GIVE_UP_CLOSE_CODES", "Retry",
+    "RETRY_HTTP_STATUSES", "should_retry"]
 
 #: HTTP statuses on the upgrade that mean "try again later".
 RETRY_HTTP_STATUSES = frozenset({408, 429})
 #: Close codes that mean "you are not welcome": policy violation, and the
 #: registered 3000 Unauthorized / 3003 Forbidden. Every other close code is retried.
-GIVE_UP_CLOSE_CODES = frozenset({1008, 3000, 3003})
+GIVE_UP_CLOSE_CODES = frozenset({CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
 #: HTTP statuses that mean the credentials are wrong: the give-up line says so.
 CREDENTIAL_STATUSES = frozenset({401, 403})
 

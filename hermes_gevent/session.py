@@ -16,7 +16,7 @@ __all__ = ["Session", "is_abrupt", "now"]
 
 
 def now() -> float:
-    """The library's one clock for durations (monotonic seconds)."""
+    """Monotonic seconds: the clock of the loops' timeline (time.monotonic, as everywhere here)."""
     return time.monotonic()
 
 

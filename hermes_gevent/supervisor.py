@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import gevent
 
+from .connection import Connection
 from .errors import ConnectionClosed, PingTimeout
 from .frames import CLOSE_ABNORMAL
 from .headers import check_headers
@@ -26,7 +27,7 @@ from .transport import ssl_context_for
 if TYPE_CHECKING:
     from .client import WebSocketClient
 
-__all__ = ["supervise"]
+__all__ = ["open_connection", "supervise"]
 
 
 def supervise(client: "WebSocketClient", generation: int) -> None:
@@ -54,21 +55,26 @@ def supervise(client: "WebSocketClient", generation: int) -> None:
         _after_failure(client, error, uptime=now() - session.opened_at)
 
 
-def _connect_once(client: "WebSocketClient") -> Session:
+def open_connection(client: "WebSocketClient", timeout: Optional[float] = None) -> Connection:
+    """One attempt, through the client's connector, with the URL and headers read anew
+    (the supervisor's attempts, and ``flask hermes check``)."""
     url = client.url()
     headers = client.headers()
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
     client._redactor.learn(secrets_in(url, headers))
     client.log.info(f"connecting to {redact_url(url)}")
     client.log.debug(f"upgrade headers: {sorted(headers)}")
-    conn = client._connector(
+    return client._connector(
         url,
         headers,
-        timeout=client.settings.CONNECT_TIMEOUT,
+        timeout=client.settings.CONNECT_TIMEOUT if timeout is None else timeout,
         max_message_size=client.settings.MAX_MESSAGE_SIZE,
         ssl_context=ssl_context_for(client.ssl_context, client.ca_file),
     )
-    return Session(conn, client._requeue_unacknowledged)
+
+
+def _connect_once(client: "WebSocketClient") -> Session:
+    return Session(open_connection(client), client._requeue_unacknowledged)
 
 
 def _run_session(client: "WebSocketClient", session: Session, generation: int) -> None:
@@ -138,7 +144,7 @@ def _watch(client: "WebSocketClient", session: Session) -> None:
 
 def _send_ping(session: Session) -> None:
     conn = session.conn
-    if conn.protocol.send_ping() and not conn.send_pending() and session.alive:
+    if not conn.ping() and conn.protocol.can_send_data and session.alive:  # open, yet not written
         session.fail(ConnectionClosed(CLOSE_ABNORMAL, "ping could not be written"))
 
 
@@ -151,7 +157,10 @@ def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Opt
     life = client.lifecycle
     if client._wake.is_set() or life.ended:
         return
-    decision = client._retry.next(exc, retryable=client.should_retry(exc), uptime=uptime, rng=client._random)
+    retryable = client.should_retry(exc)  # the application's code: it may yield
+    if client._wake.is_set() or life.ended:
+        return
+    decision = client._retry.next(exc, retryable=retryable, uptime=uptime, rng=client._random)
     client._retry = decision.retry
     if decision.give_up is not None:
         life.move(State.GAVE_UP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket as _stdlib_socket
 import ssl as _stdlib_ssl
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import gevent
@@ -19,13 +19,13 @@ import gevent.socket
 import gevent.ssl
 import websocket
 
-from .connection import Connection
+from .connection import Connection, StreamSocket
 from .errors import ConfigError, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .fairness import new_turns, take_turn
 from .headers import check_request, check_url
 from .upgrade import UpgradeAnswer, status_of
 
-__all__ = ["connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
+__all__ = ["ANSWER_CHUNK", "Connector", "connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
 
 #: The upgrade answer is read this much at a time (a real one fits in the first chunk).
 ANSWER_CHUNK = 4096
@@ -61,7 +61,7 @@ def ssl_context_for(ssl_context: Optional[_stdlib_ssl.SSLContext], ca_file: Opti
     return ssl_context
 
 
-def _wrap_tls(sock: Any, context: _stdlib_ssl.SSLContext, host: str) -> Any:
+def _wrap_tls(sock: gevent.socket.socket, context: _stdlib_ssl.SSLContext, host: str) -> StreamSocket:
     if isinstance(context, gevent.ssl.SSLContext):
         return context.wrap_socket(sock, server_hostname=host)
     # A standard-library context in an unpatched process would make a blocking socket:
@@ -78,7 +78,7 @@ class _MemoryTLS:
 
     RECORD_READ = 64 * 1024
 
-    def __init__(self, sock: Any, context: _stdlib_ssl.SSLContext, host: str) -> None:
+    def __init__(self, sock: StreamSocket, context: _stdlib_ssl.SSLContext, host: str) -> None:
         self._sock = sock
         # The reader and the sender both run TLS operations; each may need to read a record
         # (a key update) or write one: one greenlet at a time on each direction of the socket.
@@ -149,6 +149,20 @@ class _MemoryTLS:
         self._sock.close()
 
 
+class Connector(Protocol):
+    """How the client opens a connection (``WebSocketClient(connector=...)``); ``connect`` is one."""
+
+    def __call__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        timeout: float,
+        max_message_size: int,
+        ssl_context: Optional[_stdlib_ssl.SSLContext] = None,
+    ) -> Connection: ...
+
+
 def connect(
     url: str,
     headers: Mapping[str, str],
@@ -159,14 +173,14 @@ def connect(
 ) -> "Connection":
     """Open a connection; the whole of TCP, TLS and the upgrade is bounded by ``timeout``."""
     host, port, secure = parse_ws_url(url)
-    sock: Any = None
+    sock: Optional[StreamSocket] = None
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
-        sock = gevent.socket.create_connection((host, port))
-        sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        tcp = sock = gevent.socket.create_connection((host, port))
+        tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
-            sock = _wrap_tls(sock, ssl_context or default_ssl_context(), host)
+            sock = _wrap_tls(tcp, ssl_context or default_ssl_context(), host)
         rest = _upgrade(sock, url, headers)
         sock.settimeout(None)
         conn = Connection(sock, max_message_size)
@@ -192,7 +206,7 @@ class _AnswerReadByUs:
     through; the answer is read by us (upgrade.py: in chunks, bounded, yielding while a
     server floods) and served back from memory. What followed the answer stays in ``rest``."""
 
-    def __init__(self, sock: Any, header_names: Iterable[str]) -> None:
+    def __init__(self, sock: StreamSocket, header_names: Iterable[str]) -> None:
         self._sock = sock
         self._ours = tuple(header_names)
         self._head: Optional[memoryview] = None
@@ -231,7 +245,7 @@ class _AnswerReadByUs:
         return bytes(data)
 
 
-def _read_answer(sock: Any) -> tuple[bytes, bytes]:
+def _read_answer(sock: StreamSocket) -> tuple[bytes, bytes]:
     answer = UpgradeAnswer()
     turns = new_turns()
     while True:
@@ -244,7 +258,7 @@ def _read_answer(sock: Any) -> tuple[bytes, bytes]:
         take_turn(turns)  # a server that floods must not hold the hub (nor the connect timeout's timer)
 
 
-def _upgrade(sock: Any, url: str, headers: Mapping[str, str]) -> bytes:
+def _upgrade(sock: StreamSocket, url: str, headers: Mapping[str, str]) -> bytes:
     """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the parser)."""
     ws = websocket.WebSocket(skip_utf8_validation=True)
     header_lines = [f"{name}: {value}" for name, value in headers.items()]

@@ -47,3 +47,26 @@ def test_every_module_declares_its_public_names():
         names = getattr(module, "__all__", None)
         assert names, f"hermes_gevent.{info.name} has no __all__"
         assert [n for n in names if not hasattr(module, n)] == [], info.name
+
+
+def test_every_public_name_a_module_defines_is_in_its_all():
+    """Names defined at a module's top level without a leading underscore are its public API."""
+    import ast
+
+    missing = {}
+    for path in sorted((ROOT / "hermes_gevent").glob("*.py")):
+        defined, declared = set(), set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if names == {"__all__"}:
+                    declared = set(ast.literal_eval(node.value))
+                defined |= names
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                defined.add(node.target.id)
+        public = {name for name in defined if not name.startswith("_")}
+        if public - declared:
+            missing[path.name] = sorted(public - declared)
+    assert missing == {}
