@@ -16,14 +16,17 @@ from .support import TESTS, run_script
 def tls_server(tmp_path):
     servers = []
 
-    def make(hostname: str):
+    def make(hostname: str, *server_args: str):
+        """A started TLS server whose certificate names ``hostname`` (``server_args`` go to
+        tests/wsserver.py, e.g. "--ack"), and the CA file that verifies it."""
         ca = trustme.CA()
         cert = ca.issue_cert(hostname)
         certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
         cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
         cert.private_key_pem.write_to_path(str(keyfile))
         ca.cert_pem.write_to_path(str(cafile))
-        server = ServerProcess(free_port(), "--certfile", str(certfile), "--keyfile", str(keyfile), scheme="wss")
+        server = ServerProcess(free_port(), "--certfile", str(certfile), "--keyfile", str(keyfile), *server_args,
+                               scheme="wss")
         servers.append(server.start())
         return server, str(cafile)
 

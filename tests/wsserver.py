@@ -16,9 +16,18 @@ message it received:
     {"cmd": "ping_wait"}                            one ping; emits "pong" when answered
     {"cmd": "abort"}                                drop every TCP connection at once
     {"cmd": "mode", "reject": 503, "echo": true, "handshake_delay": 0.0, "close_on_open": null}
-    {"cmd": "mode", "count": true}                  tally "n:<int>" messages instead of printing them
+    {"cmd": "mode", "count": true}                  tally "n:<int>" messages (or JSON {"n": <int>, ...}) instead of printing them
+    {"cmd": "mode", "ack": true, "ack_key": "id"}   acknowledge, see below (also --ack, which survives a restart)
+    {"cmd": "mode", "ack_drop": true}               acknowledge nothing (the ids are forgotten) until set back to false
+    {"cmd": "mode", "discard": true}                read messages and throw them away, unrecorded and unacknowledged
     {"cmd": "stats"}                                emits the tally
     {"cmd": "exit"}
+
+Acknowledgements (ack mode): every received text message that is a JSON object carrying an
+id under ``ack_key`` is acknowledged after it was recorded (its "msg" line written and flushed,
+or tallied): that is what "processed" means. The ids go back on the connection that carried
+them in batches, ``{"ack": [id, ...]}`` every ACK_EVERY seconds or at once at ACK_BATCH ids;
+a batch of one id goes as ``{"ack": id}``, so both forms of the convention are exercised.
 """
 
 from __future__ import annotations
@@ -35,8 +44,14 @@ from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False}
-STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": -1}
+MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False,
+        "ack": False, "ack_key": "id", "ack_drop": False, "discard": False}
+#: out_of_order: an arrival below the last one on its connection (duplicates included);
+#: first_out_of_order: a number arriving for the first time below the highest first arrival so far.
+STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "first_out_of_order": 0, "highest": -1,
+         "acked": 0, "ack_messages": 0}
+ACK_EVERY = 0.01  # seconds between acknowledgement batches
+ACK_BATCH = 100  # ids that make a batch go at once
 SEEN = bytearray()
 LAST: dict[int, int] = {}  # the last number seen on each connection
 CLIENTS: dict[int, object] = {}
@@ -60,18 +75,63 @@ async def process_request(connection, request):
     return None
 
 
+class Acker:
+    """One connection's acknowledgements: ids of recorded messages, sent back in batches."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.pending: list = []
+        self.task = asyncio.ensure_future(self._every())
+
+    def note(self, message, parsed=None) -> None:
+        """Called after ``message`` was recorded: remember its id, if it has one."""
+        if not MODE["ack"] or not isinstance(message, str) or not message.startswith("{"):
+            return
+        if parsed is None:
+            try:
+                parsed = json.loads(message)
+            except ValueError:
+                return
+        if isinstance(parsed, dict) and MODE["ack_key"] in parsed and not MODE["ack_drop"]:
+            self.pending.append(parsed[MODE["ack_key"]])
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        ids, self.pending = self.pending, []
+        STATS["acked"] += len(ids)
+        STATS["ack_messages"] += 1
+        await self.ws.send(json.dumps({"ack": ids[0] if len(ids) == 1 else ids}, separators=(",", ":")))
+
+    async def _every(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(ACK_EVERY)
+                await self.flush()
+        except Exception:  # the connection ended: its unsent acks go with it, as with any server
+            pass
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
 async def handler(ws):
     global _next_id
     _next_id += 1
     cid = _next_id
     CLIENTS[cid] = ws
     emit(ev="connect", id=cid, path=ws.request.path, headers=dict(ws.request.headers.raw_items()))
+    acker = Acker(ws)
     try:
         if MODE["close_on_open"]:
             await ws.close(MODE["close_on_open"], "closing at once")
         async for message in ws:
+            if MODE["discard"]:
+                continue
             if MODE["count"]:
-                count(message, cid)
+                acker.note(message, count(message, cid))
+                if len(acker.pending) >= ACK_BATCH:
+                    await acker.flush()
                 continue
             if isinstance(message, str):
                 if not MODE["quiet"]:
@@ -81,26 +141,34 @@ async def handler(ws):
             else:
                 emit(ev="msg", id=cid, bin=message.hex() if len(message) <= 64 else None, size=len(message),
                      digest=hashlib.sha256(message).hexdigest())
+            acker.note(message)  # recorded above (written and flushed): now it may be acknowledged
+            if len(acker.pending) >= ACK_BATCH:
+                await acker.flush()
             if MODE["echo"]:
                 await ws.send(message)
     except Exception as exc:  # report, never crash the server
         emit(ev="error", id=cid, error=repr(exc))
     finally:
+        acker.close()
         CLIENTS.pop(cid, None)
         rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
         emit(ev="close", id=cid, code=rcvd.code if rcvd else None, reason=rcvd.reason if rcvd else None,
              sent=sent.code if sent else None)
 
 
-def count(message, cid: int) -> None:
-    """Count mode: numbered messages "n:<int>" are tallied, not printed (for soaks).
+def count(message, cid: int):
+    """Count mode: numbered messages "n:<int>" or JSON objects {"n": <int>, ...} are tallied,
+    not printed (for soaks).
 
-    Order is checked per connection: after a reconnect the old connection's handler may
-    still be draining its buffer while the new one already counts, so arrival order across
-    connections says nothing about the order the client sent in."""
+    Order is checked per connection (out_of_order): after a reconnect the old connection's
+    handler may still be draining its buffer while the new one already counts, so arrival
+    order across connections says nothing about the order the client sent in. With
+    acknowledgements every reconnection resends from the oldest unacknowledged message, so
+    first arrivals must be in order across connections too (first_out_of_order)."""
     global SEEN
     STATS["received"] += 1
-    number = int(message[2:])
+    parsed = json.loads(message) if message[0] == "{" else None
+    number = parsed["n"] if parsed is not None else int(message[2:])
     if number >= len(SEEN) * 8:
         SEEN += bytes(max(number // 8 + 1 - len(SEEN), len(SEEN)))
     byte, bit = divmod(number, 8)
@@ -109,10 +177,13 @@ def count(message, cid: int) -> None:
     else:
         SEEN[byte] |= 1 << bit
         STATS["distinct"] += 1
+        if number < STATS["highest"]:
+            STATS["first_out_of_order"] += 1
     if number < LAST.get(cid, -1):
         STATS["out_of_order"] += 1
     LAST[cid] = number
     STATS["highest"] = max(STATS["highest"], number)
+    return parsed
 
 
 async def run_command(cmd: dict) -> None:
@@ -197,7 +268,9 @@ async def main() -> None:
     parser.add_argument("--ping-interval", type=float, default=None)
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
+    parser.add_argument("--ack", action="store_true", help="acknowledge JSON messages with an id (ack mode)")
     args = parser.parse_args()
+    MODE["ack"] = args.ack
     tls = None
     if args.certfile:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -3,49 +3,96 @@ and the network-namespace script."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import gevent
 import gevent.event
 
 from hermes_gevent import QueueFull
 
 from ..support import t
-from .accounting import RESULTS, account, numbers_in
+from .accounting import RESULTS, Windows, account, number_of, numbers_in
 
 #: A message every ~0.5 ms in bursts of 10: about 2,000 messages a second.
 BURST, PAUSE = 10, 0.005
+#: ACK_TIMEOUT for the rows with acknowledgements on (scaled by t()): longer than any
+#: fault takes to be noticed here (the blackhole's ping timeout: 0.6 s), so what is resent
+#: on a live connection is what a server really left unacknowledged.
+ACK_TIMEOUT = 1.0
+#: With acknowledgements on, every CALLER_ID_EVERY-th message carries the producer's own id
+#: (kept by the client); the others get one from the client.
+CALLER_ID_EVERY = 10
 
 
 class Run:
-    """One scenario: a client, a producer greenlet, and the records to account from."""
+    """One scenario: a client, a producer greenlet, and the records to account from.
 
-    def __init__(self, make_client, url, **options) -> None:
-        """``make_client(**options)`` builds the client (a fixture, or the class itself)."""
+    ``fault()`` marks a fault as it is injected; its window ends when the client next sees
+    the connection go (on_close or on_error), or at ``fault_over()`` for a fault the client
+    cannot see (acknowledgements withheld, messages discarded on a live connection)."""
+
+    def __init__(self, make_client, url, *, acks: bool = False, **options) -> None:
+        """``make_client(**options)`` builds the client (a fixture, or the class itself).
+        ``acks``: acknowledgements on (ACK_TIMEOUT, unless given) and dicts for messages."""
+        self.acks = acks
         self.accepted: list[int] = []
+        self.accepted_at: list[float] = []
         self.drops: list[tuple[int, str]] = []
         self.refused = 0
+        self.losses: list[float] = []  # when the client saw a connection go
+        self.faults: list[list] = []  # [injected at, over at or None]
         self._stop = gevent.event.Event()
         self._next = 0
-        self.client = make_client(url=url, on_drop=self._on_drop, **options)
+        self._user_on_error = options.pop("on_error", None)
+        self._user_on_close = options.pop("on_close", None)
+        if acks:
+            options.setdefault("ack_timeout", t(ACK_TIMEOUT))
+            if os.environ.get("HERMES_FAULTS_ACKS_DISABLED"):
+                # Only to show the acknowledged rows can fail: the same rows, the same dicts,
+                # no acknowledgements. Every abrupt row should then report lost > 0.
+                options["ack_timeout"] = None
+        self.client = make_client(url=url, on_drop=self._on_drop, on_error=self._on_error, on_close=self._on_close,
+                                  **options)
         self.client.start()
         self.producer = None
 
     def _on_drop(self, message, reason) -> None:
-        self.drops.append((int(message.split(":")[1]), reason))
+        self.drops.append((number_of(message), reason))
+
+    def _on_error(self, exc) -> None:
+        self.losses.append(time.monotonic())
+        if self._user_on_error is not None:
+            self._user_on_error(exc)
+
+    def _on_close(self, code, reason) -> None:
+        self.losses.append(time.monotonic())
+        if self._user_on_close is not None:
+            self._user_on_close(code, reason)
+
+    def message(self, n: int):
+        if not self.acks:
+            return f"n:{n}"
+        if n % CALLER_ID_EVERY == 0:
+            return {"n": n, "id": f"caller-{n}"}
+        return {"n": n}
 
     def send(self, count: int) -> None:
         for _ in range(count):
             n, self._next = self._next, self._next + 1
             try:
-                if self.client.send_message(f"n:{n}"):
+                if self.client.send_message(self.message(n)):
                     self.accepted.append(n)
+                    self.accepted_at.append(time.monotonic())
             except QueueFull:
                 self.refused += 1
 
-    def start_producer(self) -> "Run":
+    def start_producer(self, pause: float = PAUSE) -> "Run":
+        """Send BURST messages every ``pause`` seconds until finish()."""
         def produce():
             while not self._stop.is_set():
                 self.send(BURST)
-                gevent.sleep(PAUSE)
+                gevent.sleep(pause)
 
         self.producer = gevent.spawn(produce)
         return self
@@ -53,22 +100,38 @@ class Run:
     def produce_for(self, seconds: float) -> None:
         gevent.sleep(t(seconds))
 
+    def fault(self) -> None:
+        """A fault is being injected now."""
+        self.faults.append([time.monotonic(), None])
+
+    def fault_over(self) -> None:
+        """The last fault ends now (for faults that do not end the connection)."""
+        self.faults[-1][1] = time.monotonic()
+
+    def windows(self, until: float) -> Windows:
+        spans = []
+        for start, over in self.faults:
+            if over is None:
+                over = next((at for at in self.losses if at >= start), until)
+            spans.append((start, over))
+        return Windows(spans, self.accepted, self.accepted_at)
+
     def finish(self, server, scenario: str, *, delivered_expected: bool = True, note: str = ""):
         self._stop.set()
         if self.producer is not None:
             self.producer.join(t(5))
         if delivered_expected:
             assert self.client.wait_until_connected(t(15)), f"{scenario}: never reconnected"
-            self.client.flush(t(15))
+            self.client.flush(t(15))  # with acknowledgements: until every message is acknowledged
             tail = [n for n in self.accepted[-50:] if n not in {d for d, _ in self.drops}]
             if tail:
                 server.wait_for(lambda: tail[-1] in set(numbers_in(server.texts())), t(10), "the last message")
-        reconnects = self.client.status()["reconnects"]
+        status = self.client.status()
+        ended = time.monotonic()
         self.client.stop(t(5))
         record = numbers_in(server.texts()) if server is not None else []
-        result = account(scenario, self._next, self.accepted, record, self.drops,
-                         self.refused, reconnects, note)
+        result = account(scenario, self._next, self.accepted, record, self.drops, self.refused,
+                         status["reconnects"], note, acks=self.acks, resent=status.get("messages_resent", 0),
+                         windows=self.windows(ended))
         RESULTS.append(result)
         return result
-
-
