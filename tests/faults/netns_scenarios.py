@@ -4,7 +4,8 @@ touch nothing but this test, and a DNS lookup cannot leave the machine.
 
     unshare -n python -m tests.faults.netns_scenarios
 
-Prints one JSON line: the accounting rows.
+Each kernel fault runs with acknowledgements off and on. Prints one JSON line: the
+accounting rows.
 """
 
 from gevent import monkey
@@ -40,10 +41,11 @@ def unblock() -> None:
     nft(f"delete table inet {TABLE}")
 
 
-def kernel_fault(server: ServerProcess, verdict: str, name: str, expect_error: str) -> dict:
+def kernel_fault(server: ServerProcess, verdict: str, name: str, expect_error: str, acks: bool) -> dict:
     errors = []
-    run = Run(WebSocketClient, server.url, on_error=errors.append, **FAST).start_producer()
+    run = Run(WebSocketClient, server.url, acks=acks, on_error=errors.append, **FAST).start_producer()
     run.produce_for(0.4)
+    run.fault()
     block(server.port, verdict)
     # Whichever part meets the fault first reports it: the reader (ConnectionClosed), the sender
     # (WriteFailed, a ConnectionClosed) or, when only a ping was in flight as the reset came, the
@@ -69,15 +71,17 @@ def unresolvable_name(port: int) -> dict:
 def main() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     rows = []
-    for verdict, name, error in [
-        ("drop", "kernel: nft drop (real half-open)", "PingTimeout"),
-        ("reject with tcp reset", "kernel: nft reject with tcp reset", "ConnectionClosed|PingTimeout"),
-    ]:
-        server = ServerProcess(free_port()).start()  # a fresh record per scenario
-        try:
-            rows.append(kernel_fault(server, verdict, name, error))
-        finally:
-            server.stop()
+    for acks in (False, True):
+        for verdict, name, error in [
+            ("drop", "kernel: nft drop (real half-open)", "PingTimeout"),
+            ("reject with tcp reset", "kernel: nft reject with tcp reset", "ConnectionClosed|PingTimeout"),
+        ]:
+            # a fresh record per scenario; with acknowledgements on, a server that acknowledges
+            server = ServerProcess(free_port(), *(["--ack"] if acks else [])).start()
+            try:
+                rows.append(kernel_fault(server, verdict, name, error, acks))
+            finally:
+                server.stop()
     rows.append(unresolvable_name(free_port()))
     print(json.dumps(rows), flush=True)
 
