@@ -1,13 +1,23 @@
 """A bounded soak: many messages through many reconnects, watching for leaks.
 
     python -m tests.soak                                  # by hand: 1,000,000 messages
-    python -m tests.soak --messages 30000 --reconnects 200 --fault-every 0.5   # CI (test_soak.py)
+    python -m tests.soak --acks --count 1000000           # by hand, acknowledgements on, abrupt faults too
+    python -m tests.soak --messages 300000 --reconnects 200 --fault-every 0.2        # CI (test_soak.py)
+    python -m tests.soak --acks --count 60000 --reconnects 20 --fault-every 0.1      # CI, acknowledgements on
 
 Phase 1 forces RECONNECTS reconnects (server closes with 1012) and compares live
 greenlets and open file descriptors before and after. Phase 2 pushes MESSAGES
-numbered messages as fast as the queue takes them while the server closes the
+numbered messages as fast as the queue takes them while the server faults the
 connection every FAULT_EVERY seconds, then checks the server's tally: every
-message once, in order on each connection. RSS is reported at the start and the end. Prints JSON.
+message once, in order on each connection. RSS is sampled as the messages go and
+reported at the start and the end. Prints JSON.
+
+With ``--acks`` the client runs with ACK_TIMEOUT set and sends dicts ``{"n": <int>}``,
+the server acknowledges what it tallied (tests/wsserver.py --ack), and the faults
+alternate between a close with 1012 and an abort (the server drops the TCP connection
+with whatever it had received and not yet read: an abrupt fault). Every message must
+arrive (lost 0); duplicates are counted and reported, and first arrivals must be in
+order across connections.
 """
 
 from gevent import monkey
@@ -27,6 +37,9 @@ from hermes_gevent import QueueFull, WebSocketClient  # noqa: E402
 
 from .support import ServerProcess, free_port, wait_until  # noqa: E402
 
+#: RSS is sampled this many times over phase 2.
+RSS_SAMPLES = 10
+
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -44,16 +57,27 @@ def open_fds() -> int:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--messages", "--count", dest="messages", type=int, default=1_000_000)
     parser.add_argument("--reconnects", type=int, default=200)
     parser.add_argument("--fault-every", type=float, default=3.0)
+    parser.add_argument("--acks", action="store_true", help="acknowledgements on (ACK_TIMEOUT), abrupt faults too")
+    parser.add_argument("--ack-timeout", type=float, default=2.0)
+    parser.add_argument("--faults", default=None,
+                        help="comma-separated fault kinds taken in turn: close (1012), abort (RST from the server); "
+                             "default close, or close,abort with --acks")
     args = parser.parse_args()
+    kinds = (args.faults or ("close,abort" if args.acks else "close")).split(",")
+    assert set(kinds) <= {"close", "abort"}, kinds
 
-    server = ServerProcess(free_port()).start()
+    server = ServerProcess(free_port(), *(["--ack"] if args.acks else [])).start()
     server.command(cmd="mode", count=True)
+    drops: dict = {}
+    options = dict(ack_timeout=args.ack_timeout) if args.acks else {}
     client = WebSocketClient(url=server.url, retry_delay=0.01, max_retry_delay=0.05, retry_jitter=0, min_uptime=0,
-                             max_queue_size=20_000, queue_overflow_strategy="raise", retry_limit=None)
-    report: dict = {"rss_start_mb": round(rss_mb(), 1)}
+                             max_queue_size=20_000, queue_overflow_strategy="raise", retry_limit=None,
+                             on_drop=lambda msg, reason: drops.__setitem__(reason, drops.get(reason, 0) + 1),
+                             **options)
+    report: dict = {"acks": args.acks, "rss_start_mb": round(rss_mb(), 1)}
     try:
         client.start()
         assert client.wait_until_connected(10)
@@ -70,25 +94,37 @@ def main() -> dict:
         report["greenlets_after_reconnects"], report["fds_after_reconnects"] = live_greenlets(), open_fds()
         report["reconnects"] = client.status()["reconnects"]
 
-        fault_count = [0]
-        faults = gevent.spawn(fault_loop, server, args.fault_every, fault_count)
+        fault_count = {kind: 0 for kind in kinds}
+        faults = gevent.spawn(fault_loop, server, args.fault_every, fault_count, kinds)
         began = time.monotonic()
         sent = 0
+        every = max(1, args.messages // RSS_SAMPLES)
+        next_sample, samples = every, []
         while sent < args.messages:
             try:
-                client.send_message(f"n:{sent}")
+                client.send_message({"n": sent} if args.acks else f"n:{sent}")
                 sent += 1
             except QueueFull:
                 gevent.sleep(0.001)  # back-pressure: let the sender drain
+                continue
             if sent % 100 == 0:
                 gevent.sleep(0)  # the way a gevent app's producer yields
-        assert client.flush(120), "the queue did not drain"
+            if sent == next_sample:
+                samples.append(round(rss_mb(), 1))
+                next_sample += every
+        assert client.flush(120), "the queue did not drain" + (" (or was not acknowledged)" if args.acks else "")
         report["send_seconds"] = round(time.monotonic() - began, 2)
         faults.kill()
-        report["faults"] = fault_count[0]
+        report["faults"] = sum(fault_count.values())
+        report["faults_by_kind"] = fault_count
         stats = server.tally(args.messages, 30)
-        report.update(messages=args.messages, delivered=stats["distinct"], duplicates=stats["dups"],
-                      out_of_order=stats["out_of_order"], total_reconnects=client.status()["reconnects"])
+        status = client.status()
+        report.update(messages=args.messages, delivered=stats["distinct"], lost=args.messages - stats["distinct"],
+                      duplicates=stats["dups"], out_of_order=stats["out_of_order"],
+                      first_out_of_order=stats["first_out_of_order"], total_reconnects=status["reconnects"],
+                      resent=status["messages_resent"], acked=status["messages_acked"], unacked=status["unacked"],
+                      server_acked=stats["acked"], client_drops=dict(drops))
+        report["rss_samples_mb"] = samples
         report["rss_end_mb"] = round(rss_mb(), 1)
         report["msgs_per_second"] = round(args.messages / report["send_seconds"])
     finally:
@@ -98,11 +134,19 @@ def main() -> dict:
     return report
 
 
-def fault_loop(server: ServerProcess, every: float, count: list) -> None:
+def fault_loop(server: ServerProcess, every: float, count: dict, kinds: list) -> None:
+    """Every ``every`` seconds the next fault of ``kinds``, in turn: a close with 1012, or an
+    abort (the server drops the TCP connection, losing what it had not read)."""
+    i = 0
     while True:
         gevent.sleep(every)
-        count[0] += 1
-        server.command(cmd="close", code=1012)
+        kind = kinds[i % len(kinds)]
+        i += 1
+        if kind == "close":
+            server.command(cmd="close", code=1012)
+        else:
+            server.command(cmd="abort")
+        count[kind] += 1
 
 
 if __name__ == "__main__":

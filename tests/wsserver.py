@@ -42,6 +42,8 @@ import time
 
 from websockets.asyncio.server import serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Response
 
 MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False,
@@ -99,17 +101,25 @@ class Acker:
         if not self.pending:
             return
         ids, self.pending = self.pending, []
+        if self.ws.protocol.state is not State.OPEN:
+            # Closing: these go unacknowledged (the client sends them again). Never await a
+            # send now: websockets would wait for the close to finish, and the handler, which
+            # must read on to reach the client's close frame, would stall until close_timeout.
+            return
+        try:
+            await self.ws.send(json.dumps({"ack": ids[0] if len(ids) == 1 else ids}, separators=(",", ":")))
+        except ConnectionClosed:
+            return  # closing: these go unacknowledged (the client sends them again); keep reading
         STATS["acked"] += len(ids)
         STATS["ack_messages"] += 1
-        await self.ws.send(json.dumps({"ack": ids[0] if len(ids) == 1 else ids}, separators=(",", ":")))
 
     async def _every(self) -> None:
         try:
             while True:
                 await asyncio.sleep(ACK_EVERY)
                 await self.flush()
-        except Exception:  # the connection ended: its unsent acks go with it, as with any server
-            pass
+        except Exception as exc:  # never expected: report it
+            emit(ev="error", error=f"acknowledging: {exc!r}")
 
     def close(self) -> None:
         self.task.cancel()
