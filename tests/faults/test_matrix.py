@@ -173,7 +173,7 @@ def test_server_discards_on_a_live_connection(server, make_client, acks):
     nothing is lost - but its first arrival comes after newer messages: on a live
     connection, first arrivals are in order only where the server lost nothing."""
     run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
-    run.produce_for(0.4)
+    run.produce_for(0.2)
     run.fault()
     server.command(cmd="mode", discard=True)
     run.produce_for(0.3)
@@ -197,7 +197,7 @@ def test_server_withholds_acknowledgements(server, make_client, acks):
     forgotten): the client sends those again once they waited ACK_TIMEOUT, on the live
     connection; they arrive twice, none is lost, first arrivals stay in order."""
     run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
-    run.produce_for(0.4)
+    run.produce_for(0.2)
     run.fault()
     server.command(cmd="mode", ack_drop=True)
     run.produce_for(0.3)
