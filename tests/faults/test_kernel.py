@@ -1,4 +1,6 @@
-"""Kernel-level faults in a private network namespace (root, unshare, nftables).
+"""Kernel-level faults in a private network namespace (root, unshare, nftables), each
+with acknowledgements off and on (netns_scenarios.py). Both must lose nothing on plain
+ws:// (off: the TIOCOUTQ resend; on: the acknowledgement window).
 
 Skipped, with the reason, where the machine does not allow it."""
 
