@@ -31,6 +31,7 @@ import os  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.event  # noqa: E402
 import greenlet  # noqa: E402
 
 from hermes_gevent import QueueFull, WebSocketClient  # noqa: E402
@@ -95,7 +96,8 @@ def main() -> dict:
         report["reconnects"] = client.status()["reconnects"]
 
         fault_count = {kind: 0 for kind in kinds}
-        faults = gevent.spawn(fault_loop, server, args.fault_every, fault_count, kinds)
+        stop_faults = gevent.event.Event()
+        faults = gevent.spawn(fault_loop, server, args.fault_every, fault_count, kinds, stop_faults)
         began = time.monotonic()
         sent = 0
         every = max(1, args.messages // RSS_SAMPLES)
@@ -106,7 +108,6 @@ def main() -> dict:
                 sent += 1
             except QueueFull:
                 gevent.sleep(0.001)  # back-pressure: let the sender drain
-                continue
             if sent % 100 == 0:
                 gevent.sleep(0)  # the way a gevent app's producer yields
             if sent == next_sample:
@@ -114,6 +115,8 @@ def main() -> dict:
                 next_sample += every
         assert client.flush(120), "the queue did not drain" + (" (or was not acknowledged)" if args.acks else "")
         report["send_seconds"] = round(time.monotonic() - began, 2)
+        stop_faults.set()  # a fault under way (its command sent) finishes and is counted
+        faults.join(30)
         faults.kill()
         report["faults"] = sum(fault_count.values())
         report["faults_by_kind"] = fault_count
@@ -121,9 +124,10 @@ def main() -> dict:
         status = client.status()
         report.update(messages=args.messages, delivered=stats["distinct"], lost=args.messages - stats["distinct"],
                       duplicates=stats["dups"], out_of_order=stats["out_of_order"],
-                      first_out_of_order=stats["first_out_of_order"], total_reconnects=status["reconnects"],
+                      first_out_of_order=stats.get("first_out_of_order"), total_reconnects=status["reconnects"],
                       resent=status["messages_resent"], acked=status["messages_acked"], unacked=status["unacked"],
-                      server_acked=stats["acked"], client_drops=dict(drops))
+                      server_acked=stats.get("acked"), client_drops=dict(drops),
+                      send_phase_reconnects=status["reconnects"] - report["reconnects"])
         report["rss_samples_mb"] = samples
         report["rss_end_mb"] = round(rss_mb(), 1)
         report["msgs_per_second"] = round(args.messages / report["send_seconds"])
@@ -134,12 +138,11 @@ def main() -> dict:
     return report
 
 
-def fault_loop(server: ServerProcess, every: float, count: dict, kinds: list) -> None:
+def fault_loop(server: ServerProcess, every: float, count: dict, kinds: list, stop) -> None:
     """Every ``every`` seconds the next fault of ``kinds``, in turn: a close with 1012, or an
-    abort (the server drops the TCP connection, losing what it had not read)."""
+    abort (the server drops the TCP connection, losing what it had not read); until ``stop``."""
     i = 0
-    while True:
-        gevent.sleep(every)
+    while not stop.wait(every):
         kind = kinds[i % len(kinds)]
         i += 1
         if kind == "close":

@@ -48,10 +48,12 @@ from websockets.http11 import Response
 
 MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False,
         "ack": False, "ack_key": "id", "ack_drop": False, "discard": False}
-#: out_of_order: an arrival below the last one on its connection (duplicates included);
-#: first_out_of_order: a number arriving for the first time below the highest first arrival so far.
-STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "first_out_of_order": 0, "highest": -1,
-         "acked": 0, "ack_messages": 0}
+#: out_of_order: an arrival below the last one on its connection (duplicates included).
+STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": -1}
+#: In the "stats" event in ack mode only. first_out_of_order: a number arriving for the first
+#: time below the highest first arrival so far; acked: ids acknowledged; ack_messages: how many
+#: acknowledgement messages carried them.
+ACK_STATS = {"first_out_of_order": 0, "acked": 0, "ack_messages": 0}
 ACK_EVERY = 0.01  # seconds between acknowledgement batches
 ACK_BATCH = 100  # ids that make a batch go at once
 SEEN = bytearray()
@@ -110,8 +112,8 @@ class Acker:
             await self.ws.send(json.dumps({"ack": ids[0] if len(ids) == 1 else ids}, separators=(",", ":")))
         except ConnectionClosed:
             return  # closing: these go unacknowledged (the client sends them again); keep reading
-        STATS["acked"] += len(ids)
-        STATS["ack_messages"] += 1
+        ACK_STATS["acked"] += len(ids)
+        ACK_STATS["ack_messages"] += 1
 
     async def _every(self) -> None:
         try:
@@ -188,7 +190,7 @@ def count(message, cid: int):
         SEEN[byte] |= 1 << bit
         STATS["distinct"] += 1
         if number < STATS["highest"]:
-            STATS["first_out_of_order"] += 1
+            ACK_STATS["first_out_of_order"] += 1
     if number < LAST.get(cid, -1):
         STATS["out_of_order"] += 1
     LAST[cid] = number
@@ -236,7 +238,7 @@ async def run_command(cmd: dict) -> None:
     elif name == "mode":
         MODE.update({k: v for k, v in cmd.items() if k != "cmd"})
     elif name == "stats":
-        emit(ev="stats", **STATS)
+        emit(ev="stats", **STATS, **(ACK_STATS if MODE["ack"] else {}))
     elif name == "exit":
         raise SystemExit(0)
     emit(ev="done", cmd=name)
