@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import ssl
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, TypeVar, Union
 
-from . import retry
+from . import acks, retry
 from .errors import ConfigError
 from .headers import check_header, check_headers
 from .settings import Defaults, Settings
@@ -74,6 +74,7 @@ class BaseClient(Defaults):
         self.ssl_context = ssl_context
         self.ca_file = ca_file
         self._last_connected_at: Optional[datetime] = None
+        self._new_id = acks.IdSource()
 
     def _check_static_headers(self) -> None:
         """Header values known at construction fail here; those from overridable methods
@@ -139,6 +140,18 @@ class BaseClient(Defaults):
         hook = self._message_hook
         if hook is not None:
             hook(msg)
+
+    def stamp(self, message: Any) -> tuple[Any, str]:
+        """With ACK_TIMEOUT set: the message to send and its id (default: a dict, sent as JSON
+        with a string id under ACK_ID_KEY; TypeError for anything else). Override it, with
+        ``acked_ids``, for another wire convention."""
+        return acks.stamp_json(message, self.settings.ACK_ID_KEY, self._new_id)
+
+    def acked_ids(self, message: Union[str, bytes]) -> Optional[Iterable[Any]]:
+        """With ACK_TIMEOUT set: the ids a received message acknowledges, or None when it is
+        not an acknowledgement (it then goes to handle_message). Default: ``{"ack": id}`` or
+        ``{"ack": [ids]}``."""
+        return acks.acked_ids_json(message)
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether to try again after ``exc``; see ``hermes_gevent.retry``."""

@@ -27,6 +27,7 @@ import gevent.queue
 
 from . import health, messages, process, transport
 from .transport import Connector
+from .acks import AckWindow
 from .base import BaseClient, iso_utc
 from .errors import ConnectionClosed
 from .frames import CLOSE_ABNORMAL, CLOSE_NORMAL
@@ -34,7 +35,7 @@ from .lifecycle import Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .messages import Drops, Message
 from .frames import Item
-from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
+from .outbox import DROP_STOPPED, DROP_UNACKED, Outbox, in_hub, on_thread_of
 from .reader import read_loop
 from .retry import Retry, describe
 from .sender import send_loop
@@ -99,6 +100,12 @@ class WebSocketClient(BaseClient):
         self._stopped_event = gevent.event.Event()
         s = self.settings
         self._retry = Retry(s.backoff(), s.DEFAULT_RETRY_LIMIT, s.MIN_UPTIME)
+        # Acknowledgements (ACK_TIMEOUT set): what was written and not confirmed. The window
+        # outlives connections, not runs: stop() counts what is left in it.
+        self._window: Optional[AckWindow] = None
+        if s.ACK_TIMEOUT is not None:
+            self._window = AckWindow(s.MAX_UNACKED, s.ACK_TIMEOUT)
+        self._acks_changed = gevent.event.Event()  # an ack came: the sender may have room again
         self._alerts: dict[str, str] = {}
         self._stop_result: Optional[int] = None
 
@@ -107,6 +114,8 @@ class WebSocketClient(BaseClient):
         self.messages_received = 0
         self.reconnects = 0
         self.handler_errors = 0
+        self.messages_acked = 0
+        self.messages_resent = 0
         self.drops = Drops(self.log, lambda msg, reason: self._safe_hook(self.on_drop, msg, reason))
         self._has_connected = False
         self._last_message_at: Optional[float] = None  # monotonic
@@ -189,7 +198,12 @@ class WebSocketClient(BaseClient):
         Raises TypeError/ValueError here for a message that cannot be sent, and
         QueueFull under the "raise" strategy. Safe from any greenlet or thread.
         """
-        item = messages.encode(msg, self.settings.MAX_MESSAGE_SIZE)
+        if self.settings.ACK_TIMEOUT is None:
+            item: Item = messages.encode(msg, self.settings.MAX_MESSAGE_SIZE)
+        else:
+            stamped, ack_id = self.stamp(msg)  # TypeError here for what the convention cannot carry
+            opcode, payload = messages.encode(stamped, self.settings.MAX_MESSAGE_SIZE)
+            item = (opcode, payload, str(ack_id))
         life = self.lifecycle
         if life.pending and self.can_start_here():
             self.start()
@@ -211,6 +225,7 @@ class WebSocketClient(BaseClient):
             "retry_count": self.retry_count,
             "max_retries_reached": life.gave_up,
             "queue_size": self.queue_size,
+            "unacked": len(self._window) if self._window is not None else 0,
         }
         for loop, key in health.LOOP_STATUS_KEYS.items():
             greenlet = loops.get(loop)
@@ -223,6 +238,8 @@ class WebSocketClient(BaseClient):
             "last_connected_at": self.last_connected_at(),
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
+            "messages_acked": self.messages_acked,
+            "messages_resent": self.messages_resent,
             "messages_dropped": self.drops.total,
             "drops_by_reason": dict(self.drops.by_reason),
             "reconnects": self.reconnects,
@@ -236,9 +253,20 @@ class WebSocketClient(BaseClient):
         return bool(self._connected_event.wait(timeout)) and self.connected
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Block this greenlet until the queue is empty and written, or ``timeout``."""
+        """Block this greenlet until the queue is empty and written - and, with acknowledgements
+        on, everything acknowledged - or ``timeout``."""
+        deadline = None if timeout is None else now() + timeout
         outbox = self._outbox
-        return outbox is None or outbox.wait_empty(timeout)
+        if outbox is not None and not outbox.wait_empty(timeout):
+            return False
+        window = self._window
+        while window is not None and len(window):
+            remaining = None if deadline is None else deadline - now()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._acks_changed.clear()
+            self._acks_changed.wait(remaining)
+        return True
 
     def reconnect(self) -> None:
         """Drop the current connection (if any) and try again now; leaves the gave-up state."""
@@ -285,7 +313,7 @@ class WebSocketClient(BaseClient):
         self.log.info(f"stopping (flushing for up to {budget:g}s)")
         session = self._session
         if session is not None and session.alive and self._outbox is not None:
-            flusher = gevent.spawn(self._outbox.wait_empty, max(0.0, deadline - now()))
+            flusher = gevent.spawn(self.flush, max(0.0, deadline - now()))
             flushed_or_lost: list[Any] = [flusher, session.lost]
             gevent.wait(flushed_or_lost, count=1, timeout=max(0.0, deadline - now()))
             flusher.kill()
@@ -373,8 +401,25 @@ class WebSocketClient(BaseClient):
         except Exception:
             self.handler_failed("handle_message", "the reader goes on")
 
+    def _on_data_with_acks(self, data: Union[str, bytes]) -> None:
+        """_on_data when acknowledgements are on: an acknowledgement is consumed here."""
+        try:
+            ids = self.acked_ids(data)
+        except Exception:
+            ids = None
+            self.handler_failed("acked_ids", "the message goes to handle_message")
+        if ids is None:
+            self._on_data(data)
+            return
+        window = self._window
+        if window is not None:
+            self.messages_acked += window.acked(ids)
+            self._acks_changed.set()
+
     def _requeue_unacknowledged(self, items: list[Item]) -> None:
         outbox = self._outbox
+        if self._window is not None:
+            return  # acknowledgements resend what the server never confirmed (the window knows)
         if items and outbox is not None:
             outbox.requeue_front(items)
             self.messages_sent -= len(items)
@@ -389,14 +434,18 @@ class WebSocketClient(BaseClient):
         return self._outbox
 
     def _discard_unsent(self) -> int:
+        """What stop() leaves undelivered: unacknowledged messages (oldest), then the queue."""
+        unacked = self._window.drain() if self._window is not None else []
+        for item in unacked:
+            self.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
         outbox = self._outbox
         if outbox is None:
-            return 0
+            return len(unacked)
         remaining = outbox.close()
         self._outbox = None
         for item in remaining:
-            self.drops.count(item, DROP_STOPPED, log=False)  # stop() logs the total once
-        return len(remaining)
+            self.drops.count(item, DROP_STOPPED, log=False)
+        return len(unacked) + len(remaining)
 
     def _kill_loops(self, timeout: float) -> None:
         current = gevent.getcurrent()

@@ -51,8 +51,9 @@ OP_CLOSE = ABNF.OPCODE_CLOSE
 OP_PING = ABNF.OPCODE_PING
 OP_PONG = ABNF.OPCODE_PONG
 
-#: (opcode, payload): one message as it waits to be framed, the payload already encoded.
-Item = tuple[int, bytes]
+#: (opcode, payload), or (opcode, payload, ack id) with acknowledgements on: one message as it
+#: waits to be framed, the payload already encoded.
+Item = Union[tuple[int, bytes], tuple[int, bytes, str]]
 
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
@@ -314,14 +315,15 @@ class MaskKeys:
         return keys
 
 
-def frame_chunks(items: list[tuple[int, bytes]], keys: MaskKeys) -> tuple[list[bytes], list[int]]:
+def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[int]]:
     """The frames of several messages as a flat list of chunks to write (header and key,
     masked payload, ...) and each frame's size: the writer's hot path, kept lean."""
     block = keys.take(len(items))
     chunks: list[bytes] = []
     lengths: list[int] = []
     add_chunk, add_length, small = chunks.append, lengths.append, _SMALL_HEADERS
-    for i, (opcode, payload) in enumerate(items):
+    for i, item in enumerate(items):
+        opcode, payload = item[0], item[1]
         key = block[4 * i : 4 * i + 4]
         size = len(payload)
         head = small[opcode][size] + key if size < 126 else _header(opcode, size) + key

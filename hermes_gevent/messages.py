@@ -26,7 +26,7 @@ Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"
 DROP_LOG_PERIOD = 10.0
 
 
-def encode(msg: Message, max_size: int) -> Item:
+def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
     """str -> text frame, bytes-like -> binary frame, dict/list -> JSON text frame.
     TypeError or ValueError here, in the caller, for a message that cannot be sent."""
     if isinstance(msg, str):
@@ -48,8 +48,8 @@ def encode(msg: Message, max_size: int) -> Item:
 
 def decode(item: Item) -> Union[str, bytes]:
     """The message as the application gave it (dicts and lists as their JSON text)."""
-    opcode, payload = item
-    return payload.decode("utf-8") if opcode == frames.OP_TEXT else payload
+    payload = item[1]
+    return payload.decode("utf-8") if item[0] == frames.OP_TEXT else payload
 
 
 class Drops:

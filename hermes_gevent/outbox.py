@@ -28,12 +28,13 @@ from gevent.queue import Empty, Queue
 from .errors import QueueFull
 from .frames import Item
 
-__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "DropSink", "in_hub", "Item", "on_thread_of", "Outbox"]
+__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "DROP_UNACKED", "DropSink", "in_hub", "Item", "on_thread_of", "Outbox"]
 
 DropSink = Callable[[Item, str], None]
 
 DROP_OVERFLOW = "overflow"
 DROP_STOPPED = "stopped"
+DROP_UNACKED = "unacked"
 _WAKE = None  # a marker in the queue that only ends a waiting take()
 
 

@@ -60,6 +60,7 @@ def reset_in_child(client: "WebSocketClient") -> None:
     # and an empty outbox); they are killed lazily if they ever run.
     client._orphans = list(client._loops.values())
     client._outbox = None  # queued messages are the parent's to send
+    client._new_id.reseed()  # the parent's id sequence is the parent's
     client._reset_run()
     client._reset_counters()
     client.lifecycle.reset(State.PENDING if was_waiting else State.IDLE)

@@ -50,7 +50,7 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
     conn = session.conn
     protocol = conn.protocol
     process = protocol.process
-    on_message = client._on_data
+    on_message = client._on_data if client._window is None else client._on_data_with_acks
 
     def on_control(event: frames.Event) -> None:
         # A pong (or our ping's answer) goes out as soon as the ping is parsed, not after the

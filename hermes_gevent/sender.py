@@ -8,11 +8,14 @@ write neither loses nor reorders messages. The sender shares the hub fairly
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .connection import WriteFailed
+import gevent
+
+from .acks import AckWindow
+from .connection import Connection, WriteFailed
 from .fairness import take_turn
-from .session import now
+from .session import Session, now
 
 if TYPE_CHECKING:
     from .client import WebSocketClient
@@ -30,34 +33,90 @@ BACKLOG_URGENT = 0.25
 def send_loop(client: "WebSocketClient", generation: int) -> None:
     outbox = client._outbox_or_create()
     inbox = client._sender_inbox
+    window = client._window
     backlog_urgent = client.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
     while client._current(generation):
         session = inbox.get()
         conn = session.conn
         turns = conn.write_turns
         while session.alive and client._current(generation):
+            limit, timeout = MAX_BATCH_ITEMS, None
+            if window is not None:
+                # Acknowledgements on: what the server has not confirmed goes first (all of it
+                # on a new connection, the overdue on a live one), and at most MAX_UNACKED wait.
+                if not _resend_due(client, session, window):
+                    break
+                if not window.room:
+                    _wait_for_acks(client, session, window)
+                    turns.turned(now())
+                    continue
+                limit = min(limit, window.room)
+                due_at = window.next_due()
+                timeout = None if due_at is None else max(0.0, due_at - now())
             waits = not len(outbox)
-            batch = outbox.take(MAX_BATCH_ITEMS, MAX_BATCH_BYTES, timeout=None)
+            batch = outbox.take(limit, MAX_BATCH_BYTES, timeout=timeout)
             if waits:
                 turns.turned(now())  # take() waited for a message: the event loop turned
             if not session.alive:
                 break  # the batch stays in flight and goes out first on the next session
             if not batch:
-                continue  # woken without a message (a resend was queued, or the session ended)
+                continue  # woken without a message (a resend is due, or the session ended)
+            # A batch left in flight by a failed write may be larger than the window's room.
+            writing = batch if window is None or len(batch) <= window.room else batch[: window.room]
             try:
-                conn.send_frames(batch)
+                conn.send_frames(writing)
             except WriteFailed as exc:
                 # What reached the kernel is the ledger's to judge (see Session.fail); where
-                # acknowledgements cannot be tracked, the whole batch goes again.
-                written = exc.handed if conn.tracks_acks else 0
+                # acknowledgements cannot be tracked, the whole batch goes again. With
+                # application acknowledgements, what was written waits in the window instead.
+                written = exc.handed if conn.tracks_acks or window is not None else 0
+                if window is not None:
+                    window.written(writing[:written], now())
                 client.messages_sent += outbox.settle(batch, written)
-                # When the protocol ended the connection (the server's close, a violation), that is
-                # why it ended - not the write this refused (the server's code decides what follows).
-                failure = conn.protocol.failure
-                session.fail(failure if failure is not None else exc)
+                _fail(session, conn, exc)
                 break
-            client.messages_sent += outbox.ack()
+            if window is not None:
+                window.written(writing, now())
+            client.messages_sent += outbox.settle(batch, len(writing))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
             take_turn(turns, urgent=len(outbox) > backlog_urgent)
+
+
+def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) -> bool:
+    """Write again, oldest first, what is due in the window; False when the connection failed."""
+    conn = session.conn
+    due = window.due(now())
+    while due and session.alive:
+        chunk, due = due[:MAX_BATCH_ITEMS], due[MAX_BATCH_ITEMS:]
+        try:
+            conn.send_frames(chunk)
+        except WriteFailed as exc:
+            window.written(chunk[: exc.handed], now())
+            client.messages_resent += exc.handed
+            _fail(session, conn, exc)
+            return False
+        window.written(chunk, now())
+        client.messages_resent += len(chunk)
+        take_turn(conn.write_turns)
+    return session.alive
+
+
+def _wait_for_acks(client: "WebSocketClient", session: Session, window: AckWindow) -> None:
+    """MAX_UNACKED messages wait for acknowledgements: wait for one, for the next resend, or
+    for the connection to end - messages stay queued meanwhile."""
+    client._acks_changed.clear()
+    if window.room:
+        return
+    due_at = window.next_due()
+    timeout = None if due_at is None else max(0.0, due_at - now())
+    waitables: list[Any] = [client._acks_changed, session.lost]
+    gevent.wait(waitables, count=1, timeout=timeout)
+
+
+def _fail(session: Session, conn: Connection, exc: WriteFailed) -> None:
+    # When the protocol ended the connection (the server's close, a violation), that is
+    # why it ended - not the write this refused (the server's code decides what follows).
+    failure = conn.protocol.failure
+    session.fail(failure if failure is not None else exc)

@@ -36,6 +36,9 @@ class Defaults:
     PING_TIMEOUT: ClassVar[float] = 10
     MIN_UPTIME: ClassVar[float] = 5
     MAX_MESSAGE_SIZE: ClassVar[int] = 16 * 2**20
+    ACK_TIMEOUT: ClassVar[Optional[float]] = None
+    MAX_UNACKED: ClassVar[int] = 1000
+    ACK_ID_KEY: ClassVar[str] = "id"
 
 
 _NAMES: tuple[str, ...] = tuple(Defaults.__annotations__)
@@ -114,6 +117,11 @@ class Settings(Defaults):
         for name in ("MAX_THREAD_WAIT_TIME", "HEALTH_CHECK_INTERVAL", "CONNECT_TIMEOUT", "PING_INTERVAL", "PING_TIMEOUT"):
             check_number(name, getattr(self, name), allow_zero=False)
         check_number("MIN_UPTIME", self.MIN_UPTIME, allow_zero=True)
+        if self.ACK_TIMEOUT is not None:
+            check_number("ACK_TIMEOUT", self.ACK_TIMEOUT, allow_zero=False)
+        _integer("MAX_UNACKED", self.MAX_UNACKED, "a positive integer")
+        if not isinstance(self.ACK_ID_KEY, str) or not self.ACK_ID_KEY:
+            raise ConfigError(f"ACK_ID_KEY must be a non-empty string, got {self.ACK_ID_KEY!r}.")
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

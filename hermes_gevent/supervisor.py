@@ -94,6 +94,8 @@ def _run_session(client: "WebSocketClient", session: Session, generation: int) -
         _watch(client, session)
     finally:
         session.fail(session.error or ConnectionClosed(CLOSE_ABNORMAL, "connection lost"))
+        if client._window is not None and generation == client._generation:
+            client._window.connection_lost()  # what it carried goes again first, on the next one
         if client._outbox is not None:
             client._outbox.wake()  # the sender may be waiting for a message on the dead session
         if generation == client._generation:

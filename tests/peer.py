@@ -22,6 +22,7 @@ gunicorn, and load.
 from __future__ import annotations
 
 import errno
+import json
 import socket
 from collections.abc import Callable, Mapping
 
@@ -76,6 +77,7 @@ class PeerConnection:
         self._dropping = False
         self._fragments: list[bytes] = []
         self._fragment_opcode = None
+        self._to_ack: list[str] = []  # ids of JSON messages read, acknowledged after each read
         self._write_lock = gevent.lock.Semaphore()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -99,6 +101,9 @@ class PeerConnection:
                 self.protocol.receive_data(data)
                 for event in self.protocol.events_received():
                     self._on_frame(event)
+                if self._to_ack and self.protocol.state is State.OPEN and not self._dropping:
+                    ids, self._to_ack = self._to_ack, []
+                    self.protocol.send_text(json.dumps({"ack": ids}).encode())  # one ack per read, after recording
                 if self.protocol.parser_exc is not None and not self._failed:
                     self._failed = True  # the client broke the protocol: the Protocol failed the connection
                     self.peer._error(f"connection {self.index}: {self.protocol.parser_exc!r}")
@@ -138,6 +143,10 @@ class PeerConnection:
                 message = payload
             self.messages.append(message)
             self.peer.messages.append(message)
+            if self.peer.acking and isinstance(message, str) and message.startswith("{"):
+                ack_id = json.loads(message).get(self.peer.ack_key)
+                if ack_id is not None:
+                    self._to_ack.append(ack_id)
             if self.peer.echo and self.protocol.state is State.OPEN and not self._dropping:
                 self._send(message)
 
@@ -244,6 +253,10 @@ class Peer:
 
     def __init__(self, *, echo: bool = False) -> None:
         self.echo = echo
+        #: Acknowledge JSON messages carrying ``ack_key``, with {"ack": [ids]} after each read
+        #: (after recording them, as a server that processed them would).
+        self.acking = False
+        self.ack_key = "id"
         self.attempts: list[dict] = []
         self.connections: list[PeerConnection] = []
         self.messages: list[str | bytes] = []
