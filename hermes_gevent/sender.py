@@ -63,20 +63,20 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 continue  # woken without a message (a resend is due, or the session ended)
             # A batch left in flight by a failed write may be larger than the window's room.
             writing = batch if window is None or len(batch) <= window.room else batch[: window.room]
+            if window is not None:
+                # In the window before the first byte goes: an acknowledgement may come back
+                # while a large batch is still being written. From here the window owns them.
+                window.written(writing, now())
             try:
                 conn.send_frames(writing)
             except WriteFailed as exc:
                 # What reached the kernel is the ledger's to judge (see Session.fail); where
                 # acknowledgements cannot be tracked, the whole batch goes again. With
-                # application acknowledgements, what was written waits in the window instead.
-                written = exc.handed if conn.tracks_acks or window is not None else 0
-                if window is not None:
-                    window.written(writing[:written], now())
+                # application acknowledgements the window resends them all, in order.
+                written = len(writing) if window is not None else exc.handed if conn.tracks_acks else 0
                 client.messages_sent += outbox.settle(batch, written)
                 _fail(session, conn, exc)
                 break
-            if window is not None:
-                window.written(writing, now())
             client.messages_sent += outbox.settle(batch, len(writing))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
@@ -90,15 +90,13 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) 
     due = window.due(now())
     while due and session.alive:
         chunk, due = due[:MAX_BATCH_ITEMS], due[MAX_BATCH_ITEMS:]
+        window.written(chunk, now())  # before writing: an acknowledgement may come back meanwhile
+        client.messages_resent += len(chunk)
         try:
             conn.send_frames(chunk)
         except WriteFailed as exc:
-            window.written(chunk[: exc.handed], now())
-            client.messages_resent += exc.handed
-            _fail(session, conn, exc)
+            _fail(session, conn, exc)  # the window has them all: due again on the next connection
             return False
-        window.written(chunk, now())
-        client.messages_resent += len(chunk)
         take_turn(conn.write_turns)
     return session.alive
 
