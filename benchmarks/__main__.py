@@ -13,6 +13,13 @@ reports the messages each peer dropped; where hermes dropped any, the workload
 reports FAILED instead of a figure, and the command exits with status 1 (after
 writing the JSON).
 
+Acknowledgements: hermes alone sends the same dicts with application-level
+acknowledgements off and on (ACK_TIMEOUT 5 s, every other setting a user's), the
+two alternating in each round; the server acknowledges in batches. The ratio on / off
+is the cost of acknowledgements. An "on" run counts only once the server has every
+id and the client's flush() says every message is acknowledged; one that ends with
+messages unacknowledged fails the workload, as drops do.
+
     python -m benchmarks             # 5 rounds (a few minutes)
     python -m benchmarks --quick     # one short round: checks that everything runs
 """
@@ -49,6 +56,14 @@ THROUGHPUT = [
     ("echo 100 B", "echo", 100, 5_000, "round trips/s", 1.0),
 ]
 
+# name, message size (JSON before the id), messages per run, target ratio acks on / off (None: reported)
+ACKED = [
+    ("one-way 100 B, acks", 100, 100_000, 0.5),
+    ("one-way 1 KiB, acks", 1024, 50_000, None),
+]
+#: the two sides of an acknowledgement workload: the same dicts, acknowledgements off and on
+ACK_SIDES = {"off": "oneway-json", "on": "oneway-ack"}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,6 +84,15 @@ def main() -> int:
             row = run_workload(workload, size, max(20, int(count * scale)), unit, target, rounds, url)
             report["workloads"][name] = row
             print_row(name, row)
+        report["acks"] = {}
+        for name, size, count, target in ACKED:
+            row = run_acked(size, max(20, int(count * scale)), target, rounds, url)
+            text_row = report["workloads"].get(name.removesuffix(", acks"))
+            if text_row and not text_row["failed"] and row["on"]:  # the same size as text, acks off
+                row["text_hermes_median"] = text_row["peers"]["hermes"]["median"]
+                row["ratio_to_text"] = row["on"]["median"] / row["text_hermes_median"]
+            report["acks"][name] = row
+            print_acked(name, row)
         report["enqueue"] = enqueue_cost(url, max(1000, int(20_000 * scale)), rounds)
         print_enqueue(report["enqueue"])
         report["memory"] = probe("memory", str(max(1000, int(100_000 * scale))))
@@ -84,6 +108,7 @@ def main() -> int:
     print_flask(report["flask"])
 
     busy = [w["sink_busy_max"] for w in report["workloads"].values() if w["sink_busy_max"] is not None]
+    busy += [b for w in report["acks"].values() for b in w["sink_busy_max"].values() if b is not None]
     capacity = report["sink_capacity"]["msgs_per_s"]
     print(f"sink server: at most {max(busy, default=0):.0%} of one core busy while it received or pushed, in any "
           f"run; a Node client drives it to {capacity:,.0f} msg/s of 100 B")
@@ -120,6 +145,71 @@ def run_workload(workload: str, size: int, count: int, unit: str, target: float,
     return row
 
 
+def run_acked(size: int, count: int, target: float | None, rounds: int, url: str) -> dict:
+    """hermes sending dicts with acknowledgements off and on, alternating who goes first."""
+    runs: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
+    drops = {side: no_drops() for side in ACK_SIDES}
+    ack_timeouts = set()
+    acks = {"messages_acked": 0, "messages_resent": 0, "sink_duplicates": 0, "handler_saw_acks": 0,
+            "runs_left_unacked": 0, "unacked_left": 0}
+    busy: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
+    wire: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
+    sides = list(ACK_SIDES)
+    for r in range(rounds):
+        for side in sides[r % 2:] + sides[: r % 2]:
+            result = run_peer("hermes", ACK_SIDES[side], size, count, url)
+            add_drops(drops[side], result)
+            if side == "on":
+                ack_timeouts.add(result["ack_timeout"])
+                acks["messages_acked"] += result["messages_acked"] or 0
+                acks["messages_resent"] += result["messages_resent"] or 0
+                acks["sink_duplicates"] += result.get("sink_duplicates") or 0
+                acks["handler_saw_acks"] += result["handler_saw_other"]
+                if result["all_acked"] is False:
+                    acks["runs_left_unacked"] += 1
+                    acks["unacked_left"] += result["unacked"] or 0
+            if result["seconds"] is None:
+                continue  # dropped, or left messages unacknowledged: a failure, not a figure
+            busy[side].append(result["sink_busy"])
+            wire[side].append(result["bytes_per_message"])
+            runs[side].append(count / result["seconds"])
+    reasons = [drop_failure({f"hermes (acks {side})": d for side, d in drops.items()})]
+    if acks["runs_left_unacked"]:
+        reasons.append(f"hermes left {acks['unacked_left']:,} messages unacknowledged "
+                       f"in {acks['runs_left_unacked']} of {rounds} runs")
+    failed = "; ".join(r for r in reasons if r) or None
+    sides_summary = {side: {"median": statistics.median(values), "runs": [round(v, 1) for v in values],
+                            "bytes_per_message": statistics.median(wire[side])} if values else None
+                     for side, values in runs.items()}
+    ratio = (sides_summary["on"]["median"] / sides_summary["off"]["median"]
+             if not failed and sides_summary["on"] and sides_summary["off"] else None)
+    return {
+        "unit": "msg/s", "size": size, "count": count, "target": target, **sides_summary, "ratio": ratio,
+        "met": ratio is not None and (target is None or ratio >= target), "failed": failed,
+        "dropped": drops, "acks": acks,
+        "ack_timeout": sorted(ack_timeouts),  # the client's, as the peer reports it
+        "sink_busy_max": {side: max(values) if values else None for side, values in busy.items()},
+    }
+
+
+def print_acked(name: str, row: dict) -> None:
+    if row["failed"]:
+        print(f"{name}: FAILED — {row['failed']}", flush=True)
+        return
+    acks = row["acks"]
+    target = (f"target x{row['target']} of off: {'met' if row['met'] else 'NOT met'}" if row["target"] is not None
+              else "reported")
+    text = (f"; x{row['ratio_to_text']:.2f} of hermes sending text (one-way, {row['text_hermes_median']:,.0f})"
+            if "ratio_to_text" in row else "")
+    busy = row["sink_busy_max"]
+    print(f"{name:<20} off {row['off']['median']:>9,.0f}  on {row['on']['median']:>9,.0f} msg/s of dicts  "
+          f"x{row['ratio']:.2f} of off, {target}{text}; 0 dropped, 0 unacknowledged, "
+          f"{acks['messages_acked']:,} acknowledged, {acks['messages_resent']:,} resent, "
+          f"{acks['sink_duplicates']:,} duplicates at the server; {row['on']['bytes_per_message']:.0f} B per "
+          f"message with its id ({row['off']['bytes_per_message']:.0f} B without); sink busy <= "
+          f"{busy['off']:.0%} off, {busy['on']:.0%} on", flush=True)
+
+
 def no_drops() -> dict:
     return {"messages": 0, "by_reason": {}, "runs_with_drops": 0, "runs": 0}
 
@@ -143,6 +233,7 @@ def drop_failure(drops: dict) -> str | None:
 
 def failures(report: dict) -> list[str]:
     found = [f"{name}: {row['failed']}" for name, row in report["workloads"].items() if row.get("failed")]
+    found += [f"{name}: {row['failed']}" for name, row in report.get("acks", {}).items() if row.get("failed")]
     for part in ("enqueue", "flask"):
         if report[part].get("failed"):
             found.append(f"{part}: {report[part]['failed']}")

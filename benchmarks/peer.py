@@ -9,6 +9,16 @@ the workload starts (connections are already open) and stops when the server
 confirms delivery (one-way), the last message is handled (receive) or the last
 echo returns (echo).
 
+Two workloads are hermes's alone, to compare application-level acknowledgements
+with none: both send dicts ({"data": "xx..."}, SIZE bytes of JSON without an id),
+a fresh one per send_message as an app builds them. oneway-json: acknowledgements
+off (the default). oneway-ack: ACK_TIMEOUT 5 s and every other setting a user gets
+(MAX_UNACKED 1000, ACK_ID_KEY "id"), so the client adds an id to each; the server
+acknowledges in batches and counts each id once, and the clock stops only when
+the server has counted COUNT distinct ids and the client's flush() says every
+message is acknowledged. A run that ends with messages unacknowledged has no time,
+as one that dropped messages.
+
 hermes runs with the settings a user gets (MAX_QUEUE_SIZE 10000, drop_oldest) and
 reports what it dropped; a run that dropped anything has no time ("seconds": null):
 the harness reports it as a failure. raw and websockets block in send() and so
@@ -38,6 +48,10 @@ YIELD_EVERY = max(1, min(100, 64 * 1024 // max(SIZE, 1)))
 
 #: The hermes producer waits for the queue to drain above this many bytes of messages.
 HIGH_WATER_BYTES = 4 * 2**20
+
+#: ACK_TIMEOUT of the acknowledged workload: seconds before an unacknowledged message is
+#: sent again (the server acknowledges within ~10 ms, so never on a healthy loopback).
+ACK_TIMEOUT = 5.0
 
 #: What a peer that blocks in send() drops: nothing.
 NO_DROPS = {"dropped": 0, "drops_by_reason": {}}
@@ -142,10 +156,17 @@ def run_hermes() -> dict:
 
     text = payload_text(SIZE)
     done = gevent.event.Event()
-    state = {"received": 0, "reply": None}
+    state = {"received": 0, "reply": None, "other": 0}
 
     def on_message(msg):
-        if KIND == "receive":
+        if KIND in ("oneway-json", "oneway-ack"):
+            # only the server's "done" may reach the handler: acknowledgements are the client's
+            if isinstance(msg, str) and msg.startswith("done"):
+                state["reply"] = msg
+                done.set()
+            else:
+                state["other"] += 1
+        elif KIND == "receive":
             if msg.startswith("end"):
                 state["reply"] = msg
                 done.set()
@@ -156,11 +177,15 @@ def run_hermes() -> dict:
             done.set()
 
     path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
-            "enqueue": f"/sink?expect={COUNT}"}[KIND]
-    client = WebSocketClient(url=URL + path, on_message=on_message)  # the defaults a user gets
+            "enqueue": f"/sink?expect={COUNT}", "oneway-json": f"/sink?expect={COUNT}",
+            "oneway-ack": f"/sink?expect={COUNT}&ack=1"}[KIND]
+    options = {"ack_timeout": ACK_TIMEOUT} if KIND == "oneway-ack" else {}
+    client = WebSocketClient(url=URL + path, on_message=on_message, **options)  # the defaults a user gets
     client.start()
     assert client.wait_until_connected(10)
     result = {"seconds": None, "sink_busy": None}
+    if KIND in ("oneway-json", "oneway-ack"):
+        return run_hermes_dicts(client, done, state)
     if KIND == "oneway":
         start = time.perf_counter()
         produce(client, text)
@@ -191,6 +216,47 @@ def run_hermes() -> dict:
     status = client.status()  # before stop(): stop() counts what it discards as drops of its own
     client.stop(5)
     return {**result, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"]}
+
+
+def run_hermes_dicts(client, done, state) -> dict:
+    """oneway-json / oneway-ack: COUNT dicts; done when the server counted them all and,
+    with acknowledgements, when the client has every acknowledgement (flush() True)."""
+    data = "x" * max(0, SIZE - len('{"data":""}'))  # SIZE bytes of compact JSON before the client adds an id
+    result: dict = {"seconds": None, "sink_busy": None, "bytes_per_message": None, "all_acked": None}
+    start = time.perf_counter()
+    produce_dicts(client, data)
+    if not client.messages_dropped:  # with drops the server never counts to COUNT: nothing to wait for
+        done.wait(120)
+        counted = time.perf_counter() - start
+        if KIND == "oneway-ack":  # complete when the client says so, both ways
+            result["all_acked"] = client.flush(60) and client.status()["unacked"] == 0
+        seconds = time.perf_counter() - start
+        reply = state["reply"]
+        assert reply is not None and reply.startswith(f"done {COUNT} "), state
+        fields = reply.split()
+        result.update(sink_busy=float(fields[3]), bytes_per_message=int(fields[2]) / COUNT,
+                      counted_after=counted)
+        if KIND == "oneway-ack":
+            result.update(sink_duplicates=int(fields[4]), sink_invalid=int(fields[5]))
+            assert result["sink_invalid"] == 0, f"the server got {fields[5]} messages without a string id"
+        if result["all_acked"] is not False:
+            result["seconds"] = seconds
+    status = client.status()  # before stop(): stop() counts what it discards as drops of its own
+    undelivered = client.stop(5)
+    result.update(dropped=status["messages_dropped"], drops_by_reason=status["drops_by_reason"],
+                  handler_saw_other=state["other"], undelivered_at_stop=undelivered,
+                  ack_timeout=getattr(client.settings, "ACK_TIMEOUT", None),
+                  **{key: status.get(key) for key in ("unacked", "messages_acked", "messages_resent",
+                                                      "messages_sent", "reconnects")})
+    return result
+
+
+def produce_dicts(client, data: str) -> None:
+    """produce(), with a fresh dict per message, as an app builds them."""
+    for i in range(COUNT):
+        client.send_message({"data": data})
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            pause(client)
 
 
 def produce(client, text) -> None:

@@ -7,6 +7,12 @@ Routes: ``/`` (status and the last messages, refreshing itself),
 ``POST /notify`` (send a message from the request handler), ``GET /status``
 (JSON), ``GET /messages`` (JSON), and ``/healthz`` (the extension's health
 endpoint).
+
+Acknowledgements: with ``HERMES_ACK_TIMEOUT`` set (in app.config, or in the
+environment as seconds), every message carries an id and waits for the server's
+``{"ack": [ids]}``; the page shows how many wait, were acknowledged and were sent
+again. Only for a server that acknowledges: ``python -m flask_example`` turns them
+on for its demo server, which does.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.setdefault("HERMES_HEALTH_PATH", "/healthz")
     app.config.setdefault("HERMES_WS_IDENTIFIER", os.environ.get("HERMES_WS_IDENTIFIER", "flask-example"))
+    ack_timeout = os.environ.get("HERMES_ACK_TIMEOUT", "").strip()
+    if ack_timeout.lower() not in ("", "none", "off"):
+        app.config.setdefault("HERMES_ACK_TIMEOUT", float(ack_timeout))
     if config:
         app.config.update(config)
     app.extensions["example_inbox"] = collections.deque(maxlen=INBOX_SIZE)
@@ -74,7 +83,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.get("/status")
     def status():
-        return jsonify(pid=os.getpid(), **current_app.hermes.status())
+        client = current_app.hermes
+        return jsonify(pid=os.getpid(), ack_timeout=client.settings.ACK_TIMEOUT, **client.status())
 
     @app.get("/messages")
     def messages():

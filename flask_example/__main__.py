@@ -1,5 +1,8 @@
 """``python -m flask_example``: the app on gevent's WSGI server, plus a demo
-message server when HERMES_WS_URL is not set. Everything listens on 127.0.0.1."""
+message server when HERMES_WS_URL is not set. Everything listens on 127.0.0.1.
+
+The demo server acknowledges messages, so with it the app turns acknowledgements
+on (HERMES_ACK_TIMEOUT, 5 s unless the environment or .env says otherwise)."""
 
 from gevent import monkey
 
@@ -16,19 +19,27 @@ from dotenv import load_dotenv  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 
+#: ACK_TIMEOUT with the demo server: seconds before an unacknowledged message is sent again.
+DEMO_ACK_TIMEOUT = 5
+
+
 def main() -> int:
     load_dotenv(Path.cwd() / ".env")
     demo = None
     if not os.environ.get("HERMES_WS_URL"):
         from flask_example.demo_server import DemoServer
 
-        demo = DemoServer(port=int(os.environ.get("DEMO_WS_PORT", "0"))).start()
+        demo = DemoServer(port=int(os.environ.get("DEMO_WS_PORT", "0")),
+                          ack_id_key=os.environ.get("HERMES_ACK_ID_KEY", "id")).start()
         os.environ["HERMES_WS_URL"] = demo.url
-        print(f"demo message server: {demo.url}", flush=True)
+        os.environ.setdefault("HERMES_ACK_TIMEOUT", str(DEMO_ACK_TIMEOUT))  # it acknowledges
+        print(f"demo message server: {demo.url} (it acknowledges messages)", flush=True)
 
     from flask_example import create_app
 
     app = create_app()
+    ack_timeout = app.hermes.settings.ACK_TIMEOUT
+    print(f"acknowledgements: {'off' if ack_timeout is None else f'on (ACK_TIMEOUT {ack_timeout:g} s)'}", flush=True)
     http = WSGIServer(("127.0.0.1", int(os.environ.get("PORT", "5000"))), app, log=None)
     http.start()
     host, port = http.address[:2]

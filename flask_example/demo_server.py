@@ -1,7 +1,10 @@
 """An embedded demo message server on gevent-websocket, for ``python -m flask_example``.
 
-It echoes every message back to its sender as a notification, and pushes a
-"tick" notification to every connected client every few seconds.
+It echoes every message back to its sender as a notification, pushes a "tick"
+notification to every connected client every few seconds, and acknowledges every
+message that is a JSON object with a string id (the client's acknowledgements,
+``HERMES_ACK_TIMEOUT``): ``{"ack": [ids...]}``, in batches - every ACK_EVERY
+seconds or ACK_BATCH ids, whichever comes first, as a real server would batch them.
 """
 
 from __future__ import annotations
@@ -10,16 +13,20 @@ import json
 import time
 
 import gevent
+import gevent.lock
 from gevent import pywsgi
 from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 
 PUSH_EVERY = 3.0
+ACK_EVERY = 0.01
+ACK_BATCH = 100
 
 
 class DemoServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.clients: set = set()
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, ack_id_key: str = "id") -> None:
+        self.clients: set[_Peer] = set()
+        self.ack_id_key = ack_id_key
         self.server = pywsgi.WSGIServer((host, port), self._app, handler_class=WebSocketHandler, log=None)
         self._pusher = None
 
@@ -43,17 +50,24 @@ class DemoServer:
         if ws is None:
             start_response("400 Bad Request", [("Content-Type", "text/plain")])
             return [b"WebSocket only\n"]
-        self.clients.add(ws)
+        peer = _Peer(ws)
+        self.clients.add(peer)
         try:
             while True:
                 message = ws.receive()
                 if message is None:
                     break
-                ws.send(json.dumps({"operation": "echo", "message": _text(message), "at": time.strftime("%H:%M:%S")}))
+                data = _json_object(message)
+                text = data.get("message", message) if data is not None else _text(message)
+                peer.send(json.dumps({"operation": "echo", "message": text, "at": time.strftime("%H:%M:%S")}))
+                ack_id = data.get(self.ack_id_key) if data is not None else None
+                if isinstance(ack_id, str):
+                    peer.ack(ack_id)
         except WebSocketError:
             pass
         finally:
-            self.clients.discard(ws)
+            peer.closed()
+            self.clients.discard(peer)
         return []
 
     def _push_forever(self) -> None:
@@ -62,17 +76,66 @@ class DemoServer:
             gevent.sleep(PUSH_EVERY)
             tick += 1
             note = json.dumps({"operation": "notification", "message": f"tick {tick} from the demo server"})
-            for ws in list(self.clients):
+            for peer in list(self.clients):
                 try:
-                    ws.send(note)
+                    peer.send(note)
                 except WebSocketError:
-                    self.clients.discard(ws)
+                    self.clients.discard(peer)
+
+
+class _Peer:
+    """One client connection: sends from the handler, the pusher and the ack timer take
+    turns (one lock), and the acknowledgements it owes, batched."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self._lock = gevent.lock.Semaphore()
+        self._pending: list[str] = []
+        self._timer = None
+
+    def send(self, text: str) -> None:
+        with self._lock:
+            self.ws.send(text)
+
+    def ack(self, ack_id: str) -> None:
+        self._pending.append(ack_id)
+        if len(self._pending) >= ACK_BATCH:
+            self._flush()
+        elif self._timer is None:
+            self._timer = gevent.spawn_later(ACK_EVERY, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self._flush()
+        except WebSocketError:
+            pass  # the connection is gone: the client sends those messages again on its next one
+
+    def _flush(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not gevent.getcurrent():
+            timer.kill(block=False)
+        ids, self._pending = self._pending, []
+        if ids:
+            self.send(json.dumps({"ack": ids}))
+
+    def closed(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.kill(block=False)
+
+
+def _json_object(message) -> dict | None:
+    if not isinstance(message, str):
+        return None
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _text(message) -> str:
     if isinstance(message, (bytes, bytearray)):
         return f"<{len(message)} bytes>"
-    try:
-        return json.loads(message).get("message", message)
-    except (ValueError, AttributeError):
-        return message
+    return message

@@ -53,6 +53,19 @@ class AckWindow:
         if entries and (self._earliest is None or self._earliest > now + self.ack_timeout):
             self._earliest = now + self.ack_timeout
 
+    def rewritten(self, items: Iterable[Item], now: float) -> list[Item]:
+        """Of ``items`` (from ``due``), those still unacknowledged - an acknowledgement may have
+        come since - with their write time set to ``now``: what to write again."""
+        entries, still = self._entries, []
+        for item in items:
+            entry = entries.get(item[2])  # type: ignore[misc]
+            if entry is not None:
+                entry[1] = now
+                still.append(item)
+        if still and (self._earliest is None or self._earliest > now + self.ack_timeout):
+            self._earliest = now + self.ack_timeout
+        return still
+
     def acked(self, ids: Iterable[Any]) -> int:
         """Forget the acknowledged ids; return how many were waiting (unknown ones and repeats: 0)."""
         entries, count = self._entries, 0

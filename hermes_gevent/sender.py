@@ -90,7 +90,11 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) 
     due = window.due(now())
     while due and session.alive:
         chunk, due = due[:MAX_BATCH_ITEMS], due[MAX_BATCH_ITEMS:]
-        window.written(chunk, now())  # before writing: an acknowledgement may come back meanwhile
+        # Only what is still unacknowledged (an ack may have come while the previous chunk went
+        # out), timed before writing (one may come back while this one goes out).
+        chunk = window.rewritten(chunk, now())
+        if not chunk:
+            continue
         client.messages_resent += len(chunk)
         try:
             conn.send_frames(chunk)

@@ -53,6 +53,16 @@ def test_after_a_lost_connection_everything_is_due_at_once_in_first_write_order(
     assert window.due(2.5) == [item(1), item(2), item(3)]
 
 
+def test_an_ack_that_comes_while_due_messages_are_rewritten_is_not_undone():
+    window = AckWindow(max_unacked=1000, ack_timeout=1.0)
+    window.written([item(n) for n in range(300)], now=0.0)
+    due = window.due(1.0)
+    assert window.rewritten(due[:256], now=1.0) == due[:256]
+    window.acked(["id-280"])  # between two chunks of the resend
+    assert window.rewritten(due[256:], now=1.0) == [item(n) for n in range(256, 300) if n != 280]
+    assert len(window) == 299 and "id-280" not in [i[2] for i in window.drain()]
+
+
 def test_an_ack_for_a_message_already_resent_settles_it_once():
     window = AckWindow(max_unacked=10, ack_timeout=1.0)
     window.written([item(1)], now=0.0)

@@ -13,6 +13,7 @@ import pytest
 from .support import run_script, t
 
 WORKLOADS = ["one-way 100 B", "one-way 1 KiB", "one-way 64 KiB", "one-way 64 KiB bytes", "receive 100 B", "echo 100 B"]
+ACKED = ["one-way 100 B, acks", "one-way 1 KiB, acks"]
 PEERS = {"raw", "websockets", "hermes", "hermes-pure"}
 
 
@@ -30,6 +31,16 @@ def test_every_benchmark_runs(tmp_path):
         assert all(p["median"] > 0 for p in row["peers"].values())
         assert set(row["dropped"]) == PEERS
         assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
+    assert list(report["acks"]) == ACKED
+    for name, row in report["acks"].items():
+        assert name in text
+        assert row["failed"] is None, (name, row["failed"])
+        assert row["off"]["median"] > 0 and row["on"]["median"] > 0 and row["ratio"] > 0
+        assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
+        # every message of the "on" run was acknowledged (the harness fails a run left unacked)
+        assert row["acks"]["runs_left_unacked"] == 0 and row["acks"]["messages_acked"] >= row["count"], row["acks"]
+        assert row["acks"]["handler_saw_acks"] == 0  # acknowledgements are the client's, not the handler's
+        assert row["on"]["bytes_per_message"] > row["off"]["bytes_per_message"]  # the id the client added
     assert report["enqueue"]["failed"] is None and report["enqueue"]["dropped"]["hermes"]["messages"] == 0
     assert report["enqueue"]["hermes_median_ns"] > 0 and report["memory"]["bytes_per_message"] > 0
     assert report["recovery"]["seconds"] > 0

@@ -96,6 +96,15 @@ def test_python_m_flask_example_runs_the_demo(procs):
             break
         gevent.sleep(0.2)
     assert "echo: round trip" in messages and any(m.startswith("notification: tick") for m in messages), messages
+    # the demo server acknowledges, and with it the app turns acknowledgements on
+    assert "acknowledgements: on (ACK_TIMEOUT 5 s)" in demo.text()
+    deadline = time.monotonic() + t(10)
+    status = http("GET", f"{base}/status")
+    while status["unacked"] and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+        status = http("GET", f"{base}/status")
+    assert status["ack_timeout"] == 5 and status["messages_acked"] >= 1 and status["unacked"] == 0, status
+    assert status["messages_resent"] == 0, status
     demo.popen.send_signal(signal.SIGTERM)
     assert demo.popen.wait(t(10)) == 0
     assert "stopped (0 message(s) undelivered)" in demo.text()

@@ -1,5 +1,10 @@
 // The benchmark server, on 127.0.0.1. One process, paths choose the workload:
 //   /sink?expect=N       count messages; after the N-th, reply "done <messages> <bytes> <busy>"
+//   /sink?expect=N&ack=1 acknowledge: every message must be a JSON object with a string "id"; the server
+//                        answers {"ack": [ids...]} in batches (every ACK_EVERY_MS or ACK_BATCH ids, whichever
+//                        comes first; a resent id is acknowledged again) and counts each id once: after the
+//                        N-th distinct id (its ack written first), "done <ids> <bytes> <busy> <duplicates>
+//                        <invalid>" (<bytes> of first deliveries; <invalid>: messages without a string id)
 //   /push?n=N&size=S     send N text messages of S bytes as fast as the socket takes them, then "" and
 //                        "end <busy>"
 // <busy> is the fraction of one core the server used meanwhile: near 1.0 would make it the bottleneck.
@@ -27,7 +32,9 @@ const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 
 
 wss.on("connection", (ws, req) => {
   const url = new URL(req.url, "http://x");
-  if (url.pathname === "/sink") {
+  if (url.pathname === "/sink" && url.searchParams.get("ack")) {
+    acking(ws, parseInt(url.searchParams.get("expect") || "0", 10));
+  } else if (url.pathname === "/sink") {
     const expect = parseInt(url.searchParams.get("expect") || "0", 10);
     let count = 0, bytes = 0, cpu0 = null, t0 = null;
     ws.on("message", (data) => {
@@ -62,6 +69,36 @@ wss.on("connection", (ws, req) => {
     ws.on("message", (data, isBinary) => ws.send(data, { binary: isBinary }));
   }
 });
+
+// The batches in which /sink?ack=1 acknowledges: whichever comes first.
+const ACK_EVERY_MS = 10;
+const ACK_BATCH = 100;
+
+function acking(ws, expect) {
+  const seen = new Set();
+  let pending = [], timer = null, bytes = 0, duplicates = 0, invalid = 0, cpu0 = null, t0 = null, done = false;
+  const flush = () => {
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    if (pending.length) { ws.send(JSON.stringify({ ack: pending })); pending = []; }
+  };
+  ws.on("message", (data, isBinary) => {
+    if (cpu0 === null) { cpu0 = process.cpuUsage(); t0 = process.hrtime.bigint(); }
+    let id;
+    try { id = isBinary ? undefined : JSON.parse(data).id; } catch { id = undefined; }
+    if (typeof id !== "string") { invalid += 1; return; }
+    pending.push(id);
+    if (seen.has(id)) duplicates += 1;
+    else { seen.add(id); bytes += data.length; }
+    if (pending.length >= ACK_BATCH) flush();
+    else if (timer === null) timer = setTimeout(flush, ACK_EVERY_MS);
+    if (!done && seen.size === expect) {
+      done = true;
+      flush();  // the last ids' ack goes out before "done"
+      ws.send(`done ${seen.size} ${bytes} ${busy(cpu0, t0).toFixed(3)} ${duplicates} ${invalid}`);
+    }
+  });
+  ws.on("close", () => { if (timer !== null) clearTimeout(timer); });
+}
 
 // Delivery lags in ms, in a fixed buffer: memory stays bounded however long the run.
 const lag = {
