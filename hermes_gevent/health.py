@@ -45,6 +45,12 @@ def compute_alerts(status: Mapping[str, Any], settings: Settings, now: float) ->
         alerts["queue_high"] = (
             f"send queue holds {queue_size} of MAX_QUEUE_SIZE={settings.MAX_QUEUE_SIZE} messages"
         )
+    unacked = status.get("unacked", 0)
+    if settings.ACK_TIMEOUT is not None and unacked >= settings.MAX_UNACKED * QUEUE_ALERT_RATIO:
+        alerts["unacked_high"] = (
+            f"{unacked} of MAX_UNACKED={settings.MAX_UNACKED} messages wait for an acknowledgement: "
+            "is the server acknowledging ({\"ack\": id})? They are resent every ACK_TIMEOUT meanwhile"
+        )
     limit = settings.DEFAULT_RETRY_LIMIT
     retries = status.get("retry_count", 0)
     if limit is not None and retries > limit * RETRY_ALERT_RATIO:

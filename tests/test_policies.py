@@ -88,6 +88,7 @@ def test_should_retry_is_overridable_per_client():
 
 
 SETTINGS = Settings(MAX_QUEUE_SIZE=100, DEFAULT_RETRY_LIMIT=10, HEALTH_CHECK_INTERVAL=60)
+ACKING = Settings(MAX_QUEUE_SIZE=100, DEFAULT_RETRY_LIMIT=10, HEALTH_CHECK_INTERVAL=60, ACK_TIMEOUT=5, MAX_UNACKED=100)
 HEALTHY = dict(connected=True, started=True, stopping=False, queue_size=0, retry_count=0,
                event_thread_alive=True, send_thread_alive=True, health_thread_alive=True, _last_activity=1000.0)
 
@@ -179,3 +180,10 @@ def test_url_and_identifier_come_from_the_environment(monkeypatch):
     client = WebSocketClient()
     assert client.url() == "ws://127.0.0.1:9/env"
     assert client.headers() == {"X-Hermes-Identifier": "worker-a"}
+
+
+def test_unacked_high_when_the_window_is_nearly_full_and_only_with_acknowledgements_on():
+    healthy = dict(connected=True, started=True, stopping=False, queue_size=0, retry_count=0, _last_activity=1000.0)
+    assert set(compute_alerts({**healthy, "unacked": 90}, ACKING, now=1000.0)) == {"unacked_high"}
+    assert compute_alerts({**healthy, "unacked": 89}, ACKING, now=1000.0) == {}
+    assert compute_alerts({**healthy, "unacked": 90}, SETTINGS, now=1000.0) == {}
