@@ -256,6 +256,7 @@ class WebSocketClient(BaseClient):
         """Block this greenlet until the queue is empty and written - and, with acknowledgements
         on, everything acknowledged - or ``timeout``."""
         deadline = None if timeout is None else now() + timeout
+        generation = self._generation
         outbox = self._outbox
         if outbox is not None and not outbox.wait_empty(timeout):
             return False
@@ -266,6 +267,8 @@ class WebSocketClient(BaseClient):
                 return False
             self._acks_changed.clear()
             self._acks_changed.wait(remaining)
+            if self._generation != generation:
+                return False  # stop() counted what was left as undelivered
         return True
 
     def reconnect(self) -> None:
@@ -297,7 +300,7 @@ class WebSocketClient(BaseClient):
         current = gevent.getcurrent()
         if in_hub() or any(current is g for g in self._loops.values()):
             gevent.spawn(self.stop, timeout)
-            return self.queue_size
+            return self.queue_size + (len(self._window) if self._window is not None else 0)
         life = self.lifecycle
         if life.stopping:
             self._stopped_event.wait(timeout if timeout is not None else self.settings.MAX_THREAD_WAIT_TIME)
@@ -404,7 +407,8 @@ class WebSocketClient(BaseClient):
     def _on_data_with_acks(self, data: Union[str, bytes]) -> None:
         """_on_data when acknowledgements are on: an acknowledgement is consumed here."""
         try:
-            ids = self.acked_ids(data)
+            found = self.acked_ids(data)
+            ids = None if found is None else list(found)  # read whole before anything changes
         except Exception:
             ids = None
             self.handler_failed("acked_ids", "the message goes to handle_message")
@@ -436,6 +440,7 @@ class WebSocketClient(BaseClient):
     def _discard_unsent(self) -> int:
         """What stop() leaves undelivered: unacknowledged messages (oldest), then the queue."""
         unacked = self._window.drain() if self._window is not None else []
+        self._acks_changed.set()  # a flush() waiting on them returns (False: they were not acknowledged)
         for item in unacked:
             self.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
         outbox = self._outbox

@@ -28,6 +28,9 @@ MAX_BATCH_BYTES = 256 * 1024
 #: Above this fraction of MAX_QUEUE_SIZE queued, the sender works for fairness.MAX_BUDGET
 #: before it yields: the queue is close enough to overflow that waiting would lose messages.
 BACKLOG_URGENT = 0.25
+#: With acknowledgements on, a write that took longer than this restarts the ACK_TIMEOUT
+#: clock of its messages when it ends (a slow reader must not get them twice at once).
+SLOW_WRITE = 0.05
 
 
 def send_loop(client: "WebSocketClient", generation: int) -> None:
@@ -62,19 +65,30 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
             if not batch:
                 continue  # woken without a message (a resend is due, or the session ended)
             # A batch left in flight by a failed write may be larger than the window's room.
-            writing = batch if window is None or len(batch) <= window.room else batch[: window.room]
             if window is not None:
-                # In the window before the first byte goes: an acknowledgement may come back
-                # while a large batch is still being written. From here the window owns them.
-                window.written(writing, now())
+                writing = batch[: window.room]  # a copy: settle() below shortens the batch itself
+                # The window owns them from before the first byte goes: an acknowledgement may come
+                # back while a large batch is still being written, and whatever ends this write
+                # (a failure, a kill at a yield inside it), the window resends them in order.
+                began = now()
+                window.written(writing, began)
+                client.messages_sent += outbox.settle(batch, len(writing))
+                try:
+                    conn.send_frames(writing)
+                except WriteFailed as exc:
+                    _fail(session, conn, exc)
+                    break
+                if now() - began > SLOW_WRITE:
+                    window.rewritten(writing, now())  # ACK_TIMEOUT counts from the end of a slow write
+                take_turn(turns, urgent=len(outbox) > backlog_urgent)
+                continue
+            writing = batch
             try:
                 conn.send_frames(writing)
             except WriteFailed as exc:
                 # What reached the kernel is the ledger's to judge (see Session.fail); where
-                # acknowledgements cannot be tracked, the whole batch goes again. With
-                # application acknowledgements the window resends them all, in order.
-                written = len(writing) if window is not None else exc.handed if conn.tracks_acks else 0
-                client.messages_sent += outbox.settle(batch, written)
+                # acknowledgements cannot be tracked, the whole batch goes again.
+                client.messages_sent += outbox.settle(batch, exc.handed if conn.tracks_acks else 0)
                 _fail(session, conn, exc)
                 break
             client.messages_sent += outbox.settle(batch, len(writing))
@@ -88,19 +102,23 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) 
     """Write again, oldest first, what is due in the window; False when the connection failed."""
     conn = session.conn
     due = window.due(now())
-    while due and session.alive:
-        chunk, due = due[:MAX_BATCH_ITEMS], due[MAX_BATCH_ITEMS:]
+    for start in range(0, len(due), MAX_BATCH_ITEMS):
+        if not session.alive:
+            break
         # Only what is still unacknowledged (an ack may have come while the previous chunk went
         # out), timed before writing (one may come back while this one goes out).
-        chunk = window.rewritten(chunk, now())
+        began = now()
+        chunk = window.rewritten(due[start : start + MAX_BATCH_ITEMS], began)
         if not chunk:
             continue
-        client.messages_resent += len(chunk)
         try:
             conn.send_frames(chunk)
         except WriteFailed as exc:
             _fail(session, conn, exc)  # the window has them all: due again on the next connection
             return False
+        client.messages_resent += len(chunk)
+        if now() - began > SLOW_WRITE:
+            window.rewritten(chunk, now())
         take_turn(conn.write_turns)
     return session.alive
 

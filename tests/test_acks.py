@@ -4,6 +4,7 @@ peer acknowledging (or not) what it received."""
 import json
 import time
 
+import gevent
 import pytest
 
 from hermes_gevent import ConfigError, WebSocketClient
@@ -232,3 +233,16 @@ def _wait_unacked(client, n):
     from .support import wait_until
 
     wait_until(lambda: client.status()["unacked"] == n, t(5), f"{n} unacknowledged")
+
+
+def test_a_flush_waiting_for_acknowledgements_returns_false_when_stop_gives_up_on_them(peer, make_client):
+    client = acking_client(make_client, peer)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    for n in range(3):
+        client.send_message({"n": n})
+    peer.wait_messages(3)
+    waiting = gevent.spawn(client.flush, t(5))
+    gevent.sleep(0)  # it is waiting now
+    assert client.stop(timeout=t(0.2)) == 3
+    assert waiting.get(timeout=t(1)) is False  # not True for messages stop() just counted as undelivered
