@@ -20,7 +20,7 @@ from .session import Session, now
 if TYPE_CHECKING:
     from .client import WebSocketClient
 
-__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop"]
+__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE"]
 
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
