@@ -172,14 +172,7 @@ def test_server_discards_on_a_live_connection(server, make_client, acks):
     lost (and nothing else). On: each is sent again once it waited ACK_TIMEOUT, so
     nothing is lost - but its first arrival comes after newer messages: on a live
     connection, first arrivals are in order only where the server lost nothing."""
-    run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
-    run.produce_for(0.2)
-    run.fault()
-    server.command(cmd="mode", discard=True)
-    run.produce_for(0.3)
-    server.command(cmd="mode", discard=False)
-    run.fault_over()
-    run.produce_for(0.4)
+    run = live_fault(Run(make_client, server.url, acks=acks, **FAST_FAULTS), server, "discard")
     result = run.finish(server, "server app discards for 0.3 s (live connection)", delivered_expected=True)
     assert result.phantom == 0 and result.reconnects == 0, result
     assert result.lost_outside == 0 and result.dup_outside == 0 and result.late_outside == 0, result
@@ -191,19 +184,25 @@ def test_server_discards_on_a_live_connection(server, make_client, acks):
         assert result.lost > 0 and result.out_of_order == 0 and result.duplicated == 0, result
 
 
+def live_fault(run: Run, server, mode: str) -> Run:
+    """Produce, turn the server's ``mode`` on for 0.3 s (the connection staying up), produce on."""
+    run.start_producer()
+    run.produce_for(0.2)
+    run.fault()
+    server.command(cmd="mode", **{mode: True})
+    run.produce_for(0.3)
+    server.command(cmd="mode", **{mode: False})
+    run.fault_over()
+    run.produce_for(0.4)
+    return run
+
+
 @pytest.mark.parametrize("acks", [True], ids=["acks-on"], indirect=True)
 def test_server_withholds_acknowledgements(server, make_client, acks):
     """The server records every message but sends no acknowledgement for 0.3 s (ids
     forgotten): the client sends those again once they waited ACK_TIMEOUT, on the live
     connection; they arrive twice, none is lost, first arrivals stay in order."""
-    run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
-    run.produce_for(0.2)
-    run.fault()
-    server.command(cmd="mode", ack_drop=True)
-    run.produce_for(0.3)
-    server.command(cmd="mode", ack_drop=False)
-    run.fault_over()
-    run.produce_for(0.4)
+    run = live_fault(Run(make_client, server.url, acks=acks, **FAST_FAULTS), server, "ack_drop")
     result = run.finish(server, "server withholds acks for 0.3 s (live connection)")
     acknowledged(result, 0)
     assert result.reconnects == 0 and result.duplicated > 0, result
