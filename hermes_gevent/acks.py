@@ -50,8 +50,8 @@ class AckWindow:
                 entries[item[2]] = [item, now]  # type: ignore[misc]
             else:
                 entry[1] = now
-        if entries and (self._earliest is None or self._earliest > now + self.ack_timeout):
-            self._earliest = now + self.ack_timeout
+        if entries:
+            self._may_be_due_at(now + self.ack_timeout)
 
     def rewritten(self, items: Iterable[Item], now: float) -> list[Item]:
         """Of ``items`` (from ``due``), those still unacknowledged - an acknowledgement may have
@@ -62,9 +62,14 @@ class AckWindow:
             if entry is not None:
                 entry[1] = now
                 still.append(item)
-        if still and (self._earliest is None or self._earliest > now + self.ack_timeout):
-            self._earliest = now + self.ack_timeout
+        if still:
+            self._may_be_due_at(now + self.ack_timeout)
         return still
+
+    def _may_be_due_at(self, deadline: float) -> None:
+        """Keep ``_earliest`` a lower bound: an entry may now fall due at ``deadline``."""
+        if self._earliest is None or self._earliest > deadline:
+            self._earliest = deadline
 
     def acked(self, ids: Iterable[Any]) -> int:
         """Forget the acknowledged ids; return how many were waiting (unknown ones and repeats: 0)."""

@@ -422,8 +422,6 @@ class WebSocketClient(BaseClient):
 
     def _requeue_unacknowledged(self, items: list[Item]) -> None:
         outbox = self._outbox
-        if self._window is not None:
-            return  # acknowledgements resend what the server never confirmed (the window knows)
         if items and outbox is not None:
             outbox.requeue_front(items)
             self.messages_sent -= len(items)

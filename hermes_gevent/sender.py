@@ -15,6 +15,7 @@ import gevent
 from .acks import AckWindow
 from .connection import Connection, WriteFailed
 from .fairness import take_turn
+from .frames import Item
 from .session import Session, now
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 break  # the batch stays in flight and goes out first on the next session
             if not batch:
                 continue  # woken without a message (a resend is due, or the session ended)
-            # A batch left in flight by a failed write may be larger than the window's room.
             if window is not None:
+                # A batch left in flight by a failed write may be larger than the window's room.
                 writing = batch[: window.room]  # a copy: settle() below shortens the batch itself
                 # The window owns them from before the first byte goes: an acknowledgement may come
                 # back while a large batch is still being written, and whatever ends this write
@@ -73,25 +74,18 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 began = now()
                 window.written(writing, began)
                 client.messages_sent += outbox.settle(batch, len(writing))
+                if not _write_owned(session, window, writing, began):
+                    break
+            else:
                 try:
-                    conn.send_frames(writing)
+                    conn.send_frames(batch)
                 except WriteFailed as exc:
+                    # What reached the kernel is the ledger's to judge (see Session.fail); where
+                    # acknowledgements cannot be tracked, the whole batch goes again.
+                    client.messages_sent += outbox.settle(batch, exc.handed if conn.tracks_acks else 0)
                     _fail(session, conn, exc)
                     break
-                if now() - began > SLOW_WRITE:
-                    window.rewritten(writing, now())  # ACK_TIMEOUT counts from the end of a slow write
-                take_turn(turns, urgent=len(outbox) > backlog_urgent)
-                continue
-            writing = batch
-            try:
-                conn.send_frames(writing)
-            except WriteFailed as exc:
-                # What reached the kernel is the ledger's to judge (see Session.fail); where
-                # acknowledgements cannot be tracked, the whole batch goes again.
-                client.messages_sent += outbox.settle(batch, exc.handed if conn.tracks_acks else 0)
-                _fail(session, conn, exc)
-                break
-            client.messages_sent += outbox.settle(batch, len(writing))
+                client.messages_sent += outbox.settle(batch, len(batch))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
@@ -100,7 +94,6 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
 
 def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) -> bool:
     """Write again, oldest first, what is due in the window; False when the connection failed."""
-    conn = session.conn
     due = window.due(now())
     for start in range(0, len(due), MAX_BATCH_ITEMS):
         if not session.alive:
@@ -111,16 +104,26 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) 
         chunk = window.rewritten(due[start : start + MAX_BATCH_ITEMS], began)
         if not chunk:
             continue
-        try:
-            conn.send_frames(chunk)
-        except WriteFailed as exc:
-            _fail(session, conn, exc)  # the window has them all: due again on the next connection
-            return False
+        if not _write_owned(session, window, chunk, began):
+            return False  # the window has them all: due again on the next connection
         client.messages_resent += len(chunk)
-        if now() - began > SLOW_WRITE:
-            window.rewritten(chunk, now())
-        take_turn(conn.write_turns)
+        take_turn(session.conn.write_turns)
     return session.alive
+
+
+def _write_owned(session: Session, window: AckWindow, items: list[Item], began: float) -> bool:
+    """Write messages the window already holds, timed at ``began``; False when the connection
+    failed. ACK_TIMEOUT counts from the end of a slow write (a slow reader must not get them
+    twice at once)."""
+    conn = session.conn
+    try:
+        conn.send_frames(items)
+    except WriteFailed as exc:
+        _fail(session, conn, exc)
+        return False
+    if now() - began > SLOW_WRITE:
+        window.rewritten(items, now())
+    return True
 
 
 def _wait_for_acks(client: "WebSocketClient", session: Session, window: AckWindow) -> None:

@@ -74,7 +74,10 @@ def open_connection(client: "WebSocketClient", timeout: Optional[float] = None) 
 
 
 def _connect_once(client: "WebSocketClient") -> Session:
-    return Session(open_connection(client), client._requeue_unacknowledged)
+    # With acknowledgements the window resends what the server never confirmed: no need to ask
+    # the kernel which writes it left unacknowledged.
+    requeue = client._requeue_unacknowledged if client._window is None else None
+    return Session(open_connection(client), requeue)
 
 
 def _run_session(client: "WebSocketClient", session: Session, generation: int) -> None:
