@@ -8,11 +8,19 @@ Routes: ``/`` (status and the last messages, refreshing itself),
 (JSON), ``GET /messages`` (JSON), and ``/healthz`` (the extension's health
 endpoint).
 
+Every client setting can be given in the environment as ``HERMES_<SETTING>``.
+
 Acknowledgements: with ``HERMES_ACK_TIMEOUT`` set (in app.config, or in the
 environment as seconds), every message carries an id and waits for the server's
 ``{"ack": [ids]}``; the page shows how many wait, were acknowledged and were sent
 again. Only for a server that acknowledges: ``python -m flask_example`` turns them
 on for its demo server, which does.
+
+The outbox file: with ``HERMES_OUTBOX_PATH`` set, what a stop (a deploy, Ctrl-C)
+cannot deliver is kept in that SQLite file and sent first at the next start;
+``HERMES_OUTBOX_SYNC=always`` makes every accepted message durable before the
+request returns. ``python -m flask_example`` keeps one in the system's temporary
+directory.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 
 from hermes_gevent import WebSocketClient
 from hermes_gevent.flask import Hermes
+from hermes_gevent.settings import Settings
 
 
 class ExampleClient(WebSocketClient):
@@ -54,13 +63,36 @@ def remember(message):
     inbox.appendleft({"at": time.strftime("%H:%M:%S"), "message": text})
 
 
+def settings_from_environment() -> dict:
+    """Every client setting given as HERMES_<SETTING> in the environment (HERMES_ACK_TIMEOUT=5,
+    HERMES_OUTBOX_PATH=/var/lib/app/outbox.db, HERMES_OUTBOX_SYNC=always...): numbers as numbers,
+    "", "none" and "off" as None."""
+    found = {}
+    for name in Settings.names():
+        raw = os.environ.get(f"HERMES_{name}")
+        if raw is None:
+            continue
+        text = raw.strip()
+        value: object = text
+        if text.lower() in ("", "none", "off"):
+            value = None
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        found[f"HERMES_{name}"] = value
+    return found
+
+
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.setdefault("HERMES_HEALTH_PATH", "/healthz")
     app.config.setdefault("HERMES_WS_IDENTIFIER", os.environ.get("HERMES_WS_IDENTIFIER", "flask-example"))
-    ack_timeout = os.environ.get("HERMES_ACK_TIMEOUT", "").strip()
-    if ack_timeout.lower() not in ("", "none", "off"):
-        app.config.setdefault("HERMES_ACK_TIMEOUT", float(ack_timeout))
+    for key, value in settings_from_environment().items():
+        app.config.setdefault(key, value)
     if config:
         app.config.update(config)
     app.extensions["example_inbox"] = collections.deque(maxlen=INBOX_SIZE)

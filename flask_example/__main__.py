@@ -2,7 +2,9 @@
 message server when HERMES_WS_URL is not set. Everything listens on 127.0.0.1.
 
 The demo server acknowledges messages, so with it the app turns acknowledgements
-on (HERMES_ACK_TIMEOUT, 5 s unless the environment or .env says otherwise)."""
+on (HERMES_ACK_TIMEOUT, 5 s unless the environment or .env says otherwise). What a
+stop cannot deliver is kept in an outbox file (HERMES_OUTBOX_PATH, in the system's
+temporary directory unless set) and sent first at the next start."""
 
 from gevent import monkey
 
@@ -11,6 +13,7 @@ monkey.patch_all()  # first, before anything imports socket or ssl
 import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
@@ -35,11 +38,17 @@ def main() -> int:
         os.environ.setdefault("HERMES_ACK_TIMEOUT", str(DEMO_ACK_TIMEOUT))  # it acknowledges
         print(f"demo message server: {demo.url} (it acknowledges messages)", flush=True)
 
+    # The outbox file: what Ctrl-C cannot deliver waits there for the next start.
+    os.environ.setdefault("HERMES_OUTBOX_PATH", str(Path(tempfile.gettempdir()) / "flask_example_outbox.db"))
+
     from flask_example import create_app
 
     app = create_app()
     ack_timeout = app.hermes.settings.ACK_TIMEOUT
     print(f"acknowledgements: {'off' if ack_timeout is None else f'on (ACK_TIMEOUT {ack_timeout:g} s)'}", flush=True)
+    settings = app.hermes.settings
+    print(f"outbox: {settings.OUTBOX_PATH or 'memory only'}"
+          + (f" (OUTBOX_SYNC={settings.OUTBOX_SYNC})" if settings.OUTBOX_PATH else ""), flush=True)
     http = WSGIServer(("127.0.0.1", int(os.environ.get("PORT", "5000"))), app, log=None)
     http.start()
     host, port = http.address[:2]
@@ -53,7 +62,8 @@ def main() -> int:
     undelivered = app.hermes.stop()
     if demo is not None:
         demo.stop()
-    print(f"stopped ({undelivered} message(s) undelivered)", flush=True)
+    spilled = app.hermes.status()["messages_spilled"]
+    print(f"stopped ({undelivered} message(s) undelivered, {spilled} kept in the outbox file)", flush=True)
     return 0
 
 

@@ -45,9 +45,12 @@ class AckWindow:
         """``items`` (each with its id as the third field) reached the socket at ``now``."""
         entries = self._entries
         for item in items:
-            entry = entries.get(item[2])  # type: ignore[misc]
+            ack_id = item[2]  # type: ignore[misc]
+            if not ack_id:
+                continue  # a message kept from a run without acknowledgements: nothing to wait for
+            entry = entries.get(ack_id)
             if entry is None:
-                entries[item[2]] = [item, now]  # type: ignore[misc]
+                entries[ack_id] = [item, now]
             else:
                 entry[1] = now
         if entries:
@@ -71,16 +74,18 @@ class AckWindow:
         if self._earliest is None or self._earliest > deadline:
             self._earliest = deadline
 
-    def acked(self, ids: Iterable[Any]) -> int:
-        """Forget the acknowledged ids; return how many were waiting (unknown ones and repeats: 0)."""
-        entries, count = self._entries, 0
+    def acked(self, ids: Iterable[Any]) -> list[Item]:
+        """Forget the acknowledged ids; return the messages that were waiting for them (unknown
+        ids and repeats add nothing)."""
+        entries, done = self._entries, []
         for ack_id in ids:
-            if entries.pop(ack_id, None) is not None:
-                count += 1
-        self.acked_total += count
+            entry = entries.pop(ack_id, None)
+            if entry is not None:
+                done.append(entry[0])
+        self.acked_total += len(done)
         if not entries:
             self._earliest = None
-        return count
+        return done
 
     def connection_lost(self) -> None:
         """Nothing written on the lost connection counts any more: everything is due again."""

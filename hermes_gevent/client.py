@@ -25,7 +25,7 @@ import gevent
 import gevent.event
 import gevent.queue
 
-from . import health, messages, process, transport
+from . import health, messages, persistence, process, transport
 from .transport import Connector
 from .acks import AckWindow
 from .base import BaseClient, iso_utc
@@ -35,11 +35,12 @@ from .lifecycle import Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .messages import Drops, Message
 from .frames import Item
-from .outbox import DROP_STOPPED, DROP_UNACKED, Outbox, in_hub, on_thread_of
+from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
 from .reader import read_loop
 from .retry import Retry, describe
 from .sender import send_loop
 from .session import Session, now
+from .store import MemoryStore, Store
 from .supervisor import supervise
 
 __all__ = ["all_clients", "CLOSE_WAIT", "Connector", "LOOP_RESTART_DELAY", "State", "WebSocketClient"]
@@ -62,6 +63,7 @@ _LOOPS: dict[str, Callable[["WebSocketClient", int], None]] = {
     "reader": read_loop,
     "sender": send_loop,
     "health": _health_loop,
+    "outbox": persistence.claim_loop,
 }
 all_clients = process.all_clients
 
@@ -81,7 +83,10 @@ class WebSocketClient(BaseClient):
         self._generation = 0
         self._home_hub = gevent.get_hub()  # the loops run here; other threads hand off to it
         self._orphans: list[Greenlet] = []
+        self._orphan_stores: list[Store] = []  # a forked parent's store, never closed here
         self._outbox: Optional[Outbox] = None
+        # Where messages outlive the process (OUTBOX_PATH): opened by start(), closed by stop().
+        self._store: Store = MemoryStore()
         self._reset_run()
         self._reset_counters()
         self._outbox_or_create()  # now, in the home thread: other threads may send before start()
@@ -108,6 +113,7 @@ class WebSocketClient(BaseClient):
         self._acks_changed = gevent.event.Event()  # an ack came: the sender may have room again
         self._alerts: dict[str, str] = {}
         self._stop_result: Optional[int] = None
+        self._store_ready = gevent.event.Event()  # the first claim is done: the sender may begin
 
     def _reset_counters(self) -> None:
         self.messages_sent = 0
@@ -116,6 +122,9 @@ class WebSocketClient(BaseClient):
         self.handler_errors = 0
         self.messages_acked = 0
         self.messages_resent = 0
+        self.messages_spilled = 0
+        self.messages_reloaded = 0
+        self.outbox_errors = 0  # of stores closed already (the open one counts its own)
         self.drops = Drops(self.log, lambda msg, reason: self._safe_hook(self.on_drop, msg, reason))
         self._has_connected = False
         self._last_message_at: Optional[float] = None  # monotonic
@@ -174,6 +183,9 @@ class WebSocketClient(BaseClient):
             self._orphans = []
         self._reset_run()
         self._outbox_or_create()
+        self._store = persistence.open_store(self)  # ConfigError here for an OUTBOX_PATH it cannot use
+        if self._store.path is None:
+            self._store_ready.set()
         life.move(State.CONNECTING, "start()")
         for name in _LOOPS:
             self._spawn_loop(name)
@@ -210,6 +222,8 @@ class WebSocketClient(BaseClient):
         if life.ended:
             self.drops.count(item, DROP_STOPPED)
             return False
+        if self._store.durable:
+            return persistence.send_durably(self, item)
         outbox = self._outbox
         return (outbox if outbox is not None else self._outbox_or_create()).put(item)
 
@@ -240,12 +254,18 @@ class WebSocketClient(BaseClient):
             "messages_received": self.messages_received,
             "messages_acked": self.messages_acked,
             "messages_resent": self.messages_resent,
+            "messages_spilled": self.messages_spilled,
+            "messages_reloaded": self.messages_reloaded,
             "messages_dropped": self.drops.total,
             "drops_by_reason": dict(self.drops.by_reason),
             "reconnects": self.reconnects,
             "handler_errors": self.handler_errors,
             "alerts": [{"name": k, "message": v} for k, v in self._alerts.items()],
         })
+        s = self.settings
+        snapshot["outbox_path"] = str(s.OUTBOX_PATH) if s.OUTBOX_PATH else None
+        snapshot["outbox_sync"] = s.OUTBOX_SYNC if s.OUTBOX_PATH else None
+        snapshot["outbox_errors"] = self.outbox_errors + self._store.errors
         return snapshot
 
     def wait_until_connected(self, timeout: Optional[float] = None) -> bool:
@@ -417,8 +437,11 @@ class WebSocketClient(BaseClient):
             return
         window = self._window
         if window is not None:
-            self.messages_acked += window.acked(ids)
+            acked = window.acked(ids)
+            self.messages_acked += len(acked)
             self._acks_changed.set()
+            if acked and self._store.path is not None:
+                self._store.forget(acked)
 
     def _requeue_unacknowledged(self, items: list[Item]) -> None:
         outbox = self._outbox
@@ -432,23 +455,29 @@ class WebSocketClient(BaseClient):
     def _outbox_or_create(self) -> Outbox:
         if self._outbox is None:
             s = self.settings
-            self._outbox = Outbox(s.MAX_QUEUE_SIZE, s.QUEUE_OVERFLOW_STRATEGY, self.drops.count, self._home_hub)
+            self._outbox = Outbox(s.MAX_QUEUE_SIZE, s.QUEUE_OVERFLOW_STRATEGY, self._dropped, self._home_hub)
         return self._outbox
 
+    def _dropped(self, item: Item, reason: str) -> None:
+        self.drops.count(item, reason)
+        if self._store.path is not None:
+            self._store.forget([item])
+
+    def _delivered(self, items: list[Item]) -> None:
+        """The sender wrote these (acknowledgements off, or messages without an id): the store
+        forgets them."""
+        if self._store.path is not None:
+            self._store.forget(items)
+
     def _discard_unsent(self) -> int:
-        """What stop() leaves undelivered: unacknowledged messages (oldest), then the queue."""
+        """What stop() leaves undelivered - unacknowledged messages (oldest), then the queue - is
+        kept in the store, or counted as dropped; returns how many were neither delivered nor kept."""
         unacked = self._window.drain() if self._window is not None else []
         self._acks_changed.set()  # a flush() waiting on them returns (False: they were not acknowledged)
-        for item in unacked:
-            self.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
         outbox = self._outbox
-        if outbox is None:
-            return len(unacked)
-        remaining = outbox.close()
+        remaining = outbox.close() if outbox is not None else []
         self._outbox = None
-        for item in remaining:
-            self.drops.count(item, DROP_STOPPED, log=False)
-        return len(unacked) + len(remaining)
+        return persistence.spill_at_stop(self, unacked, remaining)
 
     def _kill_loops(self, timeout: float) -> None:
         current = gevent.getcurrent()

@@ -16,6 +16,7 @@ import gevent.monkey
 
 from .lifecycle import State
 from .logs import ClientLog
+from .store import MemoryStore
 
 if TYPE_CHECKING:
     from .client import WebSocketClient
@@ -60,6 +61,9 @@ def reset_in_child(client: "WebSocketClient") -> None:
     # and an empty outbox); they are killed lazily if they ever run.
     client._orphans = list(client._loops.values())
     client._outbox = None  # queued messages are the parent's to send
+    # The parent's store (its thread, its SQLite connection) is never touched here, nor closed.
+    client._orphan_stores.append(client._store)
+    client._store = MemoryStore()
     client._new_id.reseed()  # the parent's id sequence is the parent's
     client._reset_run()
     client._reset_counters()

@@ -39,6 +39,7 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
     inbox = client._sender_inbox
     window = client._window
     backlog_urgent = client.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
+    client._store_ready.wait()  # messages kept from an earlier run go out before newer ones
     while client._current(generation):
         session = inbox.get()
         conn = session.conn
@@ -76,15 +77,20 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 client.messages_sent += outbox.settle(batch, len(writing))
                 if not _write_owned(session, window, writing, began):
                     break
+                if client._store.path is not None:
+                    client._delivered([item for item in writing if not item[2]])  # type: ignore[misc]  # kept without an id
             else:
                 try:
                     conn.send_frames(batch)
                 except WriteFailed as exc:
                     # What reached the kernel is the ledger's to judge (see Session.fail); where
                     # acknowledgements cannot be tracked, the whole batch goes again.
-                    client.messages_sent += outbox.settle(batch, exc.handed if conn.tracks_acks else 0)
+                    handed = exc.handed if conn.tracks_acks else 0
+                    client._delivered(batch[:handed])
+                    client.messages_sent += outbox.settle(batch, handed)
                     _fail(session, conn, exc)
                     break
+                client._delivered(batch)  # before settle(), which empties the batch
                 client.messages_sent += outbox.settle(batch, len(batch))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping, Optional
 
 from .backoff import Backoff, check_delays, check_number
 from .errors import ConfigError
+from .store import check_outbox_settings
 
 __all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
 
@@ -39,6 +40,8 @@ class Defaults:
     ACK_TIMEOUT: ClassVar[Optional[float]] = None
     MAX_UNACKED: ClassVar[int] = 1000
     ACK_ID_KEY: ClassVar[str] = "id"
+    OUTBOX_PATH: ClassVar[Optional[str]] = None
+    OUTBOX_SYNC: ClassVar[str] = "stop"
 
 
 _NAMES: tuple[str, ...] = tuple(Defaults.__annotations__)
@@ -122,6 +125,7 @@ class Settings(Defaults):
         _integer("MAX_UNACKED", self.MAX_UNACKED, "a positive integer")
         if not isinstance(self.ACK_ID_KEY, str) or not self.ACK_ID_KEY:
             raise ConfigError(f"ACK_ID_KEY must be a non-empty string, got {self.ACK_ID_KEY!r}.")
+        check_outbox_settings(self.OUTBOX_PATH, self.OUTBOX_SYNC)
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

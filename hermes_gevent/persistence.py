@@ -1,0 +1,110 @@
+"""The client and its store (store.py): open it, take over messages, accept durably, spill.
+
+    start()         open the store for the run (ConfigError naming OUTBOX_PATH if it cannot be)
+    claim loop      at once, then every store.CLAIM_EVERY s: renew the lease, take over this
+                    identifier's messages nobody holds (spilled, or of a process that died),
+                    oldest first, ahead of the queue; the sender waits for the first claim
+    send_message()  OUTBOX_SYNC="always": the message is committed before it is queued
+    delivered       written (or acknowledged, with acknowledgements on) or dropped: forgotten
+    stop()          what is left is spilled instead of dropped (messages_spilled)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import gevent
+
+from .errors import QueueFull
+from .frames import Item
+from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
+from .sqlite_store import SQLiteStore
+from .store import CLAIM_EVERY, MemoryStore, Store
+
+if TYPE_CHECKING:
+    from .client import WebSocketClient
+
+__all__ = ["claim_loop", "open_store", "send_durably", "spill_at_stop"]
+
+
+def open_store(client: "WebSocketClient") -> Store:
+    """The store for one run: SQLite when OUTBOX_PATH is set, else memory only."""
+    s = client.settings
+    if not s.OUTBOX_PATH:
+        return MemoryStore()
+    identifier = str(client.identifier() or type(client).__name__)
+    store = SQLiteStore(
+        str(s.OUTBOX_PATH), identifier, durable=s.OUTBOX_SYNC == "always",
+        max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=client.log,
+    )
+    store.open()
+    return store
+
+
+def claim_loop(client: "WebSocketClient", generation: int) -> None:
+    store = client._store
+    try:
+        if store.path is None:
+            return
+        while client._current(generation):
+            outbox = client._outbox_or_create()
+            room = client.settings.MAX_QUEUE_SIZE - len(outbox)
+            items = store.claim(room)
+            if items and client._current(generation):
+                outbox.requeue_front(items)
+                client.messages_reloaded += len(items)
+                client.log.info(f"took over {len(items)} message(s) kept in {store.path}; they go out first")
+            client._store_ready.set()
+            gevent.sleep(CLAIM_EVERY)
+    finally:
+        client._store_ready.set()  # the sender never waits on a claim that will not come
+
+
+def send_durably(client: "WebSocketClient", item: Item) -> bool:
+    """OUTBOX_SYNC="always": queue ``item`` once it is committed to the store."""
+    outbox = client._outbox_or_create()
+    store = client._store
+    s = client.settings
+    if in_hub():
+        gevent.spawn(send_durably, client, item)  # the hub never waits on a commit
+        return True
+    if s.QUEUE_OVERFLOW_STRATEGY != "drop_oldest" and len(outbox) >= s.MAX_QUEUE_SIZE:
+        return outbox.put(item)  # full: refused (or QueueFull) as without a store, no disk touched
+    if on_thread_of(client._home_hub):
+        result = store.append([item])[0]
+    else:
+        result = store.append_from_thread([item])[0]
+    if result is None:  # the store's bound, over every process of this identifier
+        if s.QUEUE_OVERFLOW_STRATEGY == "raise":
+            raise QueueFull(f"outbox file is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
+        client.drops.count(item, DROP_OVERFLOW)
+        return False
+    if isinstance(result, BaseException):
+        return outbox.put(item)  # the store failed (logged once, counted): memory only
+    try:
+        return outbox.put(result)
+    except QueueFull:
+        store.forget([result])
+        raise
+
+
+def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[Item]) -> int:
+    """Keep what stop() leaves undelivered in the store; count the rest as dropped.
+    Returns how many were neither delivered nor kept."""
+    store = client._store
+    spilled = store.spill(unacked + queued)
+    store.close()
+    client.outbox_errors += store.errors
+    client._store = MemoryStore()
+    if spilled.failed:
+        for item in unacked:
+            client.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
+        for item in queued:
+            client.drops.count(item, DROP_STOPPED, log=False)
+        return len(unacked) + len(queued)
+    client.messages_spilled += spilled.kept
+    for item in spilled.evicted + spilled.refused:
+        client.drops.count(item, DROP_OVERFLOW, log=False)
+    if spilled.kept:
+        client.log.info(f"{spilled.kept} undelivered message(s) kept in {store.path} for the next start")
+    return len(spilled.refused)

@@ -1,0 +1,111 @@
+"""Where messages wait outside this process's memory: the interface, and the memory store.
+
+The outbox (outbox.py) holds the queue in memory. A ``Store`` keeps messages beyond it:
+
+- ``spill(items)`` at ``stop()``: what could not be delivered is left for the next start
+  (of this process or another with the same identifier) instead of being dropped;
+- ``claim(limit)`` at start and then every ``CLAIM_EVERY`` seconds: take over this
+  identifier's messages that nobody holds - spilled ones, and those of a process that died -
+  oldest first, to be sent before newer ones;
+- ``append(items)`` (a durable store, OUTBOX_SYNC="always"): the messages are in the store
+  when it returns; ``forget(items)`` once they were written (or acknowledged) or dropped.
+
+``MemoryStore`` is today's behaviour (nothing outlives the process); ``SQLiteStore``
+(sqlite_store.py) is a file shared by the processes of a host. ``open_store`` picks one from
+the settings. Every method is called from a greenlet of the client's hub and may make that
+greenlet wait; none blocks the hub.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .frames import Item
+
+__all__ = ["CLAIM_EVERY", "MemoryStore", "OUTBOX_SYNC_MODES", "Spilled", "Store", "check_outbox_settings",
+           "seq_of", "stored_item"]
+
+OUTBOX_SYNC_MODES = ("stop", "always")
+#: Seconds between two claims: a live client renews its lease and takes over the messages of
+#: a process that died (a lease expires after sqlite_store.LEASE_TIMEOUT) within this period.
+CLAIM_EVERY = 5.0
+
+
+def seq_of(item: Item) -> Optional[int]:
+    """The store's number for ``item``, None for a message held in memory only."""
+    return item[3] if len(item) > 3 else None
+
+
+def stored_item(opcode: int, payload: bytes, ack_id: str, seq: int) -> Item:
+    """A message as a store hands it back: the acknowledgement id ("" for none), then its number."""
+    return (opcode, payload, ack_id, seq)  # type: ignore[return-value]
+
+
+class Spilled:
+    """What ``spill()`` did with the messages it was given: ``kept`` of them are in the store,
+    ``refused`` (of them) and ``evicted`` (older ones from the store) were dropped to stay within
+    the bound; ``failed``: the store could not be written, none of them is kept."""
+
+    def __init__(self, kept: int = 0, refused: Optional[list[Item]] = None, evicted: Optional[list[Item]] = None,
+                 failed: bool = False) -> None:
+        self.kept = kept
+        self.refused = refused or []
+        self.evicted = evicted or []
+        self.failed = failed
+
+
+class Store:
+    """The interface; ``MemoryStore`` keeps nothing outside memory."""
+
+    #: A durable store: send_message() returns once the message is in it (OUTBOX_SYNC="always").
+    durable = False
+    #: Where the store keeps messages (None: memory only), for status() and log lines.
+    path: Optional[str] = None
+    #: Reads and writes that failed (each logged; the first one turns the store off).
+    errors = 0
+
+    def open(self) -> None:
+        """Ready the store for this run; ConfigError naming the setting when it cannot be used."""
+
+    def claim(self, limit: int) -> list[Item]:
+        """Take over at most ``limit`` messages nobody holds, oldest first."""
+        return []
+
+    def append(self, items: list[Item]) -> list[Any]:
+        """Durable stores: for each item, the stored item (with its number), None when the
+        store's bound refused it, or the exception that kept it from being stored."""
+        raise NotImplementedError("only a durable store accepts messages")
+
+    def append_from_thread(self, items: list[Item]) -> list[Any]:
+        """append() from an OS thread other than the hub's (it waits in that thread)."""
+        raise NotImplementedError("only a durable store accepts messages")
+
+    def forget(self, items: list[Item]) -> None:
+        """These stored messages were delivered or dropped: remove them (soon; never waits)."""
+
+    def spill(self, items: list[Item]) -> Spilled:
+        """At stop: keep ``items`` (oldest first) for a later start; release everything held."""
+        return Spilled(failed=True)
+
+    def close(self) -> None:
+        """Let go of the store (after spill)."""
+
+
+class MemoryStore(Store):
+    """Nothing outlives the process: today's behaviour without OUTBOX_PATH."""
+
+
+def check_outbox_settings(path: Any, sync: Any) -> Optional[str]:
+    """The file path OUTBOX_PATH names (None for memory only); ConfigError for a bad value."""
+    if sync not in OUTBOX_SYNC_MODES:
+        raise ConfigError(f"OUTBOX_SYNC must be one of {', '.join(OUTBOX_SYNC_MODES)}; got {sync!r}.")
+    if path is None or path == "":
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"OUTBOX_PATH must be a file path or None, got {path!r}.")
+    text = os.fspath(path)
+    if not isinstance(text, str) or "\0" in text:
+        raise ConfigError(f"OUTBOX_PATH must be a file path or None, got {path!r}.")
+    return text
