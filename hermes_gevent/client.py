@@ -394,7 +394,7 @@ class WebSocketClient(BaseClient):
             return
         self.log.error(f"the {name} loop died ({describe(greenlet.exception or RuntimeError('killed'))}); restarting it")
         session = self._session
-        if session is not None:
+        if session is not None and name != "outbox":
             # The loops share a session; restarting one mid-session would desynchronize them.
             session.fail(ConnectionClosed(CLOSE_ABNORMAL, f"{name} loop restarted"))
         gevent.spawn_later(LOOP_RESTART_DELAY, self._restart_loop, name, greenlet, self._generation)

@@ -66,7 +66,7 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
     store = client._store
     s = client.settings
     if in_hub():
-        gevent.spawn(send_durably, client, item)  # the hub never waits on a commit
+        gevent.spawn(_send_durably_later, client, item)  # the hub never waits on a commit
         return True
     if s.QUEUE_OVERFLOW_STRATEGY != "drop_oldest" and len(outbox) >= s.MAX_QUEUE_SIZE:
         return outbox.put(item)  # full: refused (or QueueFull) as without a store, no disk touched
@@ -79,6 +79,7 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
             raise QueueFull(f"outbox file is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
         client.drops.count(item, DROP_OVERFLOW)
         return False
+    outbox = client._outbox_or_create()  # stop() may have closed the one above meanwhile
     if isinstance(result, BaseException):
         return outbox.put(item)  # the store failed (logged once, counted): memory only
     try:
@@ -86,6 +87,13 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
     except QueueFull:
         store.forget([result])
         raise
+
+
+def _send_durably_later(client: "WebSocketClient", item: Item) -> None:
+    try:
+        send_durably(client, item)
+    except QueueFull:
+        client.drops.count(item, DROP_OVERFLOW)  # nobody to raise to: counted as the other strategies are
 
 
 def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[Item]) -> int:

@@ -406,7 +406,7 @@ class SQLiteStore(Store):
                 if self.failed or self._pool is None:
                     raise sqlite3.OperationalError("the outbox file failed earlier")
                 commit.results = self._pool.apply(self._db.commit, (commit.items, forgets))
-            except sqlite3.Error as exc:
+            except Exception as exc:  # every waiter must wake, whatever went wrong
                 if not self.failed:
                     self._failure("could not write", exc)
                 commit.error = exc

@@ -76,9 +76,10 @@ def test_flask_run(server, procs, tmp_path):
     assert len(server.of("connect")) == 1
 
 
-def test_python_m_flask_example_runs_the_demo(procs):
+def test_python_m_flask_example_runs_the_demo(procs, tmp_path):
     port = free_port()
-    demo = procs([sys.executable, "-m", "flask_example"], PORT=str(port), HERMES_WS_URL="")
+    outbox = tmp_path / "outbox.db"
+    demo = procs([sys.executable, "-m", "flask_example"], PORT=str(port), HERMES_WS_URL="", HERMES_OUTBOX_PATH=str(outbox))
     base = f"http://127.0.0.1:{port}"
     status = wait_http(f"{base}/status", t(30))
     deadline = time.monotonic() + t(10)
@@ -107,4 +108,5 @@ def test_python_m_flask_example_runs_the_demo(procs):
     assert status["messages_resent"] == 0, status
     demo.popen.send_signal(signal.SIGTERM)
     assert demo.popen.wait(t(10)) == 0
-    assert "stopped (0 message(s) undelivered)" in demo.text()
+    assert f"outbox: {outbox} (OUTBOX_SYNC=stop)" in demo.text() and outbox.exists()
+    assert "stopped (0 message(s) undelivered, 0 kept in the outbox file)" in demo.text()
