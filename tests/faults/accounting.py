@@ -13,6 +13,9 @@ What is checked, rather than computed as a remainder:
   earlier one);
 - **nothing invented**: every number the server got was accepted by the client
   (``phantom``);
+- **spilled**: messages a stopped client kept in its outbox file (OUTBOX_PATH) instead of
+  dropping them, delivered by the client that took them over: a column of their own, never
+  counted as dropped or queued;
 - **where losses and duplicates may be**: with an abrupt fault, a message can be lost
   (acknowledgements off) or arrive twice only if it was accepted inside a *fault window*:
   from ``LEAD`` before the fault was injected (what the kernels and the proxy held,
@@ -68,6 +71,7 @@ class Accounting:
     late_outside: int = 0  # out-of-order first arrivals accepted outside every fault window
     dropped_delivered: int = 0  # counted as dropped (or queued) by the client, yet delivered
     phantom: int = 0  # delivered numbers the client never accepted
+    spilled: int = 0  # kept in the outbox file by stop() (status messages_spilled), sent by a successor
 
     def row(self) -> dict:
         return asdict(self)
@@ -131,7 +135,7 @@ class Windows:
 
 def account(scenario: str, offered: int, accepted: list[int], delivered_record: list[int],
             drops: list[tuple[int, str]], refused: int, reconnects: int, note: str = "", *,
-            acks: bool = False, resent: int = 0, windows: Windows | None = None) -> Accounting:
+            acks: bool = False, resent: int = 0, windows: Windows | None = None, spilled: int = 0) -> Accounting:
     """``drops``: (number, reason) from on_drop; reason "stopped" means still queued at the end."""
     windows = windows or Windows([], [], [])
     accepted_set = set(accepted)
@@ -166,12 +170,12 @@ def account(scenario: str, offered: int, accepted: list[int], delivered_record: 
         lost_outside=sum(not windows.contains(n) for n in lost_numbers),
         dup_outside=sum(not windows.contains(n) for n in duplicated_numbers),
         late_outside=sum(not windows.contains(n) for n in late),
-        dropped_delivered=len(dropped_numbers & seen), phantom=len(seen - accepted_set))
+        dropped_delivered=len(dropped_numbers & seen), phantom=len(seen - accepted_set), spilled=spilled)
 
 
 def format_table(rows: list[Accounting]) -> str:
     """One table per setting: acknowledgements off, then on."""
-    headers = ["scenario", "offered", "accepted", "delivered", "dropped", "refused", "queued at end",
+    headers = ["scenario", "offered", "accepted", "delivered", "dropped", "refused", "queued at end", "spilled",
                "lost uncounted", "in fault windows", "dup", "resent", "out of order", "reconnects",
                "dropped yet delivered"]
     out = []
@@ -181,7 +185,7 @@ def format_table(rows: list[Accounting]) -> str:
             if r.acks != acks:
                 continue
             dropped = ", ".join(f"{k} {v}" for k, v in sorted(r.dropped.items())) or "0"
-            body.append([r.scenario, r.offered, r.accepted, r.delivered, dropped, r.refused, r.queued, r.lost,
+            body.append([r.scenario, r.offered, r.accepted, r.delivered, dropped, r.refused, r.queued, r.spilled, r.lost,
                          r.window, r.duplicated, r.resent if acks else "-", r.out_of_order, r.reconnects,
                          r.dropped_delivered])
         if not body:

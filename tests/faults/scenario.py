@@ -116,6 +116,36 @@ class Run:
             spans.append((start, over))
         return Windows(spans, self.accepted, self.accepted_at)
 
+    def finish_by_successor(self, server, scenario: str, successor, *, note: str = ""):
+        """Stop this client (it keeps what it could not deliver in its outbox file), then let
+        ``successor()`` - a started client with the same identifier and file - deliver it."""
+        self._stop.set()
+        if self.producer is not None:
+            self.producer.join(t(5))
+        # Unacknowledged when it stops (the server is down: no acknowledgement comes meanwhile):
+        # the successor sends them again, so they count as resent.
+        unacked = self.client.status()["unacked"]
+        undelivered = self.client.stop(t(5))
+        first = self.client.status()
+        spilled, reconnects = first["messages_spilled"], first["reconnects"]
+        ended = time.monotonic()
+        assert undelivered == 0, f"{scenario}: stop() left {undelivered} undelivered beside the file"
+        follower = successor()
+        assert follower.wait_until_connected(t(15)), f"{scenario}: the successor never connected"
+        wait_until = time.monotonic() + t(15)
+        while follower.status()["messages_reloaded"] < spilled and time.monotonic() < wait_until:
+            gevent.sleep(0.05)
+        assert follower.flush(t(15)), f"{scenario}: the successor did not deliver everything"
+        if self.accepted:  # written is not yet read: wait for the server to record the last one
+            server.wait_for(lambda: self.accepted[-1] in set(numbers_in(server.texts())), t(10), "the last message")
+        record = numbers_in(server.texts())
+        resent = first["messages_resent"] + follower.status()["messages_resent"] + unacked
+        result = account(scenario, self._next, self.accepted, record, self.drops, self.refused, reconnects, note,
+                         acks=self.acks, resent=resent,
+                         windows=self.windows(ended), spilled=spilled)
+        RESULTS.append(result)
+        return result
+
     def finish(self, server, scenario: str, *, delivered_expected: bool = True, note: str = ""):
         self._stop.set()
         if self.producer is not None:
