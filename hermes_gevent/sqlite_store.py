@@ -119,7 +119,11 @@ class _Database:
                     raise ConfigError(f"OUTBOX_PATH {path!r} cannot be opened: {again}.") from None
         finally:
             lock.close()  # releases the flock
-        self._transaction(self._renew, time.time())
+        try:
+            self._transaction(self._renew, time.time())  # the first write: a file we may only read fails here
+        except sqlite3.Error as exc:
+            self.close()
+            raise ConfigError(f"OUTBOX_PATH {path!r} cannot be written: {exc}.") from None
         return warnings
 
     def _connect(self) -> sqlite3.Connection:
