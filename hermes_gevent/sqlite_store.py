@@ -330,6 +330,7 @@ class SQLiteStore(Store):
         try:
             items, dead = self._pool.apply(self._db.claim, (limit, forgets))
         except sqlite3.Error as exc:
+            self._forgets[:0] = forgets  # not deleted: spill() tries again
             self._failure("could not read", exc)
             return []
         if dead:
@@ -359,12 +360,13 @@ class SQLiteStore(Store):
             own.close()
 
     def forget(self, items: list[Item]) -> None:
-        if self.failed:
-            return
         seqs = [seq for seq in map(seq_of, items) if seq is not None]
         if seqs:
+            # Kept after a failure too: spill() deletes them if the file can be written by then
+            # (else a delivered message would stay in the file and be sent again by the next start).
             self._forgets.extend(seqs)
-            self._work.set()
+            if not self.failed:
+                self._work.set()
 
     def spill(self, items: list[Item]) -> Spilled:
         pool = self._pool
@@ -411,6 +413,7 @@ class SQLiteStore(Store):
                     raise sqlite3.OperationalError("the outbox file failed earlier")
                 commit.results = self._pool.apply(self._db.commit, (commit.items, forgets))
             except Exception as exc:  # every waiter must wake, whatever went wrong
+                self._forgets[:0] = forgets  # not deleted: spill() tries again
                 if not self.failed:
                     self._failure("could not write", exc)
                 commit.error = exc
