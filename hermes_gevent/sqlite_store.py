@@ -351,10 +351,11 @@ class SQLiteStore(Store):
     def append_from_thread(self, items: list[Item]) -> list[Any]:
         """append() from another OS thread: a connection of its own, committed in that thread."""
         own = _Database(self._db.path, self._db.identifier, self._db.owner, self._db.max_size, self._db.strategy)
-        own.conn = own._connect()
         try:
+            own.conn = own._connect()
             return own.commit(items, [])
         except sqlite3.Error as exc:
+            self._failure("could not write", exc)  # logged once and counted, as from the hub's thread
             return [exc] * len(items)
         finally:
             own.close()
