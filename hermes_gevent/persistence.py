@@ -79,7 +79,15 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
             raise QueueFull(f"outbox file is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
         client.drops.count(item, DROP_OVERFLOW)
         return False
-    outbox = client._outbox_or_create()  # stop() may have closed the one above meanwhile
+    if client._outbox is not outbox:
+        # stop() closed the queue meanwhile, after the commit under way (it waits for that one):
+        # a committed message is in the store, left for the next start like the queue; one that
+        # was not committed is refused. Never queued where no run will send it.
+        if isinstance(result, BaseException):
+            client.drops.count(item, DROP_STOPPED)
+            return False
+        client.messages_spilled += 1
+        return True
     if isinstance(result, BaseException):
         return outbox.put(item)  # the store failed (logged once, counted): memory only
     try:

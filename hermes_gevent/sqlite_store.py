@@ -119,7 +119,11 @@ class _Database:
                     raise ConfigError(f"OUTBOX_PATH {path!r} cannot be opened: {again}.") from None
         finally:
             lock.close()  # releases the flock
-        self._transaction(self._renew, time.time())
+        try:
+            self._transaction(self._renew, time.time())  # the first write: a file we may only read fails here
+        except sqlite3.Error as exc:
+            self.close()
+            raise ConfigError(f"OUTBOX_PATH {path!r} cannot be written: {exc}.") from None
         return warnings
 
     def _connect(self) -> sqlite3.Connection:
@@ -326,6 +330,7 @@ class SQLiteStore(Store):
         try:
             items, dead = self._pool.apply(self._db.claim, (limit, forgets))
         except sqlite3.Error as exc:
+            self._forgets[:0] = forgets  # not deleted: spill() tries again
             self._failure("could not read", exc)
             return []
         if dead:
@@ -346,21 +351,23 @@ class SQLiteStore(Store):
     def append_from_thread(self, items: list[Item]) -> list[Any]:
         """append() from another OS thread: a connection of its own, committed in that thread."""
         own = _Database(self._db.path, self._db.identifier, self._db.owner, self._db.max_size, self._db.strategy)
-        own.conn = own._connect()
         try:
+            own.conn = own._connect()
             return own.commit(items, [])
         except sqlite3.Error as exc:
+            self._failure("could not write", exc)  # logged once and counted, as from the hub's thread
             return [exc] * len(items)
         finally:
             own.close()
 
     def forget(self, items: list[Item]) -> None:
-        if self.failed:
-            return
         seqs = [seq for seq in map(seq_of, items) if seq is not None]
         if seqs:
+            # Kept after a failure too: spill() deletes them if the file can be written by then
+            # (else a delivered message would stay in the file and be sent again by the next start).
             self._forgets.extend(seqs)
-            self._work.set()
+            if not self.failed:
+                self._work.set()
 
     def spill(self, items: list[Item]) -> Spilled:
         pool = self._pool
@@ -407,6 +414,7 @@ class SQLiteStore(Store):
                     raise sqlite3.OperationalError("the outbox file failed earlier")
                 commit.results = self._pool.apply(self._db.commit, (commit.items, forgets))
             except Exception as exc:  # every waiter must wake, whatever went wrong
+                self._forgets[:0] = forgets  # not deleted: spill() tries again
                 if not self.failed:
                     self._failure("could not write", exc)
                 commit.error = exc
