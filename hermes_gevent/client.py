@@ -447,6 +447,8 @@ class WebSocketClient(BaseClient):
         outbox = self._outbox
         if items and outbox is not None:
             outbox.requeue_front(items)
+            if self._store.path is not None:
+                self._store.restore(items)  # forgotten when written: a crash must not lose them now
             self.messages_sent -= len(items)
             self.log.info(f"{len(items)} message(s) the server's TCP never acknowledged will be sent again")
 

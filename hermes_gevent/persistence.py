@@ -99,7 +99,12 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
 
 def _send_durably_later(client: "WebSocketClient", item: Item) -> None:
     try:
-        send_durably(client, item)
+        if client._store.durable:
+            send_durably(client, item)
+        elif client.lifecycle.ended:
+            client.drops.count(item, DROP_STOPPED)  # stop() ran before this greenlet did
+        else:
+            client._outbox_or_create().put(item)  # the store failed meanwhile: memory only
     except QueueFull:
         client.drops.count(item, DROP_OVERFLOW)  # nobody to raise to: counted as the other strategies are
 

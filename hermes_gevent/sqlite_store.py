@@ -126,15 +126,18 @@ class _Database:
             raise ConfigError(f"OUTBOX_PATH {path!r} cannot be written: {exc}.") from None
         return warnings
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, check: bool = True) -> sqlite3.Connection:
+        """A connection; ``check``: verify the file and create the schema (once per run, at open)."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         try:
-            check = conn.execute("PRAGMA quick_check").fetchone()
-            if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed: {check[0] if check else 'no answer'}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            if check:
+                found = conn.execute("PRAGMA quick_check").fetchone()
+                if found is None or found[0] != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {found[0] if found else 'no answer'}")
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            if check:
+                conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()
             raise
@@ -173,12 +176,20 @@ class _Database:
     def _renew(self, conn: sqlite3.Connection, now: float) -> None:
         conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)", (self.owner, self.identifier, os.getpid(), now))
 
-    def commit(self, items: list[Item], forget: list[int]) -> list[Optional[Item]]:
-        return self._transaction(self._commit, items, forget)  # type: ignore[no-any-return]
+    def commit(self, items: list[Item], forget: list[int], restore: Optional[list[Item]] = None) -> list[Optional[Item]]:
+        return self._transaction(self._commit, items, forget, restore or [])  # type: ignore[no-any-return]
 
-    def _commit(self, conn: sqlite3.Connection, items: list[Item], forget: list[int]) -> list[Optional[Item]]:
+    def _commit(self, conn: sqlite3.Connection, items: list[Item], forget: list[int],
+                restore: list[Item]) -> list[Optional[Item]]:
         if forget:
             conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in forget])
+        if restore:
+            # Forgotten once written, then found unacknowledged by the server's TCP: back under
+            # their own numbers, so they keep their place (a number is never reused).
+            conn.executemany(
+                "INSERT OR IGNORE INTO messages (seq, identifier, owner, opcode, payload, ack_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [(seq_of(item), self.identifier, self.owner, item[0], item[1], item[2]) for item in restore],  # type: ignore[misc]
+            )
         if not items:
             return []
         accepted = items
@@ -278,6 +289,13 @@ class _Database:
         return len(items), refused, evicted
 
 
+def _captured(work: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    try:
+        return True, work(*args)
+    except Exception as exc:
+        return False, exc
+
+
 class _Commit:
     """One group commit being filled: the messages, and the event their callers wait on."""
 
@@ -302,6 +320,7 @@ class SQLiteStore(Store):
         self._pool: Optional[gevent.threadpool.ThreadPool] = None
         self._next = _Commit()
         self._forgets: list[int] = []
+        self._restores: list[Item] = []  # forgotten, then requeued: to put back
         self._work = gevent.event.Event()
         self._committer: Optional[gevent.Greenlet[..., Any]] = None
         self._closing = False
@@ -313,7 +332,7 @@ class SQLiteStore(Store):
     def open(self) -> None:
         self._pool = gevent.threadpool.ThreadPool(1)
         try:
-            warnings = self._pool.apply(self._db.open)
+            warnings = self._run(self._db.open)
         except BaseException:
             self._pool.kill()
             self._pool = None
@@ -327,8 +346,9 @@ class SQLiteStore(Store):
         if self.failed or self._pool is None:
             return []
         forgets, self._forgets = self._forgets, []
+        items: list[Item]
         try:
-            items, dead = self._pool.apply(self._db.claim, (limit, forgets))
+            items, dead = self._run(self._db.claim, limit, forgets)
         except sqlite3.Error as exc:
             self._forgets[:0] = forgets  # not deleted: spill() tries again
             self._failure("could not read", exc)
@@ -352,13 +372,23 @@ class SQLiteStore(Store):
         """append() from another OS thread: a connection of its own, committed in that thread."""
         own = _Database(self._db.path, self._db.identifier, self._db.owner, self._db.max_size, self._db.strategy)
         try:
-            own.conn = own._connect()
+            own.conn = own._connect(check=False)  # the run's open() checked the file
             return own.commit(items, [])
         except sqlite3.Error as exc:
             self._failure("could not write", exc)  # logged once and counted, as from the hub's thread
             return [exc] * len(items)
         finally:
             own.close()
+
+    def restore(self, items: list[Item]) -> None:
+        if self.failed:
+            return
+        stored = [item for item in items if seq_of(item) is not None]
+        if stored:
+            seqs = {seq_of(item) for item in stored}
+            self._forgets = [seq for seq in self._forgets if seq not in seqs]  # not deleted yet: keep them
+            self._restores.extend(stored)
+            self._work.set()
 
     def forget(self, items: list[Item]) -> None:
         seqs = [seq for seq in map(seq_of, items) if seq is not None]
@@ -375,8 +405,9 @@ class SQLiteStore(Store):
             return Spilled(failed=True)
         self._finish_commits()
         forgets, self._forgets = self._forgets, []
+        self._restores = []  # every message held is in ``items``: spill() writes them all anew
         try:
-            kept, refused, evicted = pool.apply(self._db.spill, (items, forgets))
+            kept, refused, evicted = self._run(self._db.spill, items, forgets)
         except sqlite3.Error as exc:
             self._failure("could not keep the undelivered messages", exc)
             return Spilled(failed=True)
@@ -393,9 +424,20 @@ class SQLiteStore(Store):
         if pool is not None:
             self._pool = None
             try:
-                pool.apply(self._db.close)
+                pool.apply(_captured, (self._db.close,))
             finally:
                 pool.kill()
+
+    def _run(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` in the store's thread; this greenlet waits, the hub does not. Its
+        exception is raised here (gevent's pool would also print it to stderr)."""
+        pool = self._pool
+        if pool is None:
+            raise sqlite3.OperationalError("the outbox file is closed")
+        ok, value = pool.apply(_captured, (work, *args))
+        if not ok:
+            raise value
+        return value
 
     # -- the committer ----------------------------------------------------------------------
 
@@ -405,14 +447,15 @@ class SQLiteStore(Store):
             self._work.clear()
             commit, self._next = self._next, _Commit()
             forgets, self._forgets = self._forgets, []
-            if not commit.items and not forgets:
+            restores, self._restores = self._restores, []
+            if not commit.items and not forgets and not restores:
                 if self._closing:
                     return
                 continue
             try:
                 if self.failed or self._pool is None:
                     raise sqlite3.OperationalError("the outbox file failed earlier")
-                commit.results = self._pool.apply(self._db.commit, (commit.items, forgets))
+                commit.results = self._run(self._db.commit, commit.items, forgets, restores)
             except Exception as exc:  # every waiter must wake, whatever went wrong
                 self._forgets[:0] = forgets  # not deleted: spill() tries again
                 if not self.failed:

@@ -82,6 +82,10 @@ class Store:
         """append() from an OS thread other than the hub's (it waits in that thread)."""
         raise NotImplementedError("only a durable store accepts messages")
 
+    def restore(self, items: list[Item]) -> None:
+        """These stored messages were forgotten once written, and are to be sent again (the
+        server's TCP never acknowledged them): keep them again (soon; never waits)."""
+
     def forget(self, items: list[Item]) -> None:
         """These stored messages were delivered or dropped: remove them (soon; never waits)."""
 

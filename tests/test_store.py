@@ -520,6 +520,24 @@ def test_always_from_an_os_thread_commits_before_returning(peer, make_client, tm
     wait_until(lambda: texts(path, "threads") == [], t(5), "the written messages to leave the file")
 
 
+def test_always_a_message_requeued_after_being_forgotten_is_put_back_in_the_file_under_its_number(tmp_path):
+    """Acknowledgements off, "always": a message leaves the file once written; if the server's
+    TCP then never acknowledged it (an abrupt failure), the client sends it again - and it must
+    be in the file again meanwhile, in its old place, or a crash now would lose it."""
+    db = sqlite_store._Database(str(tmp_path / "outbox.db"), "requeue", owner=1, max_size=100, strategy="drop_oldest")
+    db.open()
+    try:
+        first, second, third = db.commit([(1, b"a"), (1, b"b"), (1, b"c")], [])
+        db.commit([], [store.seq_of(first), store.seq_of(second)])  # written: forgotten
+        assert texts(db.path, "requeue") == ["c"]
+        db.commit([], [], [first, second])  # requeued: put back
+        assert texts(db.path, "requeue") == ["a", "b", "c"]  # in their old place, before "c"
+        db.commit([], [], [first])  # twice changes nothing
+        assert texts(db.path, "requeue") == ["a", "b", "c"]
+    finally:
+        db.close()
+
+
 def test_a_durable_send_waiting_for_a_commit_when_stop_begins_is_kept_or_refused_never_lost(peer, make_client,
                                                                                            tmp_path):
     """Two senders wait for commits when stop() begins: one in the commit under way, one in the
