@@ -10,7 +10,7 @@ hub then moves those messages into the queue in arrival order.
 The sender takes a batch, writes it, then ``settle()``s the part that reached
 the kernel. What did not stays in flight and is taken again first; messages
 the peer's TCP never acknowledged before an abrupt failure come back through
-``requeue_front()`` and go out before everything else. So a failed write
+``requeue_front()`` and go out before everything else, a batch at a time. So a failed write
 neither loses nor reorders messages.
 """
 
@@ -76,6 +76,9 @@ class Outbox:
         self._queue: Queue[Optional[Item]] = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
         self._inflight: list[Item] = []
         self._redo: collections.deque[Item] = collections.deque()  # to resend before _inflight
+        # Resends (and messages taken over from a store) too many for one batch: after _inflight,
+        # before the queue, taken a batch at a time.
+        self._ahead: collections.deque[Item] = collections.deque()
         self._wakes = 0  # _WAKE markers in the queue (not messages)
         self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
@@ -144,12 +147,27 @@ class Outbox:
         """The batch to write next: messages to resend first, then the unwritten rest of
         the last batch, else up to ``max_items``/``max_bytes`` queued messages (waiting
         up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch)."""
-        if not self._redo and not self._inflight:
+        if self._redo:
+            # To resend: ahead of the unwritten rest of the last batch, which is ahead of the rest.
+            ahead = self._ahead
+            ahead.extendleft(reversed(self._inflight))
+            ahead.extendleft(reversed(self._redo))
+            self._redo.clear()
+            self._inflight = []
+        batch: list[Item]
+        if not self._inflight and self._ahead:
+            ahead, batch, size = self._ahead, [], 0
+            while ahead and len(batch) < max_items and size < max_bytes:
+                item = ahead.popleft()
+                batch.append(item)
+                size += len(item[1])
+            self._inflight = batch
+        if not self._inflight:
             try:
                 first = self._queue.get(timeout=timeout)
             except Empty:
                 return []
-            batch: list[Item] = []
+            batch = []
             size = 0
             queue = self._queue
             while True:
@@ -162,9 +180,6 @@ class Outbox:
                     break
                 first = queue.get_nowait()
             self._inflight = batch
-        if self._redo:
-            self._inflight = list(self._redo) + self._inflight
-            self._redo.clear()
         return self._inflight
 
     def wake(self) -> None:
@@ -213,8 +228,9 @@ class Outbox:
         """Refuse nothing more here (the client refuses first); return and forget
         everything still held, oldest first."""
         self._drain_handoff()
-        remaining = list(self._redo) + list(self._inflight)
+        remaining = list(self._redo) + list(self._inflight) + list(self._ahead)
         self._redo.clear()
+        self._ahead.clear()
         self._inflight = []
         while True:
             item = self._pop_oldest()
@@ -236,7 +252,7 @@ class Outbox:
         return None
 
     def _queued_here(self) -> int:
-        return self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo)
+        return self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
 
     def __len__(self) -> int:
         return self._queued_here() + len(self._handoff)

@@ -104,3 +104,33 @@ def test_wake_ends_a_waiting_take_without_a_message():
     box.put(item(1))
     box.wake()
     assert box.take(5, 1 << 20, timeout=0) == [item(1)]  # markers never show up as messages
+
+
+def test_many_messages_to_resend_go_out_a_batch_at_a_time_in_order():
+    """Thousands to resend (a store's takeover, the kernel's unacknowledged writes) are taken
+    within the batch limits - one write of them all would hold the hub - and in order, even
+    when a write fails part-way and more are requeued meanwhile."""
+    box, _ = make(maxsize=10_000)
+    for n in range(1000, 1010):
+        box.put(item(n))
+    box.requeue_front([item(n) for n in range(100, 1000)])
+    first = box.take(max_items=256, max_bytes=1 << 20, timeout=0)
+    assert first == [item(n) for n in range(100, 356)]
+    box.settle(first, 6)  # a write failed after 6: the rest of the batch stays first
+    box.requeue_front([item(n) for n in range(100)])  # older still: before everything
+    sent = []
+    for _ in range(100):
+        batch = box.take(max_items=256, max_bytes=1 << 20, timeout=0)
+        if not batch:
+            break
+        assert len(batch) <= 256
+        sent += batch
+        box.ack()
+    assert sent == [item(n) for n in range(100)] + [item(n) for n in range(106, 1010)]
+    assert len(box) == 0
+
+
+def test_the_batch_byte_budget_holds_for_messages_to_resend():
+    box, _ = make()
+    box.requeue_front([(2, b"x" * 400) for _ in range(10)])
+    assert len(box.take(max_items=100, max_bytes=1000, timeout=0)) == 3
