@@ -303,6 +303,10 @@ class SQLiteStore(Store):
         self._closing = False
         self.errors = 0
         self.failed = False
+        #: Group commits that carried messages, and how many they carried (messages per commit:
+        #: committed / commits; the benchmarks report it).
+        self.commits = 0
+        self.committed = 0
 
     # -- the run --------------------------------------------------------------------------
 
@@ -406,6 +410,9 @@ class SQLiteStore(Store):
                 if self.failed or self._pool is None:
                     raise sqlite3.OperationalError("the outbox file failed earlier")
                 commit.results = self._pool.apply(self._db.commit, (commit.items, forgets))
+                if commit.items:
+                    self.commits += 1
+                    self.committed += len(commit.items)
             except sqlite3.Error as exc:
                 if not self.failed:
                     self._failure("could not write", exc)
