@@ -20,10 +20,11 @@ largest gap (the time past TICK between two ticks), as tests/scripts/hub_ticker.
 store's commit counters give the messages per group commit.
 
 spill: a client whose server is down (URL: a closed port) with OUTBOX_SYNC="stop" and
-MAX_QUEUE_SIZE raised to COUNT (the default 10000 could not hold 100,000) queues COUNT messages; the
-figure is how long stop() takes to spill them to the file. reload: a new process, the same
-settings, the server up: the time from start() until status()["messages_reloaded"] == COUNT,
-and until the server has them all.
+MAX_QUEUE_SIZE raised to COUNT (the default 10000 could not hold 100,000) queues COUNT messages;
+the figure is how long stop() takes to spill them to the file (the ticker runs meanwhile).
+reload: a new process, the same settings, the server up: the time from start() until all COUNT
+are taken over from the file (messages_reloaded == COUNT, noted as the claim sets it: see
+TimedClient), and until the server has them all; the ticker runs meanwhile too.
 """
 
 from gevent import monkey
@@ -122,26 +123,51 @@ def always(url: str, count: int, path: str) -> dict:
     return result
 
 
+class TimedClient(WebSocketClient):
+    """A WebSocketClient that notes when ``messages_reloaded`` reaches ``expect``: the claim sets
+    it as it hands the messages to the queue. The sender, woken then, starts writing them before
+    a greenlet polling status() runs again, and may hold the hub meanwhile (the ticker shows how
+    long): the poll's figure is kept too ("seen_seconds"). spill and reload both use this class:
+    a client's identifier (its class name when it has none) owns the messages."""
+
+    expect = None
+    reloaded_at = None
+
+    @property
+    def messages_reloaded(self) -> int:
+        return self.__dict__.get("_reloaded", 0)
+
+    @messages_reloaded.setter
+    def messages_reloaded(self, value: int) -> None:
+        self.__dict__["_reloaded"] = value
+        if self.expect is not None and self.reloaded_at is None and value >= self.expect:
+            self.reloaded_at = time.perf_counter()
+
+
 def queue_size(count: int) -> int:
     """MAX_QUEUE_SIZE for spill and reload: the default, raised to ``count`` when it holds fewer."""
     return max(count, WebSocketClient.MAX_QUEUE_SIZE)
 
 
 def spill(url: str, count: int, path: str) -> dict:
-    client = WebSocketClient(url=url, outbox_path=path, max_queue_size=queue_size(count), retry_delay=5,
-                             max_retry_delay=5)
+    client = TimedClient(url=url, outbox_path=path, max_queue_size=queue_size(count), retry_delay=5,
+                         max_retry_delay=5)
     client.start()
     for i in range(count):
         client.send_message("x" * (SIZE - 8) + f"{i:08d}")
         if i % 100 == 99:
             gevent.sleep(0)
     queued = client.queue_size
+    ticker = Ticker()
+    gevent.sleep(0.05)
     began = time.perf_counter()
     left = client.stop()
     seconds = time.perf_counter() - began
+    gaps = ticker.stop()
     status = client.status()
     return {"seconds": seconds, "max_queue_size": client.settings.MAX_QUEUE_SIZE, "queued": queued,
-            "spilled": status["messages_spilled"], "left_undelivered": left, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"],
+            "spilled": status["messages_spilled"], "left_undelivered": left, "ticker_max_gap_ms": gaps["max_gap_ms"],
+            "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"],
             "outbox_errors": status["outbox_errors"]}
 
 
@@ -154,22 +180,27 @@ def reload(url: str, count: int, path: str) -> dict:
             replies.append(msg)
             done.set()
 
-    client = WebSocketClient(url=f"{url}/sink?expect={count}", outbox_path=path, max_queue_size=queue_size(count),
-                             on_message=on_message)
+    client = TimedClient(url=f"{url}/sink?expect={count}", outbox_path=path, max_queue_size=queue_size(count),
+                         on_message=on_message)
+    client.expect = count
+    ticker = Ticker()
+    gevent.sleep(0.05)
     began = time.perf_counter()
     client.start()
     deadline = began + 30
     while client.messages_reloaded < count and time.perf_counter() < deadline:
         gevent.sleep(0.0005)
-    reloaded = time.perf_counter() - began
+    seen = time.perf_counter() - began
     delivered = None
     if client.messages_reloaded == count and done.wait(60):
         delivered = time.perf_counter() - began
         assert replies[0].startswith(f"done {count} "), replies
+    gaps = ticker.stop()
     status = client.status()
     client.stop(5)
-    return {"seconds": reloaded if status["messages_reloaded"] == count else None,
-            "reloaded": status["messages_reloaded"], "delivered_seconds": delivered,
+    return {"seconds": client.reloaded_at - began if client.reloaded_at is not None else None,
+            "seen_seconds": seen, "reloaded": status["messages_reloaded"], "delivered_seconds": delivered,
+            "max_queue_size": client.settings.MAX_QUEUE_SIZE, "ticker_max_gap_ms": gaps["max_gap_ms"],
             "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"],
             "outbox_errors": status["outbox_errors"]}
 

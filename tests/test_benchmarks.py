@@ -77,6 +77,7 @@ def check_outbox(outbox, text):
     assert outbox["spill"]["spilled"] == outbox["spill"]["count"]
     assert outbox["reload"]["reloaded"] == outbox["reload"]["count"]
     assert outbox["reload"]["delivered_seconds"] is not None  # the server got every one taken over
+    assert {"seen_seconds", "ticker_max_gap_ms"} <= set(outbox["reload"]) and "ticker_max_gap_ms" in outbox["spill"]
     ticker = outbox["ticker"]
     assert ticker["bound_ms"] == MAX_GAP_MS  # the bound the ticker test holds the hub to, printed beside the gap
     assert isinstance(ticker["max_gap_ms"], (int, float))
