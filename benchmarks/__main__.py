@@ -20,8 +20,16 @@ is the cost of acknowledgements. An "on" run counts only once the server has eve
 id and the client's flush() says every message is acknowledged; one that ends with
 messages unacknowledged fails the workload, as drops do.
 
+The outbox file (OUTBOX_PATH, benchmarks/outbox.py), hermes alone: OUTBOX_SYNC="always" with 64
+request-handler greenlets beside the same workload in memory only (OUTBOX_PATH=None), every
+other setting a user's; the "stop" spill at stop() and the reload at start() of 100,000 messages
+(MAX_QUEUE_SIZE raised to 100,000 for that figure alone); and the largest gap of a 1 ms ticker
+greenlet while "always" commits, beside the bound of the ticker test (tests/test_hub.py). A run
+that dropped, refused or lost a message fails its workload, as above.
+
     python -m benchmarks             # 5 rounds (a few minutes)
     python -m benchmarks --quick     # one short round: checks that everything runs
+    python -m benchmarks --only outbox   # the outbox benchmarks alone, merged into the existing JSON
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -64,17 +73,34 @@ ACKED = [
 #: the two sides of an acknowledgement workload: the same dicts, acknowledgements off and on
 ACK_SIDES = {"off": "oneway-json", "on": "oneway-ack"}
 
+#: The outbox benchmarks (benchmarks/outbox.py): messages per run, and the targets of the issue.
+OUTBOX_ALWAYS_COUNT = 100_000  # over the 64 handler greenlets, 100 B each
+OUTBOX_ALWAYS_TARGET = 20_000  # msg/s delivered, OUTBOX_SYNC="always"
+OUTBOX_SPILL_COUNT = 100_000  # spilled at stop(), then taken over at start()
+OUTBOX_SECONDS_TARGET = 1.0  # each of spill and reload
+#: MAX_QUEUE_SIZE a user gets (hermes_gevent's default)
+DEFAULT_QUEUE_SIZE = 10_000
+#: The ticker test's bound on the largest gap between ticks (tests/test_hub.py MAX_GAP_MS).
+TICKER_BOUND_MS = 50
+#: the two sides of the "always" workload: the same handlers, with the file and in memory only
+OUTBOX_SIDES = ("always", "memory")
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one short round (the test suite uses it)")
     parser.add_argument("--output", default=str(RESULTS / "latest.json"))
+    parser.add_argument("--only", choices=["outbox"],
+                        help="run these benchmarks alone and replace their part of the JSON at --output "
+                             "(the rest of it stays as it was)")
     args = parser.parse_args()
     scale, rounds = (0.02, 1) if args.quick else (1.0, args.rounds)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still stops its servers (finally)
 
     ensure_node_deps()
+    if args.only == "outbox":
+        return only_outbox(Path(args.output), scale, rounds, args.quick)
     sink, port = start_sink()
     url = f"ws://127.0.0.1:{port}"
     report: dict = {"machine": machine(), "rounds": rounds, "quick": args.quick, "workloads": {}}
@@ -99,6 +125,8 @@ def main() -> int:
         print(f"memory: {report['memory']['bytes_per_message']} bytes per queued 100-byte message "
               f"(target <= 250); queue op {report['memory']['op_ns_at_1k']} ns at 1k deep, "
               f"{report['memory']['op_ns_at_100k']} ns at 100k deep")
+        report["outbox"] = outbox_benchmarks(url, scale, rounds, args.quick)
+        print_outbox(report["outbox"])
     finally:
         stop(sink)
     report["recovery"] = probe("recovery", str(free_port()), "0.5")
@@ -237,7 +265,12 @@ def failures(report: dict) -> list[str]:
     for part in ("enqueue", "flask"):
         if report[part].get("failed"):
             found.append(f"{part}: {report[part]['failed']}")
-    return found
+    return found + outbox_failures(report.get("outbox", {}))
+
+
+def outbox_failures(outbox: dict) -> list[str]:
+    return [f"outbox {part}: {outbox[part]['failed']}" for part in ("always", "spill", "reload")
+            if part in outbox and outbox[part].get("failed")]
 
 
 def summarize(runs: dict[str, list[float]], unit: str, target: float) -> dict:
@@ -305,6 +338,182 @@ def print_enqueue(e: dict) -> None:
         return
     print(f"enqueue cost: send_message median {e['hermes_median_ns']} ns, p99 {e['hermes_p99_ns']} ns; raw ws.send() "
           f"median {e['raw_median_ns']} ns (ratio {e['ratio']:.3f}, target <= 0.2); 0 dropped")
+
+
+def only_outbox(output: Path, scale: float, rounds: int, quick: bool) -> int:
+    """``--only outbox``: the outbox benchmarks alone; their part of the JSON at ``output`` is
+    replaced, the rest kept (a full run's figures stay beside them)."""
+    sink, port = start_sink()
+    try:
+        outbox = outbox_benchmarks(f"ws://127.0.0.1:{port}", scale, rounds, quick)
+    finally:
+        stop(sink)
+    print_outbox(outbox)
+    report = json.loads(output.read_text()) if output.exists() else {"machine": machine()}
+    report["outbox"] = outbox
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    failed = outbox_failures(outbox)
+    for line in failed:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def outbox_benchmarks(url: str, scale: float, rounds: int, quick: bool) -> dict:
+    """The three figures of the outbox file, each file fresh in a directory of its own (on the
+    disk the system keeps temporary files on). The load average at the start is kept with them:
+    the figures are of a machine as busy as it was."""
+    directory = tempfile.mkdtemp(prefix="hermes-outbox-bench-")
+    load = [round(x, 2) for x in os.getloadavg()]
+    try:
+        always = run_outbox_always(url, max(64 * 20, int(OUTBOX_ALWAYS_COUNT * scale)), rounds, directory)
+        spill, reload = run_spill_reload(url, max(1000, int(OUTBOX_SPILL_COUNT * scale)), rounds, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    ticker = always.pop("ticker")
+    return {"rounds": rounds, "quick": quick, "load_average_at_start": load, "directory": directory,
+            "always": always, "spill": spill, "reload": reload, "ticker": ticker}
+
+
+def run_outbox_always(url: str, count: int, rounds: int, directory: str) -> dict:
+    """64 handler greenlets, OUTBOX_SYNC="always" and memory only, alternating who goes first."""
+    runs: dict[str, list[float]] = {side: [] for side in OUTBOX_SIDES}
+    drops = {side: no_drops() for side in OUTBOX_SIDES}
+    gaps: dict[str, list[dict]] = {side: [] for side in OUTBOX_SIDES}
+    per_commit: list[float] = []
+    commits = errors = 0
+    total = count
+    for r in range(rounds):
+        for side in OUTBOX_SIDES[r % 2:] + OUTBOX_SIDES[: r % 2]:
+            path = os.path.join(directory, f"always-{r}.db") if side == "always" else "-"
+            result = outbox_probe("always", url, count, path)
+            total = result["count"]
+            add_drops(drops[side], result)
+            errors += result["outbox_errors"]
+            gaps[side].append(result)
+            if side == "always" and result["commits"]:
+                commits += result["commits"]
+                per_commit.append(result["committed"] / result["commits"])
+            if result["seconds"] is not None:
+                runs[side].append(total / result["seconds"])
+    reasons = [drop_failure({f"hermes ({side})": d for side, d in drops.items()})]
+    if errors:
+        reasons.append(f"the outbox file failed {errors} time(s) (outbox_errors)")
+    failed = "; ".join(r for r in reasons if r) or None
+    sides = {side: {"median": statistics.median(values), "runs": [round(v, 1) for v in values]} if values else None
+             for side, values in runs.items()}
+    ratio = sides["always"]["median"] / sides["memory"]["median"] if not failed else None
+    ticker = {
+        "bound_ms": TICKER_BOUND_MS, "tick_ms": 1.0,
+        "max_gap_ms": max((g["max_gap_ms"] for g in gaps["always"] if g["max_gap_ms"] is not None), default=None),
+        "runs_max_gap_ms": [g["max_gap_ms"] for g in gaps["always"]],
+        "p99_gap_ms": statistics.median(g["p99_gap_ms"] for g in gaps["always"] if g["p99_gap_ms"] is not None)
+        if any(g["p99_gap_ms"] is not None for g in gaps["always"]) else None,
+        "memory_max_gap_ms": max((g["max_gap_ms"] for g in gaps["memory"] if g["max_gap_ms"] is not None),
+                                 default=None),
+    }
+    ticker["met"] = ticker["max_gap_ms"] is not None and ticker["max_gap_ms"] < TICKER_BOUND_MS
+    return {
+        "unit": "msg/s", "count": total, "handlers": 64, "size": 100, "target": OUTBOX_ALWAYS_TARGET, **sides,
+        "ratio": ratio, "met": not failed and sides["always"] is not None
+        and sides["always"]["median"] >= OUTBOX_ALWAYS_TARGET,
+        "failed": failed, "dropped": drops, "outbox_errors": errors, "commits": commits,
+        "messages_per_commit": statistics.median(per_commit) if per_commit else None, "ticker": ticker,
+    }
+
+
+def run_spill_reload(url: str, count: int, rounds: int, directory: str) -> tuple[dict, dict]:
+    """OUTBOX_SYNC="stop": spill ``count`` messages at stop() with the server down, then take
+    them over in a new process, the server up; ``rounds`` times, each with a fresh file."""
+    spills: list[dict] = []
+    reloads: list[dict] = []
+    for r in range(rounds):
+        path = os.path.join(directory, f"stop-{r}.db")
+        spills.append(outbox_probe("spill", f"ws://127.0.0.1:{free_port()}/down", count, path))
+        reloads.append(outbox_probe("reload", url, count, path))
+
+    def summary(results: list[dict], failed: str | None, **extra) -> dict:
+        times = [r["seconds"] for r in results if r["seconds"] is not None]
+        median = statistics.median(times) if times and not failed else None
+        return {"count": count, "max_queue_size": spills[0]["max_queue_size"], "target_seconds": OUTBOX_SECONDS_TARGET,
+                "seconds": median, "runs": [round(t, 4) for t in times],
+                "met": median is not None and median < OUTBOX_SECONDS_TARGET, "failed": failed, **extra}
+
+    spill_drops, reload_drops = no_drops(), no_drops()
+    for result in spills:
+        add_drops(spill_drops, result)
+    for result in reloads:
+        add_drops(reload_drops, result)
+    short = [r["spilled"] for r in spills if r["spilled"] != count or r["left_undelivered"]]
+    reasons = [drop_failure({"hermes": spill_drops}),
+               f"spilled {short} of {count:,}" if short else None,
+               "the outbox file failed" if any(r["outbox_errors"] for r in spills) else None]
+    spill = summary(spills, "; ".join(r for r in reasons if r) or None, dropped=spill_drops,
+                    spilled=sum(r["spilled"] for r in spills), ticker_max_gap_ms=largest_gap(spills))
+    short = [r["reloaded"] for r in reloads if r["reloaded"] != count]
+    undelivered = sum(1 for r in reloads if r["delivered_seconds"] is None)
+    reasons = [drop_failure({"hermes": reload_drops}),
+               f"took over {short} of {count:,}" if short else None,
+               f"the server did not get all {count:,} in {undelivered} run(s)" if undelivered else None,
+               "the outbox file failed" if any(r["outbox_errors"] for r in reloads) else None]
+    delivered = [r["delivered_seconds"] for r in reloads if r["delivered_seconds"] is not None]
+    seen = [r["seen_seconds"] for r in reloads if r["seconds"] is not None]
+    reload = summary(reloads, "; ".join(r for r in reasons if r) or None, dropped=reload_drops,
+                     reloaded=sum(r["reloaded"] for r in reloads),
+                     delivered_seconds=statistics.median(delivered) if delivered else None,
+                     # when a greenlet polling status() saw messages_reloaded == count: after the
+                     # sender, woken as the claim ends, let the hub go (benchmarks/outbox.py TimedClient)
+                     seen_seconds=statistics.median(seen) if seen else None,
+                     ticker_max_gap_ms=largest_gap(reloads))
+    return spill, reload
+
+
+def largest_gap(results: list[dict]) -> float | None:
+    """The largest gap a 1 ms ticker saw in any of these runs (ms)."""
+    return max((r["ticker_max_gap_ms"] for r in results if r["ticker_max_gap_ms"] is not None), default=None)
+
+
+def outbox_probe(what: str, url: str, count: int, path: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.outbox", what, url, str(count), path], cwd=HERE.parent,
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"outbox {what} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_outbox(o: dict) -> None:
+    load = ", ".join(f"{x:.2f}" for x in o["load_average_at_start"])
+    print(f"outbox file (load average {load} at the start; files in {os.path.dirname(o['directory'])}):")
+    a = o["always"]
+    if a["failed"]:
+        print(f"  \"always\": FAILED — {a['failed']}", flush=True)
+    else:
+        print(f"  \"always\", {a['handlers']} handler greenlets, {a['size']} B, defaults: "
+              f"{a['always']['median']:>9,.0f} msg/s delivered  memory only {a['memory']['median']:>9,.0f}  "
+              f"x{a['ratio']:.2f} of memory  target >= {a['target']:,} msg/s: {'met' if a['met'] else 'NOT met'}; "
+              f"{a['messages_per_commit']:.1f} messages per commit; 0 dropped", flush=True)
+    for part, what in (("spill", "spill at stop(), server down"), ("reload", "reload from start(), all taken over")):
+        row = o[part]
+        if row["failed"]:
+            print(f"  \"stop\" {what}: FAILED — {row['failed']}", flush=True)
+            continue
+        extra = (f", the server had them all after {row['delivered_seconds']:.3f} s"
+                 if part == "reload" and row["delivered_seconds"] is not None else "")
+        gap = row["ticker_max_gap_ms"]
+        if gap is not None:
+            extra += (f" (a 1 ms ticker's largest gap meanwhile {gap:.1f} ms, the ticker bound {TICKER_BOUND_MS} ms: "
+                      f"{'met' if gap < TICKER_BOUND_MS else 'NOT met'})")
+        queue = (f"MAX_QUEUE_SIZE raised to {row['max_queue_size']:,} for this figure"
+                 if row["max_queue_size"] > DEFAULT_QUEUE_SIZE else "default MAX_QUEUE_SIZE")
+        print(f"  \"stop\" {what}: {row['count']:,} messages in {row['seconds']:.3f} s{extra}  target < "
+              f"{row['target_seconds']:g} s: {'met' if row['met'] else 'NOT met'}; {queue}; 0 dropped", flush=True)
+    t = o["ticker"]
+    if t["max_gap_ms"] is not None:
+        memory = (f"; memory only, same handlers: {t['memory_max_gap_ms']:.1f} ms"
+                  if t["memory_max_gap_ms"] is not None else "")
+        print(f"  hub ticker ({t['tick_ms']:g} ms sleeps) while \"always\" commits: largest gap "
+              f"{t['max_gap_ms']:.1f} ms (p99 {t['p99_gap_ms']:.1f} ms)  bound {t['bound_ms']} ms (the ticker "
+              f"test's): {'met' if t['met'] else 'NOT met'}{memory}", flush=True)
 
 
 def probe(*args: str) -> dict:
