@@ -84,6 +84,7 @@ class WebSocketClient(BaseClient):
         self._home_hub = gevent.get_hub()  # the loops run here; other threads hand off to it
         self._orphans: list[Greenlet] = []
         self._orphan_stores: list[Store] = []  # a forked parent's store, never closed here
+        self._starting: Optional[gevent.event.Event] = None  # set while start() opens the outbox file
         self._outbox: Optional[Outbox] = None
         # Where messages outlive the process (OUTBOX_PATH): opened by start(), closed by stop().
         self._store: Store = MemoryStore()
@@ -174,6 +175,11 @@ class WebSocketClient(BaseClient):
             return self
         if life.stopping:
             raise RuntimeError("start() called while stop() is still running")
+        starting = self._starting
+        if starting is not None:  # another greenlet's start() is opening the outbox file
+            if not in_hub():
+                starting.wait()
+            return self
         transport.parse_ws_url(self.url())  # ConfigError now, not inside a loop
         if self._log_enabled or (self._log_enabled is None and env_flag(os.environ.get(self.LOG_ENV))):
             enable_stderr_logging()
@@ -181,10 +187,22 @@ class WebSocketClient(BaseClient):
         if self._orphans:
             gevent.killall(self._orphans, block=False)  # a forked parent's loops, stale here
             self._orphans = []
+        if self.settings.OUTBOX_PATH:
+            if in_hub():  # a signal handler, a loop callback: opening the file waits on the disk
+                gevent.spawn(self.start)
+                return self
+            self._starting = gevent.event.Event()  # one start at a time; stop() waits for it
+            try:
+                store = persistence.open_store(self)  # ConfigError here for an OUTBOX_PATH it cannot use
+            finally:
+                self._starting.set()
+                self._starting = None
+        else:
+            store = MemoryStore()
         self._reset_run()
         self._outbox_or_create()
-        self._store = persistence.open_store(self)  # ConfigError here for an OUTBOX_PATH it cannot use
-        if self._store.path is None:
+        self._store = store
+        if store.path is None:
             self._store_ready.set()
         life.move(State.CONNECTING, "start()")
         for name in _LOOPS:
@@ -322,6 +340,9 @@ class WebSocketClient(BaseClient):
             gevent.spawn(self.stop, timeout)
             return self.queue_size + (len(self._window) if self._window is not None else 0)
         life = self.lifecycle
+        starting = self._starting
+        if starting is not None:  # a start() is opening the outbox file: stop what it starts
+            starting.wait(timeout if timeout is not None else self.settings.MAX_THREAD_WAIT_TIME)
         if life.stopping:
             self._stopped_event.wait(timeout if timeout is not None else self.settings.MAX_THREAD_WAIT_TIME)
             return self._stop_result or 0

@@ -19,7 +19,7 @@ from .errors import QueueFull
 from .frames import Item
 from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
 from .sqlite_store import SQLiteStore
-from .store import CLAIM_EVERY, MemoryStore, Store
+from .store import CLAIM_EVERY, MemoryStore, Store, seq_of
 
 if TYPE_CHECKING:
     from .client import WebSocketClient
@@ -43,21 +43,23 @@ def open_store(client: "WebSocketClient") -> Store:
 
 def claim_loop(client: "WebSocketClient", generation: int) -> None:
     store = client._store
+    ready = client._store_ready  # this run's (a forked parent's copy of this loop must not set the child's)
+    limit = client.settings.MAX_QUEUE_SIZE  # the first claim: all of them, ahead of anything sent since start()
     try:
         if store.path is None:
             return
         while client._current(generation):
-            outbox = client._outbox_or_create()
-            room = client.settings.MAX_QUEUE_SIZE - len(outbox)
-            items = store.claim(room)
+            items = store.claim(limit)
             if items and client._current(generation):
-                outbox.requeue_front(items)
+                client._outbox_or_create().requeue_front(items)
                 client.messages_reloaded += len(items)
                 client.log.info(f"took over {len(items)} message(s) kept in {store.path}; they go out first")
-            client._store_ready.set()
+            ready.set()
             gevent.sleep(CLAIM_EVERY)
+            # Later claims (a process that died) take what the queue has room for.
+            limit = client.settings.MAX_QUEUE_SIZE - len(client._outbox_or_create())
     finally:
-        client._store_ready.set()  # the sender never waits on a claim that will not come
+        ready.set()  # the sender never waits on a claim that will not come
 
 
 def send_durably(client: "WebSocketClient", item: Item) -> bool:
@@ -118,11 +120,15 @@ def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[I
     client.outbox_errors += store.errors
     client._store = MemoryStore()
     if spilled.failed:
-        for item in unacked:
+        # Messages already in the file stay there (under a lease that will be found dead): kept.
+        lost_unacked = [item for item in unacked if seq_of(item) is None]
+        lost_queued = [item for item in queued if seq_of(item) is None]
+        for item in lost_unacked:
             client.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
-        for item in queued:
+        for item in lost_queued:
             client.drops.count(item, DROP_STOPPED, log=False)
-        return len(unacked) + len(queued)
+        client.messages_spilled += len(unacked) + len(queued) - len(lost_unacked) - len(lost_queued)
+        return len(lost_unacked) + len(lost_queued)
     client.messages_spilled += spilled.kept
     for item in spilled.evicted + spilled.refused:
         client.drops.count(item, DROP_OVERFLOW, log=False)

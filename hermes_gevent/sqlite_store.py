@@ -37,7 +37,7 @@ from .store import Spilled, Store, seq_of, stored_item
 __all__ = ["BUSY_TIMEOUT", "LEASE_TIMEOUT", "SQLiteStore"]
 
 #: A lease not renewed for this long is dead (its process hangs, or runs in another PID namespace).
-LEASE_TIMEOUT = 20.0
+LEASE_TIMEOUT = 25.0
 #: How long one process waits for another's write transaction.
 BUSY_TIMEOUT = 10.0
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
@@ -184,12 +184,7 @@ class _Database:
         if forget:
             conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in forget])
         if restore:
-            # Forgotten once written, then found unacknowledged by the server's TCP: back under
-            # their own numbers, so they keep their place (a number is never reused).
-            conn.executemany(
-                "INSERT OR IGNORE INTO messages (seq, identifier, owner, opcode, payload, ack_id) VALUES (?, ?, ?, ?, ?, ?)",
-                [(seq_of(item), self.identifier, self.owner, item[0], item[1], item[2]) for item in restore],  # type: ignore[misc]
-            )
+            self._put_back(conn, restore)
         if not items:
             return []
         accepted = items
@@ -210,6 +205,14 @@ class _Database:
             for i, item in enumerate(accepted)
         ]
         return stored + [None] * (len(items) - len(accepted))
+
+    def _put_back(self, conn: sqlite3.Connection, restore: list[Item]) -> None:
+        """Messages forgotten once written, then found unacknowledged by the server's TCP: back
+        under their own numbers, so they keep their place (a number is never reused)."""
+        conn.executemany(
+            "INSERT OR IGNORE INTO messages (seq, identifier, owner, opcode, payload, ack_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [(seq_of(item), self.identifier, self.owner, item[0], item[1], item[2]) for item in restore],  # type: ignore[misc]
+        )
 
     def _count(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute("SELECT count(*) FROM messages WHERE identifier = ?", (self.identifier,)).fetchone()[0])
@@ -253,21 +256,38 @@ class _Database:
             )
         return [stored_item(opcode, bytes(payload), ack_id, seq) for seq, opcode, payload, ack_id in rows], len(dead)
 
-    def spill(self, items: list[Item], forget: list[int]) -> tuple[int, list[Item], list[Item]]:
+    def spill(self, items: list[Item], forget: list[int], restore: list[Item]) -> tuple[int, list[Item], list[Item], int]:
         """Keep ``items`` for a later start (owned by nobody), in order, within the bound; give up
-        our lease. Returns how many were kept, ours that were not, and older ones dropped."""
-        return self._transaction(self._spill, items, forget)  # type: ignore[no-any-return]
+        our lease. Returns how many were kept, ours that were not, older ones dropped, and how many
+        another process had taken over meanwhile (its own now)."""
+        return self._transaction(self._spill, items, forget, restore)  # type: ignore[no-any-return]
 
-    def _spill(self, conn: sqlite3.Connection, items: list[Item], forget: list[int]) -> tuple[int, list[Item], list[Item]]:
-        # What we held goes back in the order of ``items`` (a resent message may have been
-        # forgotten once written): delete our copies, then insert them all anew.
-        stale = forget + [seq for seq in map(seq_of, items) if seq is not None]
-        conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in stale])
+    def _spill(self, conn: sqlite3.Connection, items: list[Item], forget: list[int],
+               restore: list[Item]) -> tuple[int, list[Item], list[Item], int]:
+        if forget:  # only ours: a row another process took over is its to send or forget
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND owner = ?", [(seq, self.owner) for seq in forget])
+        if restore:
+            self._put_back(conn, restore)
+        # Messages already in the file keep their numbers (their place among every process's);
+        # one no longer ours was taken over while this process could not renew its lease.
+        held: list[int] = []
+        new: list[Item] = []
+        gone = 0
+        for item in items:
+            seq = seq_of(item)
+            if seq is None:
+                new.append(item)
+                continue
+            row = conn.execute("SELECT owner FROM messages WHERE seq = ?", (seq,)).fetchone()
+            if row is not None and row[0] == self.owner:
+                held.append(seq)
+            else:
+                gone += 1
         room = self.max_size - self._count(conn)
         refused: list[Item] = []
         evicted: list[Item] = []
-        if len(items) > room:
-            excess = len(items) - max(room, 0)
+        if len(new) > room:
+            excess = len(new) - max(room, 0)
             if self.strategy == "drop_oldest":
                 rows = conn.execute(
                     "SELECT seq, opcode, payload, ack_id FROM messages WHERE identifier = ? AND owner IS NULL "
@@ -277,16 +297,16 @@ class _Database:
                 conn.executemany("DELETE FROM messages WHERE seq = ?", [(row[0],) for row in rows])
                 evicted = [stored_item(opcode, bytes(payload), ack_id, seq) for seq, opcode, payload, ack_id in rows]
                 excess -= len(rows)
-                refused, items = items[:excess], items[excess:]
+                refused, new = new[:excess], new[excess:]
             else:
-                refused, items = items[len(items) - excess:], items[: len(items) - excess]
+                refused, new = new[len(new) - excess:], new[: len(new) - excess]
         conn.executemany(
             "INSERT INTO messages (identifier, owner, opcode, payload, ack_id) VALUES (?, NULL, ?, ?, ?)",
-            [(self.identifier, item[0], item[1], item[2] if len(item) > 2 else "") for item in items],
+            [(self.identifier, item[0], item[1], item[2] if len(item) > 2 else "") for item in new],
         )
         conn.execute("UPDATE messages SET owner = NULL WHERE owner = ?", (self.owner,))  # nothing we held is lost
         conn.execute("DELETE FROM owners WHERE owner = ?", (self.owner,))
-        return len(items), refused, evicted
+        return len(held) + len(new), refused, evicted, gone
 
 
 def _captured(work: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
@@ -409,12 +429,16 @@ class SQLiteStore(Store):
             return Spilled(failed=True)
         self._finish_commits()
         forgets, self._forgets = self._forgets, []
-        self._restores = []  # every message held is in ``items``: spill() writes them all anew
+        restores, self._restores = self._restores, []
         try:
-            kept, refused, evicted = self._run(self._db.spill, items, forgets)
+            kept, refused, evicted, gone = self._run(self._db.spill, items, forgets, restores)
         except sqlite3.Error as exc:
             self._failure("could not keep the undelivered messages", exc)
             return Spilled(failed=True)
+        if gone:
+            self._log.warning(f"outbox {self.path}: {gone} message(s) held here were taken over by another process "
+                              f"while this one could not renew its lease (blocked over {LEASE_TIMEOUT:g} s); "
+                              "they are that process's to send now")
         if refused or evicted:
             self._log.warning(f"outbox {self.path} is full (MAX_QUEUE_SIZE={self._db.max_size} for this identifier): "
                               f"{len(refused) + len(evicted)} message(s) dropped")
@@ -468,6 +492,11 @@ class SQLiteStore(Store):
                 if not self.failed:
                     self._failure("could not write", exc)
                 commit.error = exc
+            except BaseException:  # killed (stop() waited BUSY_TIMEOUT for it): its callers must not wait forever
+                self.errors += 1
+                commit.error = sqlite3.OperationalError("the client stopped before this commit ended")
+                commit.done.set()
+                raise
             commit.done.set()
             if self._closing:
                 return

@@ -607,7 +607,7 @@ def test_a_process_killed_with_sigkill_loses_nothing_another_takes_its_messages_
                          outbox_sync="always")
     client.start()
     assert client.send_message("mine")
-    # Taken at start (LEASE_TIMEOUT, 20 s, has not passed: the PID check found it dead), and first.
+    # Taken at start (LEASE_TIMEOUT, 25 s, has not passed: the PID check found it dead), and first.
     assert peer.wait_messages(201) == [f"h-{i}" for i in range(200)] + ["mine"]
     assert client.status()["messages_reloaded"] == 200
     assert "1 process(es) with this identifier are gone" in log_watch.wait("are gone").getMessage()
@@ -783,3 +783,103 @@ def test_a_forked_child_opens_a_store_of_its_own_and_leaves_the_parents_alone(pe
     assert sorted(got) == sorted([*before, "child-0", "parent-after"])
     assert [m for m in got if m.startswith("parent")] == [*before, "parent-after"]  # each process's own order
     assert client.send_message("end") and peer.wait_messages(8) == [*got, "end"]
+
+
+# -- found in review: starting, claiming, spilling ---------------------------------------------
+
+
+def test_two_greenlets_starting_a_client_on_first_use_start_it_once(peer, make_client, tmp_path):
+    """Opening the file waits on the store's thread: a second first use meanwhile (two requests
+    at once in a fresh worker) must wait for that start, not start a second run."""
+    path = str(tmp_path / "outbox.db")
+    client = make_client(connector=peer.connector, url=peer.url, identifier="twice", outbox_path=path)
+    client.start_on_first_use()
+    results = gevent.joinall([gevent.spawn(client.send_message, f"m-{i}") for i in range(4)], timeout=t(10))
+    assert [g.value for g in results] == [True] * 4
+    assert peer.wait_messages(4) == [f"m-{i}" for i in range(4)]
+    assert len(leases(path, "twice")) == 1  # one run, one store
+    assert len(peer.attempts) == 1 and len(peer.connections) == 1  # one supervisor
+
+
+def test_a_first_use_from_the_hub_starts_the_client_without_blocking_the_hub(peer, make_client, tmp_path):
+    """A signal handler or loop callback runs in the hub, which must never wait on the disk:
+    the start goes to a greenlet and the message to the queue."""
+    client = make_client(connector=peer.connector, url=peer.url, identifier="hub", outbox_path=str(tmp_path / "o.db"))
+    client.start_on_first_use()
+    outcome = []
+
+    def in_the_hub():
+        try:
+            outcome.append(client.send_message("from the hub"))
+        except BaseException as exc:  # BlockingSwitchOutError before the fix
+            outcome.append(exc)
+
+    gevent.get_hub().loop.run_callback(in_the_hub)
+    wait_until(lambda: outcome, t(5), "the callback")
+    assert outcome == [True]
+    assert peer.wait_messages(1) == ["from the hub"]
+
+
+def test_the_first_claim_takes_a_full_file_before_anything_sent_since_start(peer, make_client, tmp_path):
+    """A deploy while the server was down with a full queue leaves MAX_QUEUE_SIZE messages in the
+    file; the new client's first claim takes them all, though a message is queued already."""
+    path = str(tmp_path / "outbox.db")
+    spill_into_with(path, "full", [f"spilled-{i}" for i in range(10)], max_queue_size=10)
+    client = make_client(connector=peer.connector, url=peer.url, identifier="full", outbox_path=path, max_queue_size=10)
+    client.start_on_first_use()
+    assert client.send_message("new-0")  # the first use: starts, then queues
+    assert peer.wait_messages(11) == [f"spilled-{i}" for i in range(10)] + ["new-0"]
+    assert client.status()["messages_reloaded"] == 10
+
+
+def spill_into_with(path, identifier, messages, **options):
+    client = WebSocketClient(url=refused_url(), identifier=identifier, outbox_path=path, retry_delay=t(5), **options)
+    client.start()
+    for message in messages:
+        client.send_message(message)
+    assert client.stop(timeout=0) == 0 and client.status()["messages_spilled"] == len(messages)
+
+
+def test_a_spill_keeps_messages_already_in_the_file_in_their_place(tmp_path):
+    """Spilled again (a second deploy while the server is still down), messages keep their
+    numbers: older ones stay ahead of what other processes kept since."""
+    path = str(tmp_path / "outbox.db")
+    a = sqlite_store._Database(path, "order", owner=1, max_size=100, strategy="drop_oldest")
+    b = sqlite_store._Database(path, "order", owner=2, max_size=100, strategy="drop_oldest")
+    a.open()
+    b.open()
+    try:
+        a.spill([(1, b"a0"), (1, b"a1")], [], [])  # the first deploy's worker keeps two
+        taken, _ = b.claim(10, [])  # the second deploy's worker takes them over ...
+        assert [item[1] for item in taken] == [b"a0", b"a1"]
+        c = sqlite_store._Database(path, "order", owner=3, max_size=100, strategy="drop_oldest")
+        c.open()
+        c.spill([(1, b"c0")], [], [])  # ... while another worker of that deploy keeps a newer one
+        c.close()
+        b.spill(taken, [], [])  # the server is still down: it keeps them again
+        assert texts(path, "order") == ["a0", "a1", "c0"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_process_that_lost_its_lease_does_not_keep_messages_another_took_over(tmp_path):
+    """A process whose hub was blocked past LEASE_TIMEOUT finds its messages taken over when it
+    stops: they are the other process's to send now, not to be kept twice."""
+    path = str(tmp_path / "outbox.db")
+    hung = sqlite_store._Database(path, "fence", owner=1, max_size=100, strategy="drop_oldest")
+    live = sqlite_store._Database(path, "fence", owner=2, max_size=100, strategy="drop_oldest")
+    hung.open()
+    live.open()
+    try:
+        held = hung.commit([(1, b"h0"), (1, b"h1")], [])
+        with closing(sqlite3.connect(path)) as conn, conn:  # its lease, not renewed for too long
+            conn.execute("UPDATE owners SET renewed_at = renewed_at - ? WHERE owner = 1", (sqlite_store.LEASE_TIMEOUT + 1,))
+        taken, dead = live.claim(10, [])
+        assert dead == 1 and [item[1] for item in taken] == [b"h0", b"h1"]
+        kept, refused, evicted, gone = hung.spill(held + [(1, b"h2")], [], [])  # it resumes, and stops
+        assert (kept, refused, evicted, gone) == (1, [], [], 2)
+        assert file_rows(path, "fence") == [("h0", 2), ("h1", 2), ("h2", None)]  # once each
+    finally:
+        hung.close()
+        live.close()
