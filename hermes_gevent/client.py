@@ -1,15 +1,18 @@
-"""WebSocketClient: the public API, and one run of its four greenlets.
+"""WebSocketClient: the public API, and one run of its five greenlets.
 
     supervisor  connect -> publish a Session -> ping and watch it -> back off -> again
     reader      for each Session: read, let the protocol deliver messages and answer
     sender      for each Session: take a batch from the outbox, write it, settle it
     health      every HEALTH_CHECK_INTERVAL: compute alerts, log what changed
+    outbox      with OUTBOX_PATH: take over messages kept in the file, renew the lease
 
-The supervisor, reader and sender loops live in supervisor.py, reader.py and
-sender.py, the health loop here (it only reads status()); the decisions in pure
-modules (retry.py, health.py, lifecycle.py, protocol.py). This module holds what
-they share for one run (start to stop) and the lifecycle's one state. Nothing here
-blocks the hub: no threads, no time.sleep, only gevent sockets and events.
+The supervisor, reader, sender and outbox loops live in supervisor.py, reader.py,
+sender.py and persistence.py, the health loop here (it only reads status()); the
+decisions in pure modules (retry.py, health.py, lifecycle.py, protocol.py). This module
+holds what they share for one run (start to stop) and the lifecycle's one state - some
+500 lines, most of them the public methods' contracts. Nothing here blocks the hub: no
+threads, no time.sleep, only gevent sockets and events (the outbox file's SQLite runs in
+its own thread, see sqlite_store.py).
 """
 
 from __future__ import annotations

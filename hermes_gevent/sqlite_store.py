@@ -14,6 +14,9 @@ is being prepared - a group commit: while one transaction runs, the next one fil
 the calling greenlet wait for it. WAL mode, ``synchronous=NORMAL``: a committed message
 survives the process being killed (SIGKILL, the OOM killer); the last commits can be lost only
 if the machine itself loses power.
+
+Two halves, kept in one module because they share the schema and the lease rules: ``_Database``
+(the SQL of five transactions, in the store's thread) and ``SQLiteStore`` (the gevent side).
 """
 
 from __future__ import annotations
