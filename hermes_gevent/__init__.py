@@ -14,6 +14,7 @@ from .errors import (
     PingTimeout,
     ProtocolError,
     QueueFull,
+    SubprotocolMismatch,
 )
 from .lifecycle import State
 from .settings import Settings
@@ -35,5 +36,6 @@ __all__ = [
     "QueueFull",
     "Settings",
     "State",
+    "SubprotocolMismatch",
     "WebSocketClient",
 ]

@@ -1,8 +1,8 @@
 """BaseClient: the contract subclasses override, the singleton, the hooks.
 
 Subclasses override ``url``, ``identifier``, ``last_connected_at``,
-``headers`` and ``handle_message``; or a plain client takes the same things as
-keywords (``url=``, ``identifier=``, ``headers=``, ``on_message=``...).
+``headers``, ``origin`` and ``handle_message``; or a plain client takes the same things as
+keywords (``url=``, ``identifier=``, ``headers=``, ``origin=``, ``on_message=``...).
 Nothing here does I/O; the client and its loops live in ``client.py`` and the modules it names.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, TypeVar
 
 from . import acks, retry
 from .errors import ConfigError
-from .headers import check_header, check_headers
+from .headers import check_header, check_headers, check_origin
 from .settings import Defaults, Settings
 
 __all__ = ["BaseClient", "Headers", "iso_utc"]
@@ -47,6 +47,7 @@ class BaseClient(Defaults):
         headers: Union[Headers, Callable[[], Headers], None] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         ca_file: Optional[str] = None,
+        origin: Optional[str] = None,
         log: Optional[bool] = None,
         name: Optional[str] = None,
         **options: Any,
@@ -65,6 +66,8 @@ class BaseClient(Defaults):
         self._url = url
         self._identifier = identifier
         self._extra_headers = headers
+        check_origin(origin)
+        self._origin = origin
         self._check_static_headers()
         self._hooks = hooks
         self._message_hook = hooks.get("on_message")
@@ -134,6 +137,12 @@ class BaseClient(Defaults):
         if extra:
             headers.update(extra)
         return headers
+
+    def origin(self) -> Optional[str]:
+        """The ``Origin`` header of the upgrade request (None: websocket-client's default,
+        ``http(s)://host[:port]`` of the URL, unless ``headers()`` has an Origin); read on every
+        attempt."""
+        return self._origin
 
     def handle_message(self, msg: Union[str, bytes]) -> None:
         """Called for every message received: str for text, bytes for binary."""

@@ -39,6 +39,7 @@ from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_u
 from .messages import Drops, Message
 from .frames import Item
 from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
+from .ratelimit import TokenBucket
 from .reader import read_loop
 from .retry import Retry, describe
 from .sender import send_loop
@@ -109,6 +110,8 @@ class WebSocketClient(BaseClient):
         self._stopped_event = gevent.event.Event()
         s = self.settings
         self._retry = Retry(s.backoff(), s.DEFAULT_RETRY_LIMIT, s.MIN_UPTIME)
+        # MAX_SEND_RATE: one bucket per run, across its connections (a reconnect is no new allowance).
+        self._send_bucket = None if s.MAX_SEND_RATE is None else TokenBucket(s.MAX_SEND_RATE, now())
         # Acknowledgements (ACK_TIMEOUT set): what was written and not confirmed. The window
         # outlives connections, not runs: stop() counts what is left in it.
         self._window: Optional[AckWindow] = None
@@ -165,6 +168,13 @@ class WebSocketClient(BaseClient):
         cheap enough for a producer to check as it goes, and wait (flush) when it is high."""
         outbox = self._outbox
         return len(outbox) if outbox is not None else 0
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The subprotocol the server chose for the live connection (status()["subprotocol"]);
+        None when none was negotiated, or while not connected."""
+        session = self._session
+        return session.conn.subprotocol if session is not None and session.alive else None
 
     @property
     def connected(self) -> bool:
@@ -261,6 +271,7 @@ class WebSocketClient(BaseClient):
             "max_retries_reached": life.gave_up,
             "queue_size": self.queue_size,
             "unacked": len(self._window) if self._window is not None else 0,
+            "subprotocol": self.subprotocol,
         }
         for loop, key in health.LOOP_STATUS_KEYS.items():
             greenlet = loops.get(loop)

@@ -69,8 +69,9 @@ class Connection:
     """An open WebSocket connection on ``sock`` (already upgraded). Reads from one greenlet;
     writes from any."""
 
-    def __init__(self, sock: StreamSocket, max_message_size: int) -> None:
+    def __init__(self, sock: StreamSocket, max_message_size: int, subprotocol: Optional[str] = None) -> None:
         self.sock = sock
+        self.subprotocol = subprotocol  # the one the server chose in its 101, None when none
         self.protocol = Protocol(max_message_size)
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = KernelLedger()

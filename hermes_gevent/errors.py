@@ -6,6 +6,7 @@
     └── ConnectionFailed             transport: one connection attempt or connection ended
         ├── ConnectTimeout           TCP + TLS + upgrade took longer than CONNECT_TIMEOUT
         ├── HandshakeRejected        the server answered the upgrade with another HTTP status
+        ├── SubprotocolMismatch      the server chose a subprotocol this client did not offer
         ├── AnswerTooLarge           the server's upgrade answer went past its limits (upgrade.py)
         ├── ConnectionClosed         the server sent a close frame, or the TCP stream ended
         ├── ProtocolError            the server broke RFC 6455; we close with .code
@@ -17,8 +18,11 @@ cannot be encoded, so the caller sees them like any other bad argument.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Mapping, Optional, Sequence
+
 __all__ = ["AnswerTooLarge", "ConfigError", "ConnectTimeout", "ConnectionClosed", "ConnectionFailed", "HandshakeRejected",
-           "HermesError", "PingTimeout", "ProtocolError", "QueueFull"]
+           "HermesError", "PingTimeout", "ProtocolError", "QueueFull", "SubprotocolMismatch"]
 
 
 class HermesError(Exception):
@@ -42,12 +46,32 @@ class ConnectTimeout(ConnectionFailed):
 
 
 class HandshakeRejected(ConnectionFailed):
-    """The server answered the upgrade request with ``status`` instead of 101."""
+    """The server answered the upgrade request with ``status`` instead of 101.
 
-    def __init__(self, status: int, reason: str = "") -> None:
+    ``headers``: the answer's headers, names in lower case (empty when the answer could not
+    be read); ``received_at``: when the answer came (UTC), the moment a ``Retry-After`` date
+    is counted from (retry.py)."""
+
+    def __init__(self, status: int, reason: str = "", *, headers: Optional[Mapping[str, str]] = None,
+                 received_at: Optional[datetime] = None) -> None:
         self.status = status
         self.reason = reason
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.received_at = received_at
         super().__init__(f"server answered the upgrade with HTTP {status} {reason}".rstrip())
+
+
+class SubprotocolMismatch(ConnectionFailed):
+    """The server's 101 named a subprotocol (``chosen``) this client did not offer: RFC 6455
+    says the client must fail the connection. Not retried (see retry.should_retry)."""
+
+    def __init__(self, chosen: str, offered: Sequence[str]) -> None:
+        self.chosen = chosen
+        self.offered = tuple(offered)
+        listed = ", ".join(self.offered) if self.offered else "none"
+        super().__init__(
+            f"the server chose subprotocol {chosen[:60]!r}, which this client did not offer (offered: {listed})"
+        )
 
 
 class AnswerTooLarge(ConnectionFailed):

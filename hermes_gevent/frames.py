@@ -20,7 +20,7 @@ from websocket import ABNF
 
 from .errors import ProtocolError
 
-__all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG",
+__all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN_LATER",
            "CLOSE_FORBIDDEN", "CLOSE_POLICY_VIOLATION", "CLOSE_UNAUTHORIZED", "Close", "Event", "FrameParser", "Item", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
            "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Ping", "Pong", "close_payload", "encode_frame", "encode_frame_pieces",
            "frame_chunks", "mask", "valid_close_code"]
@@ -62,6 +62,7 @@ CLOSE_ABNORMAL = 1006
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 3000  # registered with IANA, as 3003
 CLOSE_FORBIDDEN = 3003
 # Codes a peer may put in a close frame (RFC 6455 section 7.4, plus IANA's 1012-1014).

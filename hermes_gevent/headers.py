@@ -11,6 +11,8 @@ value: it may be a secret.
   websocket-client writes the request as UTF-8, so such a value would reach the
   server as other bytes than it means. Percent-encode or base64 such values.
 - URLs have no whitespace and no control character (percent-encode them).
+- Subprotocols (SUBPROTOCOLS) are tokens, like header names (RFC 6455 4.1); ``origin=``
+  is checked as the value of an ``Origin`` header.
 
 Pure: no I/O.
 """
@@ -18,11 +20,12 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ConfigError
 
-__all__ = ["check_header", "check_headers", "check_request", "check_url", "HANDSHAKE_OWN", "RESERVED"]
+__all__ = ["check_header", "check_headers", "check_origin", "check_request", "check_subprotocols", "check_url",
+           "HANDSHAKE_OWN", "handshake_headers", "offered_subprotocols", "ORIGIN", "RESERVED", "SUBPROTOCOL_HEADER"]
 
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELD_CHARS = r"[\t\x20-\x7e]*"
@@ -30,6 +33,9 @@ _TOKEN = re.compile(_TOKEN_CHARS)
 _FIELD_VALUE = re.compile(_FIELD_CHARS)
 _HEADER_LINE = re.compile(f"({_TOKEN_CHARS}):{_FIELD_CHARS}")
 _URL_ALLOWED = re.compile(r"[\x21-\x7e]+")
+#: The request headers the ``origin=`` keyword and the SUBPROTOCOLS setting write.
+ORIGIN = "Origin"
+SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
 #: Headers websocket-client writes itself: a second copy would confuse the upgrade or the framing.
 RESERVED = frozenset({"host", "upgrade", "connection", "content-length", "transfer-encoding"})
 
@@ -67,6 +73,55 @@ def check_url(url: Any) -> None:
         raise ConfigError(
             "url contains whitespace, a control or a non-ASCII character; percent-encode it (e.g. %20 for a space)."
         )
+
+
+def check_origin(origin: Any) -> None:
+    """ConfigError unless ``origin`` is None or a value an ``Origin`` header may carry."""
+    if origin is None:
+        return
+    if not isinstance(origin, str):
+        raise ConfigError(f"origin must be a str or None, not {type(origin).__name__}.")
+    check_header(ORIGIN, origin)
+
+
+def check_subprotocols(subprotocols: Any) -> tuple[str, ...]:
+    """SUBPROTOCOLS as a tuple, or ConfigError: a list or tuple of distinct tokens (a bare
+    str is refused: it would be read as a list of letters)."""
+    if isinstance(subprotocols, str) or not isinstance(subprotocols, (list, tuple)):
+        raise ConfigError(
+            f"SUBPROTOCOLS must be a list of names (e.g. [\"chat.v2\"]), not {type(subprotocols).__name__}."
+        )
+    for name in subprotocols:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(
+                f"SUBPROTOCOLS has {_show_name(name)}, which is not a valid token (letters, digits, !#$%&'*+-.^_`|~)."
+            )
+    if len(set(subprotocols)) != len(subprotocols):
+        raise ConfigError("SUBPROTOCOLS names a subprotocol twice.")
+    return tuple(subprotocols)
+
+
+def handshake_headers(headers: Mapping[str, str], origin: Optional[str], subprotocols: Sequence[str]) -> dict[str, str]:
+    """The upgrade request's headers: ``headers`` (checked already), with ``Origin`` when
+    ``origin`` is given (it replaces an Origin in ``headers``) and the subprotocols offered,
+    in order of preference, in one ``Sec-WebSocket-Protocol``."""
+    result = dict(headers)
+    if origin is not None:
+        check_origin(origin)
+        for name in [name for name in result if name.lower() == "origin"]:
+            del result[name]
+        result[ORIGIN] = origin
+    if subprotocols:
+        result[SUBPROTOCOL_HEADER] = ", ".join(check_subprotocols(subprotocols))
+    return result
+
+
+def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    """The subprotocols an upgrade request's headers offer (what handshake_headers wrote)."""
+    for name, value in headers.items():
+        if name.lower() == SUBPROTOCOL_HEADER.lower():
+            return [part.strip() for part in value.split(",") if part.strip()]
+    return []
 
 
 #: The header lines websocket-client writes itself (Cookie: from its cookie jar, which servers fill).

@@ -4,18 +4,25 @@ A batch that fails part-way is settled by what reached the kernel whole; the res
 stays in flight and goes out first on the next connection (outbox.py), so a failed
 write neither loses nor reorders messages. The sender shares the hub fairly
 (fairness.py), working longer while the queue is close to overflowing.
+
+With MAX_SEND_RATE, every data message written - first sends and resends alike -
+takes a token of the run's bucket (ratelimit.py): a batch is at most the tokens
+available, and with none the sender waits on a timer (or for the connection's end)
+until one is due, while the queue absorbs what the application sends meanwhile.
+Pings, pongs and close frames do not count.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import gevent
 
 from .acks import AckWindow
 from .connection import Connection, WriteFailed
-from .fairness import take_turn
+from .fairness import Turns, take_turn, timer_floor
 from .frames import Item
+from .ratelimit import TokenBucket
 from .session import Session, now
 
 if TYPE_CHECKING:
@@ -39,6 +46,7 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
     inbox = client._sender_inbox
     window = client._window
     backlog_urgent = client.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
+    bucket = client._send_bucket
     client._store_ready.wait()  # messages kept from an earlier run go out before newer ones
     while client._current(generation):
         session = inbox.get()
@@ -49,7 +57,7 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
             if window is not None:
                 # Acknowledgements on: what the server has not confirmed goes first (all of it
                 # on a new connection, the overdue on a live one), and at most MAX_UNACKED wait.
-                if not _resend_due(client, session, window):
+                if not _resend_due(client, session, window, bucket):
                     break
                 if not window.room:
                     _wait_for_acks(client, session, window)
@@ -58,6 +66,11 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 limit = min(limit, window.room)
                 due_at = window.next_due()
                 timeout = None if due_at is None else max(0.0, due_at - now())
+            if bucket is not None:
+                tokens = _tokens(session, bucket, turns)
+                if not tokens:
+                    break  # the connection ended while we waited: what is queued waits for the next
+                limit = min(limit, tokens)
             waits = not len(outbox)
             batch = outbox.take(limit, MAX_BATCH_BYTES, timeout=timeout)
             if waits:
@@ -67,8 +80,11 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
             if not batch:
                 continue  # woken without a message (a resend is due, or the session ended)
             if window is not None:
-                # A batch left in flight by a failed write may be larger than the window's room.
-                writing = batch[: window.room]  # a copy: settle() below shortens the batch itself
+                # A batch left in flight by a failed write may be larger than the window's room
+                # (and than the tokens available).
+                writing = batch[: min(window.room, limit)]  # a copy: settle() below shortens the batch itself
+                if bucket is not None:
+                    bucket.take(len(writing), now())
                 # The window owns them from before the first byte goes: an acknowledgement may come
                 # back while a large batch is still being written, and whatever ends this write
                 # (a failure, a kill at a yield inside it), the window resends them in order.
@@ -80,36 +96,65 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 if client._store.path is not None:
                     client._delivered([item for item in writing if not item[2]])  # type: ignore[misc]  # kept without an id
             else:
+                # A batch left in flight by a failed write may be larger than the tokens available.
+                sending = batch if len(batch) <= limit else batch[:limit]
+                if bucket is not None:
+                    bucket.take(len(sending), now())
                 try:
-                    conn.send_frames(batch)
+                    conn.send_frames(sending)
                 except WriteFailed as exc:
                     # What reached the kernel is the ledger's to judge (see Session.fail); where
                     # acknowledgements cannot be tracked, the whole batch goes again.
                     handed = exc.handed if conn.tracks_acks else 0
-                    client._delivered(batch[:handed])
+                    client._delivered(sending[:handed])
                     client.messages_sent += outbox.settle(batch, handed)
                     _fail(session, conn, exc)
                     break
-                client._delivered(batch)  # before settle(), which empties the batch
-                client.messages_sent += outbox.settle(batch, len(batch))
+                client._delivered(sending)  # before settle(), which empties the batch
+                client.messages_sent += outbox.settle(batch, len(sending))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
             take_turn(turns, urgent=len(outbox) > backlog_urgent)
 
 
-def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow) -> bool:
-    """Write again, oldest first, what is due in the window; False when the connection failed."""
+def _tokens(session: Session, bucket: TokenBucket, turns: Turns) -> int:
+    """The messages MAX_SEND_RATE lets go now, waiting until at least one may; 0 when the
+    connection ended meanwhile. The wait is a timer (the event loop turns, other greenlets'
+    timers and I/O run), cut short by the connection's end."""
+    while session.alive:
+        current = now()
+        available = bucket.available(current)
+        if available:
+            return available
+        session.lost.wait(timer_floor(bucket.wait(current)))
+        turns.turned(now())  # a timer wait is a loop turn: the budget starts again
+    return 0
+
+
+def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow,
+                bucket: Optional[TokenBucket] = None) -> bool:
+    """Write again, oldest first, what is due in the window (within MAX_SEND_RATE); False when
+    the connection failed."""
     due = window.due(now())
-    for start in range(0, len(due), MAX_BATCH_ITEMS):
+    start = 0
+    while start < len(due):
         if not session.alive:
             break
+        size = MAX_BATCH_ITEMS
+        if bucket is not None:
+            size = min(size, _tokens(session, bucket, session.conn.write_turns))
+            if not size:
+                break
         # Only what is still unacknowledged (an ack may have come while the previous chunk went
         # out), timed before writing (one may come back while this one goes out).
         began = now()
-        chunk = window.rewritten(due[start : start + MAX_BATCH_ITEMS], began)
+        chunk = window.rewritten(due[start : start + size], began)
+        start += size
         if not chunk:
             continue
+        if bucket is not None:
+            bucket.take(len(chunk), began)
         if not _write_owned(session, window, chunk, began):
             return False  # the window has them all: due again on the next connection
         client.messages_resent += len(chunk)

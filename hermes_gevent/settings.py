@@ -10,10 +10,12 @@ Validation raises ConfigError with one sentence that names the setting.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Mapping, Optional
 
 from .backoff import Backoff, check_delays, check_number
 from .errors import ConfigError
+from .headers import check_subprotocols
 from .store import check_outbox_settings
 
 __all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
@@ -42,6 +44,8 @@ class Defaults:
     ACK_ID_KEY: ClassVar[str] = "id"
     OUTBOX_PATH: ClassVar[Optional[str]] = None
     OUTBOX_SYNC: ClassVar[str] = "stop"
+    MAX_SEND_RATE: ClassVar[Optional[float]] = None
+    SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
 
 
 _NAMES: tuple[str, ...] = tuple(Defaults.__annotations__)
@@ -57,7 +61,10 @@ class Settings(Defaults):
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}; settings are: {', '.join(_NAMES)}.")
         for name in _NAMES:
-            object.__setattr__(self, name, values.get(name, getattr(Defaults, name)))
+            value = values.get(name, getattr(Defaults, name))
+            if name == "SUBPROTOCOLS" and isinstance(value, list):
+                value = tuple(value)  # immutable, like every other setting (and hashable)
+            object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Settings are immutable: build new ones with Settings.resolve()")
@@ -126,6 +133,12 @@ class Settings(Defaults):
         if not isinstance(self.ACK_ID_KEY, str) or not self.ACK_ID_KEY:
             raise ConfigError(f"ACK_ID_KEY must be a non-empty string, got {self.ACK_ID_KEY!r}.")
         check_outbox_settings(self.OUTBOX_PATH, self.OUTBOX_SYNC)
+        rate = self.MAX_SEND_RATE
+        if rate is not None and (
+            not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0
+        ):
+            raise ConfigError(f"MAX_SEND_RATE must be a positive number of messages per second or None, got {rate!r}.")
+        check_subprotocols(self.SUBPROTOCOLS)
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

@@ -17,7 +17,7 @@ import gevent
 from .connection import Connection
 from .errors import ConnectionClosed, PingTimeout
 from .frames import CLOSE_ABNORMAL
-from .headers import check_headers
+from .headers import check_headers, handshake_headers
 from .lifecycle import State
 from .logs import redact_url, secrets_in
 from .retry import describe
@@ -62,6 +62,7 @@ def open_connection(client: "WebSocketClient", timeout: Optional[float] = None) 
     headers = client.headers()
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
     client._redactor.learn(secrets_in(url, headers))
+    headers = handshake_headers(headers, client.origin(), client.settings.SUBPROTOCOLS)
     client.log.info(f"connecting to {redact_url(url)}")
     client.log.debug(f"upgrade headers: {sorted(headers)}")
     return client._connector(
@@ -176,6 +177,7 @@ def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Opt
     if not client._retry.lived(uptime) and not isinstance(exc, ConnectionClosed):
         client.log.warning(f"connection attempt failed: {describe(exc)}")
     limit_text = client.settings.DEFAULT_RETRY_LIMIT or "unlimited"
-    client.log.warning(f"reconnecting in {delay:.1f}s (attempt {client._retry.failures + 1}/{limit_text})")
+    why = f"; {decision.note}" if decision.note else ""  # the server's own ask, logged once, here
+    client.log.warning(f"reconnecting in {delay:.1f}s (attempt {client._retry.failures + 1}/{limit_text}{why})")
     life.move(State.BACKING_OFF)
     client._wake.wait(delay)

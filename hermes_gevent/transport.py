@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket as _stdlib_socket
 import ssl as _stdlib_ssl
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
@@ -22,8 +23,8 @@ import websocket
 from .connection import Connection, StreamSocket
 from .errors import ConfigError, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .fairness import new_turns, take_turn
-from .headers import check_request, check_url
-from .upgrade import UpgradeAnswer, status_of
+from .headers import check_request, check_url, offered_subprotocols
+from .upgrade import UpgradeAnswer, chosen_subprotocol, headers_of, status_of
 
 __all__ = ["ANSWER_CHUNK", "Connector", "connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
 
@@ -181,9 +182,9 @@ def connect(
         tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
             sock = _wrap_tls(tcp, ssl_context or default_ssl_context(), host)
-        rest = _upgrade(sock, url, headers)
+        rest, subprotocol = _upgrade(sock, url, headers)
         sock.settimeout(None)
-        conn = Connection(sock, max_message_size)
+        conn = Connection(sock, max_message_size, subprotocol=subprotocol)
         if rest:
             conn.protocol.receive_data(rest)  # frames sent along with the 101: the reader processes them first
         return conn
@@ -210,6 +211,8 @@ class _AnswerReadByUs:
         self._sock = sock
         self._ours = tuple(header_names)
         self._head: Optional[memoryview] = None
+        self.answer: Optional[bytes] = None  # the answer's head, once read
+        self.received_at: Optional[datetime] = None
         self.status: tuple[Optional[int], str] = (None, "")  # the answer's status and reason, once read
         self.rest = b""
 
@@ -239,6 +242,8 @@ class _AnswerReadByUs:
     def recv(self, size: int) -> bytes:
         if self._head is None:
             head, self.rest = _read_answer(self._sock)
+            self.received_at = datetime.now(timezone.utc)
+            self.answer = head
             self.status = status_of(head)
             self._head = memoryview(head)
         data, self._head = self._head[:size], self._head[size:]
@@ -258,30 +263,40 @@ def _read_answer(sock: StreamSocket) -> tuple[bytes, bytes]:
         take_turn(turns)  # a server that floods must not hold the hub (nor the connect timeout's timer)
 
 
-def _upgrade(sock: StreamSocket, url: str, headers: Mapping[str, str]) -> bytes:
-    """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the parser)."""
+def _upgrade(sock: StreamSocket, url: str, headers: Mapping[str, str]) -> tuple[bytes, Optional[str]]:
+    """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the
+    parser) and the subprotocol it chose (None: none). ``headers`` go as they are: with an
+    ``Origin`` among them websocket-client does not write its own; a ``Sec-WebSocket-Protocol``
+    among them is the offer the answer is checked against."""
     ws = websocket.WebSocket(skip_utf8_validation=True)
     header_lines = [f"{name}: {value}" for name, value in headers.items()]
+    own_origin = any(name.lower() == "origin" for name in headers)
     shim = _AnswerReadByUs(sock, headers)
     handshake: Callable[..., None] = ws.connect  # websocket-client's own method is not annotated
     try:
-        handshake(url, socket=shim, header=header_lines, redirect_limit=0)
+        handshake(url, socket=shim, header=header_lines, redirect_limit=0, suppress_origin=own_origin)
     except websocket.WebSocketBadStatusException as exc:
         if not exc.status_code:
             raise ConnectionFailed("the server's upgrade answer has no valid status line") from None
         # status_message is stored from websocket-client 1.9.1 on; our own read of the head has it too.
         reason = getattr(exc, "status_message", None) or shim.status[1]
-        raise HandshakeRejected(exc.status_code, reason) from None
+        raise _rejected(shim, exc.status_code, reason) from None
     except websocket.WebSocketException as exc:
         status, reason = shim.status
         if status is not None and status != 101 and status not in _REDIRECTS:
             # A rejection with a body: websocket-client reads the body past the head we hand
             # it and fails; the status in our head is the answer.
-            raise HandshakeRejected(status, reason) from None
+            raise _rejected(shim, status, reason) from None
         response = getattr(ws, "handshake_response", None)
         if response is not None and response.status in _REDIRECTS:
             raise HandshakeRejected(response.status, "redirect (not followed)") from None
         raise ConnectionFailed(f"WebSocket upgrade failed: {exc}") from None
     finally:
         ws.sock = None  # the socket is ours from here on; websocket-client must not close it
-    return shim.rest
+    answer = headers_of(shim.answer or b"")
+    return shim.rest, chosen_subprotocol(answer, offered_subprotocols(headers))
+
+
+def _rejected(shim: _AnswerReadByUs, status: int, reason: str) -> HandshakeRejected:
+    """The rejection, with the answer's headers (a Retry-After: retry.py) when we read them."""
+    return HandshakeRejected(status, reason, headers=headers_of(shim.answer or b""), received_at=shim.received_at)

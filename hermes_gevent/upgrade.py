@@ -16,11 +16,11 @@ and far below what could hurt a worker.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
-from .errors import AnswerTooLarge
+from .errors import AnswerTooLarge, SubprotocolMismatch
 
-__all__ = ["MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer", "status_of"]
+__all__ = ["chosen_subprotocol", "headers_of", "MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer", "status_of"]
 
 #: The status line and headers together, at most.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -67,3 +67,31 @@ def status_of(head: bytes) -> tuple[Optional[int], str]:
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         return None, ""
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
+
+
+
+def headers_of(head: bytes) -> dict[str, str]:
+    """The header fields of an answer's head: names in lower case, values stripped; a field
+    that comes more than once has its values joined with ", " (RFC 9110 5.3). Lines that
+    are not ``name: value`` are skipped (websocket-client judges the answer itself)."""
+    fields: dict[str, str] = {}
+    for line in head.decode("latin-1").splitlines()[1:]:
+        name, colon, value = line.partition(":")
+        name = name.strip().lower()
+        if not colon or not name:
+            continue
+        value = value.strip()
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
+
+
+def chosen_subprotocol(answer: dict[str, str], offered: Sequence[str]) -> Optional[str]:
+    """The subprotocol the server chose (``answer``: headers_of its 101), None when it chose
+    none; SubprotocolMismatch when it chose one that was not ``offered`` (RFC 6455 4.1: the
+    client must fail the connection) - compared exactly: subprotocol names are case-sensitive."""
+    chosen = answer.get("sec-websocket-protocol")
+    if chosen is None:
+        return None
+    if chosen not in offered:
+        raise SubprotocolMismatch(chosen, offered)
+    return chosen

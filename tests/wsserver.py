@@ -20,6 +20,12 @@ message it received:
     {"cmd": "mode", "ack": true, "ack_key": "id"}   acknowledge, see below (also --ack, which survives a restart)
     {"cmd": "mode", "ack_drop": true}               acknowledge nothing (the ids are forgotten) until set back to false
     {"cmd": "mode", "discard": true}                read messages and throw them away, unrecorded and unacknowledged
+    {"cmd": "mode", "retry_after": "120"}           rejections (mode reject) carry this Retry-After
+    {"cmd": "mode", "subprotocol": "first"}         answer with the first subprotocol offered; a name: that one,
+                                                    offered or not; null (default): none
+    {"cmd": "mode", "stamp": true}                  "msg" events carry "at", the server's time.monotonic()
+
+"connect" events carry the request's headers (Origin among them) and the subprotocol chosen.
     {"cmd": "stats"}                                emits the tally
     {"cmd": "exit"}
 
@@ -47,7 +53,8 @@ from websockets.protocol import State
 from websockets.http11 import Response
 
 MODE = {"reject": None, "echo": False, "handshake_delay": 0.0, "close_on_open": None, "quiet": False, "count": False,
-        "ack": False, "ack_key": "id", "ack_drop": False, "discard": False}
+        "ack": False, "ack_key": "id", "ack_drop": False, "discard": False, "retry_after": None, "subprotocol": None,
+        "stamp": False}
 #: out_of_order: an arrival below the last one on its connection (duplicates included).
 STATS = {"received": 0, "distinct": 0, "dups": 0, "out_of_order": 0, "highest": -1}
 #: In the "stats" event in ack mode only. first_out_of_order: a number arriving for the first
@@ -75,8 +82,18 @@ async def process_request(connection, request):
     if MODE["reject"]:
         emit(ev="rejected", status=MODE["reject"], headers=dict(request.headers.raw_items()))
         status = MODE["reject"]
-        return Response(status, "Rejected", Headers([("Content-Length", "0")]), b"")
+        headers = Headers([("Content-Length", "0")])
+        if MODE["retry_after"] is not None:
+            headers["Retry-After"] = MODE["retry_after"]
+        return Response(status, "Rejected", headers, b"")
     return None
+
+
+def select_subprotocol(connection, offered):
+    choice = MODE["subprotocol"]
+    if choice == "first":
+        return offered[0] if offered else None
+    return choice  # a name, offered or not (a server that breaks RFC 6455 4.2.2), or None
 
 
 class Acker:
@@ -132,7 +149,8 @@ async def handler(ws):
     _next_id += 1
     cid = _next_id
     CLIENTS[cid] = ws
-    emit(ev="connect", id=cid, path=ws.request.path, headers=dict(ws.request.headers.raw_items()))
+    emit(ev="connect", id=cid, path=ws.request.path, headers=dict(ws.request.headers.raw_items()),
+         subprotocol=ws.subprotocol)
     acker = Acker(ws)
     try:
         if MODE["close_on_open"]:
@@ -146,7 +164,9 @@ async def handler(ws):
                     await acker.flush()
                 continue
             if isinstance(message, str):
-                if not MODE["quiet"]:
+                if MODE["stamp"]:
+                    emit(ev="msg", id=cid, text=message, at=time.monotonic())
+                elif not MODE["quiet"]:
                     emit(ev="msg", id=cid, text=message)
                 else:
                     emit(ev="msg", id=cid, n=len(message))
@@ -288,6 +308,7 @@ async def main() -> None:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(args.certfile, args.keyfile)
     async with serve(handler, "127.0.0.1", args.port, process_request=process_request, compression=None,
+                     select_subprotocol=select_subprotocol,
                      ping_interval=args.ping_interval, ping_timeout=None, max_size=64 * 2**20, ssl=tls) as server:
         emit(ev="listening", port=server.sockets[0].getsockname()[1])
         try:
