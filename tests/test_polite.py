@@ -236,6 +236,26 @@ def test_max_send_rate_holds_at_the_server_over_seconds_without_holding_the_hub(
     assert max(gaps) < t(0.1)  # the waits for tokens are timers: a 10 ms ticker stays on time
 
 
+def test_resends_count_toward_max_send_rate(server, make_client):
+    """With acknowledgements on, what ACK_TIMEOUT sends again takes tokens like a first send:
+    the server that throttles us sees the rate, whatever we send it."""
+    rate, count = 200, 300
+    server.command(cmd="mode", stamp=True, ack=True, ack_drop=True)  # record, acknowledge nothing
+    client = make_client(url=server.url, max_send_rate=rate, ack_timeout=t(0.3))
+    assert client.start().wait_until_connected(t(5))
+    for i in range(count):
+        client.send_message({"n": i})
+    server.wait_for(lambda: len(server.of("msg")) >= 2 * count, t(10), "every message, and each one again")
+    server.command(cmd="mode", ack_drop=False)
+    assert client.flush(t(10))
+    events = server.of("msg")
+    at = [e["at"] - events[0]["at"] for e in events]
+    for i, moment in enumerate(at):
+        assert i + 1 <= rate + rate * (moment + t(0.05)), (i, moment)
+    assert client.status()["messages_resent"] >= count
+    assert sorted({json.loads(e["text"])["n"] for e in events}) == list(range(count))
+
+
 def test_max_send_rate_from_flask_config(server):
     app = Flask("polite")
     app.config.update(HERMES_WS_URL=server.url, HERMES_AUTOSTART=False, HERMES_MAX_SEND_RATE=50,
