@@ -215,7 +215,9 @@ def _check(timeout: Optional[float]) -> None:
         conn.ping(b"hermes-check")
         if gevent.with_timeout(timeout, _first_pong, conn, timeout_value=False):
             rtt_ms = (time.monotonic() - sent) * 1000
-            click.echo(f"OK: connected to {shown} (handshake {handshake_ms:.1f} ms, ping round trip {rtt_ms:.1f} ms)")
+            chosen = f", subprotocol {conn.subprotocol}" if conn.subprotocol else ""
+            click.echo(f"OK: connected to {shown} (handshake {handshake_ms:.1f} ms, ping round trip {rtt_ms:.1f} ms"
+                       f"{chosen})")
             return
         raise click.ClickException(f"connected to {shown}, but no pong within {timeout:g}s")
     finally:

@@ -109,10 +109,16 @@ class FromHeaders(WebSocketClient):
         return {**super().headers(), "X-Tenant": "acme\nX-Injected: yes"}
 
 
+class FromOrigin(WebSocketClient):
+    def origin(self):
+        return "https://tenant.example\r\nX-Injected: yes"
+
+
 @pytest.mark.parametrize("cls, header", [
     (FromIdentifier, "X-Hermes-Identifier"),
     (FromLastConnectedAt, "X-Hermes-Last-Connected-At"),
     (FromHeaders, "X-Tenant"),
+    (FromOrigin, "Origin"),
 ])
 def test_a_bad_value_from_an_overridable_method_gives_up_and_sends_nothing(server, make_client, caplog_hermes, cls,
                                                                             header):

@@ -256,13 +256,16 @@ def test_resends_count_toward_max_send_rate(server, make_client):
     assert sorted({json.loads(e["text"])["n"] for e in events}) == list(range(count))
 
 
-def test_max_send_rate_from_flask_config(server):
+def test_max_send_rate_and_subprotocols_from_flask_config_and_the_check_command(server):
+    server.command(cmd="mode", subprotocol="first")
     app = Flask("polite")
     app.config.update(HERMES_WS_URL=server.url, HERMES_AUTOSTART=False, HERMES_MAX_SEND_RATE=50,
                       HERMES_SUBPROTOCOLS=["chat.v2"])
     Hermes(app)
     try:
         assert (app.hermes.settings.MAX_SEND_RATE, app.hermes.settings.SUBPROTOCOLS) == (50, ("chat.v2",))
+        result = app.test_cli_runner().invoke(args=["hermes", "check"])
+        assert result.exit_code == 0 and "ms, subprotocol chat.v2)" in result.output, result.output
     finally:
         app.hermes.stop(timeout=t(2))
 
