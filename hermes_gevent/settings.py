@@ -62,8 +62,8 @@ class Settings(Defaults):
             raise ConfigError(f"unknown setting {unknown[0]!r}; settings are: {', '.join(_NAMES)}.")
         for name in _NAMES:
             value = values.get(name, getattr(Defaults, name))
-            if name == "SUBPROTOCOLS" and isinstance(value, list):
-                value = tuple(value)  # immutable, like every other setting (and hashable)
+            if name == "SUBPROTOCOLS" and (value is None or isinstance(value, list)):
+                value = tuple(value or ())  # immutable, like every other setting (and hashable); None: none
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:

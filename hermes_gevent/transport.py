@@ -4,6 +4,9 @@
 not the process is monkey-patched, hands it to websocket-client to write the
 upgrade request and validate the answer (which we read ourselves, bounded: see
 upgrade.py), and returns a ``Connection`` (connection.py) on the upgraded socket.
+The request's headers go as given (an ``Origin`` among them replaces
+websocket-client's own; a ``Sec-WebSocket-Protocol`` is the offer the 101 is
+checked against); a rejection carries the answer's headers (its Retry-After).
 """
 
 from __future__ import annotations

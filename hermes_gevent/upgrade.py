@@ -10,6 +10,10 @@ is complete - and websocket-client is served the head from memory. Bytes after
 the head (a server may send its first frames in the same packet as its 101) are
 kept for the frame parser.
 
+``headers_of`` gives the transport the answer's headers: a rejection carries them
+(a ``Retry-After``: retry.py), and a 101 names the subprotocol the server chose,
+which ``chosen_subprotocol`` checks against what we offered.
+
 The limits are far above any real answer (a few hundred bytes, a dozen headers)
 and far below what could hurt a worker.
 """

@@ -106,6 +106,7 @@ def test_subprotocols_are_kept_as_an_immutable_tuple_from_a_keyword_or_a_class_c
     assert (settings.SUBPROTOCOLS, settings.MAX_SEND_RATE) == (("a",), 2.5)
     hash(settings)
     assert (Settings().SUBPROTOCOLS, Settings().MAX_SEND_RATE) == ((), None)
+    assert WebSocketClient(url="ws://127.0.0.1:9/ws", subprotocols=None).settings.SUBPROTOCOLS == ()
 
 
 @pytest.mark.parametrize("origin", ["https://app.example\r\nX-Evil: 1", "https://caf\u00e9.example", 5, b"x"])
