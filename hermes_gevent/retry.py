@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from .backoff import Backoff, RandomSource
-from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError
+from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError, ProxyRejected, SocksError
 from .frames import CLOSE_FORBIDDEN, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED
 
 __all__ = ["CREDENTIAL_STATUSES", "Decision", "describe", "GIVE_UP_CLOSE_CODES", "Retry",
-    "RETRY_HTTP_STATUSES", "should_retry"]
+    "RETRY_HTTP_STATUSES", "RETRY_PROXY_STATUSES", "RETRY_SOCKS_KINDS", "should_retry"]
 
 #: HTTP statuses on the upgrade that mean "try again later".
 RETRY_HTTP_STATUSES = frozenset({408, 429})
@@ -30,19 +30,31 @@ RETRY_HTTP_STATUSES = frozenset({408, 429})
 GIVE_UP_CLOSE_CODES = frozenset({CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
 #: HTTP statuses that mean the credentials are wrong: the give-up line says so.
 CREDENTIAL_STATUSES = frozenset({401, 403})
+#: What an HTTP proxy answers CONNECT with when the way on is down for a while: retried
+#: (407, 403 and every other refusal are given up).
+RETRY_PROXY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: SOCKS refusals worth retrying (SocksError.kind): the destination down or unreachable
+#: from the proxy, or a general failure. Bad credentials, a ruleset that forbids it, an
+#: unsupported request or a proxy that does not speak SOCKS are given up.
+RETRY_SOCKS_KINDS = frozenset({"unreachable"})
 
 
 def should_retry(exc: BaseException) -> bool:
     """True when a connection attempt that failed with ``exc`` is worth retrying.
 
     Retried: network errors, timeouts, DNS failures, HTTP 5xx/408/429 on the
-    upgrade, close codes outside GIVE_UP_CLOSE_CODES (1000 included: this client keeps
+    upgrade, a proxy's 502/503/504 (RETRY_PROXY_STATUSES), a SOCKS proxy that cannot reach the
+    server (RETRY_SOCKS_KINDS), close codes outside GIVE_UP_CLOSE_CODES (1000 included: this client keeps
     one long-lived connection, and a server closing it normally is usually a restart),
     protocol errors we detected. Not retried: other HTTP statuses (401, 403, 404,
-    redirects), certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors.
+    redirects), a proxy's 407, 403 and other refusals, SOCKS refusals of the credentials or by rule, certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors.
     """
     if isinstance(exc, ConfigError):
         return False
+    if isinstance(exc, ProxyRejected):
+        return exc.status in RETRY_PROXY_STATUSES
+    if isinstance(exc, SocksError):
+        return exc.kind in RETRY_SOCKS_KINDS
     if isinstance(exc, HandshakeRejected):
         return exc.status >= 500 or exc.status in RETRY_HTTP_STATUSES
     if isinstance(exc, ConnectionClosed):
@@ -132,6 +144,14 @@ class Retry:
 
 
 def _hint(exc: BaseException) -> str:
+    if isinstance(exc, ProxyRejected) and exc.status == 407:
+        return " - the proxy refused its credentials: check the user and password in the proxy URL (PROXY or the *_proxy variable)"
+    if isinstance(exc, ProxyRejected) and exc.status == 403:
+        return " - the proxy does not allow this destination (its rules)"
+    if isinstance(exc, SocksError) and exc.kind == "auth":
+        return " - the SOCKS proxy refused its credentials: check the user and password in the proxy URL (PROXY or the *_proxy variable)"
+    if isinstance(exc, SocksError) and exc.kind == "protocol":
+        return " - is it a SOCKS proxy of this version? (check the proxy URL's scheme)"
     if isinstance(exc, HandshakeRejected) and exc.status in CREDENTIAL_STATUSES:
         return " - check the credentials this client sends"
     return ""

@@ -4,6 +4,8 @@
 not the process is monkey-patched, hands it to websocket-client to write the
 upgrade request and validate the answer (which we read ourselves, bounded: see
 upgrade.py), and returns a ``Connection`` (connection.py) on the upgraded socket.
+With ``proxy=`` (a proxy URL: see proxy.py) the socket goes to the proxy, which opens a
+tunnel to the server; TLS to the server then runs inside the tunnel, verified as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .connection import Connection, StreamSocket
 from .errors import ConfigError, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .fairness import new_turns, take_turn
 from .headers import check_request, check_url
+from .proxy import open_tunnel, parse_proxy
 from .upgrade import UpgradeAnswer, status_of
 
 __all__ = ["ANSWER_CHUNK", "Connector", "connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
@@ -160,6 +163,7 @@ class Connector(Protocol):
         timeout: float,
         max_message_size: int,
         ssl_context: Optional[_stdlib_ssl.SSLContext] = None,
+        proxy: Optional[str] = None,
     ) -> Connection: ...
 
 
@@ -170,15 +174,21 @@ def connect(
     timeout: float,
     max_message_size: int,
     ssl_context: Optional[_stdlib_ssl.SSLContext] = None,
+    proxy: Optional[str] = None,
 ) -> "Connection":
-    """Open a connection; the whole of TCP, TLS and the upgrade is bounded by ``timeout``."""
+    """Open a connection; the whole of TCP, the proxy's tunnel (``proxy``: a proxy URL, or None
+    for a direct connection), TLS and the upgrade is bounded by ``timeout``."""
     host, port, secure = parse_ws_url(url)
+    through = parse_proxy(proxy) if proxy is not None else None
     sock: Optional[StreamSocket] = None
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
-        tcp = sock = gevent.socket.create_connection((host, port))
-        tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        if through is not None:
+            tcp = sock = open_tunnel(through, host, port)
+        else:
+            tcp = sock = gevent.socket.create_connection((host, port))
+            tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
             sock = _wrap_tls(tcp, ssl_context or default_ssl_context(), host)
         rest = _upgrade(sock, url, headers)
@@ -192,7 +202,8 @@ def connect(
             sock.close()
         if exc is not timer:
             raise
-        raise ConnectTimeout(f"no WebSocket upgrade from {host}:{port} within {timeout:g}s") from None
+        via = f" through proxy {through.display}" if through is not None else ""
+        raise ConnectTimeout(f"no WebSocket upgrade from {host}:{port}{via} within {timeout:g}s") from None
     except BaseException:
         if sock is not None:
             sock.close()
