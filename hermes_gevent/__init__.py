@@ -13,7 +13,10 @@ from .errors import (
     HermesError,
     PingTimeout,
     ProtocolError,
+    ProxyError,
+    ProxyRejected,
     QueueFull,
+    SocksError,
 )
 from .lifecycle import State
 from .settings import Settings
@@ -32,8 +35,11 @@ __all__ = [
     "HermesError",
     "PingTimeout",
     "ProtocolError",
+    "ProxyError",
+    "ProxyRejected",
     "QueueFull",
     "Settings",
+    "SocksError",
     "State",
     "WebSocketClient",
 ]

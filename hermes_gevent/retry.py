@@ -21,7 +21,7 @@ from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolEr
 from .frames import CLOSE_FORBIDDEN, CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED
 
 __all__ = ["CREDENTIAL_STATUSES", "Decision", "describe", "GIVE_UP_CLOSE_CODES", "Retry",
-    "RETRY_HTTP_STATUSES", "RETRY_PROXY_STATUSES", "RETRY_SOCKS_KINDS", "should_retry"]
+    "PROXY_CREDENTIAL_STATUSES", "RETRY_HTTP_STATUSES", "RETRY_PROXY_STATUSES", "RETRY_SOCKS_KINDS", "should_retry"]
 
 #: HTTP statuses on the upgrade that mean "try again later".
 RETRY_HTTP_STATUSES = frozenset({408, 429})
@@ -33,6 +33,9 @@ CREDENTIAL_STATUSES = frozenset({401, 403})
 #: What an HTTP proxy answers CONNECT with when the way on is down for a while: retried
 #: (407, 403 and every other refusal are given up).
 RETRY_PROXY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: What an HTTP proxy answers CONNECT with when it refuses our proxy credentials, or wants
+#: some: 407, and 401 (tinyproxy 1.11 answers a CONNECT with bad credentials so).
+PROXY_CREDENTIAL_STATUSES = frozenset({401, 407})
 #: SOCKS refusals worth retrying (SocksError.kind): the destination down or unreachable
 #: from the proxy, or a general failure. Bad credentials, a ruleset that forbids it, an
 #: unsupported request or a proxy that does not speak SOCKS are given up.
@@ -144,7 +147,7 @@ class Retry:
 
 
 def _hint(exc: BaseException) -> str:
-    if isinstance(exc, ProxyRejected) and exc.status == 407:
+    if isinstance(exc, ProxyRejected) and exc.status in PROXY_CREDENTIAL_STATUSES:
         return " - the proxy refused its credentials: check the user and password in the proxy URL (PROXY or the *_proxy variable)"
     if isinstance(exc, ProxyRejected) and exc.status == 403:
         return " - the proxy does not allow this destination (its rules)"
