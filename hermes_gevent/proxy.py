@@ -35,7 +35,8 @@ from .logs import redact_url
 from .upgrade import UpgradeAnswer, status_of
 
 __all__ = ["CONNECT_CHUNK", "HTTP_SCHEMES", "ProxySetting", "ProxyURL", "SOCKS_EXTRA", "SOCKS_SCHEMES", "basic_credentials",
-           "check_proxy_setting", "environment_proxy", "is_bypassed", "open_tunnel", "parse_proxy", "proxy_for"]
+           "check_proxy_setting", "environment_proxy", "is_bypassed", "normalize_proxy_setting", "open_tunnel",
+           "parse_proxy", "proxy_for"]
 
 #: What the PROXY setting may be: True (the environment), None/False (never), a proxy URL.
 ProxySetting = Union[bool, str, None]
@@ -104,9 +105,9 @@ def parse_proxy(url: str, name: str = "PROXY") -> ProxyURL:
         raise ConfigError(f"{name} must be scheme://[user:password@]host:port, without a path: {shown}.")
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
-    if username is not None and password is None and scheme != "socks4":
+    if username is not None and password is None and not scheme.startswith("socks4"):
         password = ""  # "user@host": an empty password, as curl sends it
-    if scheme == "socks4" and password:
+    if scheme.startswith("socks4") and password:
         raise ConfigError(f"{name}: SOCKS4 has a user id and no password: {shown}.")
     return ProxyURL(scheme, parts.hostname, port or _DEFAULT_PORTS[scheme], username, password)
 
@@ -119,30 +120,45 @@ def _python_socks() -> Any:
         raise ConfigError(f"a SOCKS proxy needs python-socks: pip install '{SOCKS_EXTRA}'.") from None
 
 
-def check_proxy_setting(value: Any) -> None:
-    """ConfigError unless ``value`` is a valid PROXY (a SOCKS URL needs python-socks)."""
-    if value is None or isinstance(value, bool):
-        return
-    if not isinstance(value, str) or not value.strip():
+_WORDS: dict[str, ProxySetting] = {"true": True, "1": True, "yes": True, "on": True,
+                                   "false": None, "0": None, "no": None, "off": None, "none": None, "": None}
+
+
+def normalize_proxy_setting(value: Any) -> ProxySetting:
+    """PROXY as True, None or a URL: False is None, and a config file's words count as
+    themselves ("true", "false", "none", "off", "" ...: no host is called so)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    if not isinstance(value, str):
         raise ConfigError(f"PROXY must be True (from the environment), None or False (never), or a proxy URL; "
                           f"got {type(value).__name__}.")
-    if parse_proxy(value.strip()).socks:
+    word = value.strip().lower()
+    return _WORDS[word] if word in _WORDS else value.strip()
+
+
+def check_proxy_setting(value: Any) -> None:
+    """ConfigError unless ``value`` is a valid PROXY (a SOCKS URL needs python-socks)."""
+    setting = normalize_proxy_setting(value)
+    if isinstance(setting, str) and parse_proxy(setting).socks:
         _python_socks()
 
 
 def proxy_for(setting: ProxySetting, host: str, port: int, secure: bool,
               environ: Optional[Mapping[str, str]] = None) -> Optional[ProxyURL]:
     """The proxy a connection to ``host:port`` goes through under ``setting``, or None."""
-    if setting is None or setting is False:
+    normal = normalize_proxy_setting(setting)
+    if normal is None or normal is False:
         return None
-    if setting is True:
+    if normal is True:
         found = environment_proxy(host, port, secure, os.environ if environ is None else environ)
         if found is None:
             return None
         name, url = found
         proxy = parse_proxy(url, name)
     else:
-        proxy = parse_proxy(str(setting).strip())
+        proxy = parse_proxy(normal)
     if proxy.socks:
         _python_socks()
     return proxy

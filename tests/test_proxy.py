@@ -183,7 +183,7 @@ def test_no_proxy_that_does_not_cover_the_server(proxies, server, make_client, m
     assert client.status()["proxy"] == f"http://127.0.0.1:{proxy.port}"
 
 
-@pytest.mark.parametrize("setting", [None, False])
+@pytest.mark.parametrize("setting", [None, False, "false", "None", ""])
 def test_none_or_false_never_uses_a_proxy(server, make_client, monkeypatch, setting):
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("all_proxy", f"http://127.0.0.1:{free_port()}")
@@ -386,3 +386,23 @@ def test_a_socks_proxy_without_python_socks_is_a_config_error_naming_the_extra(m
         client.start()
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     client.start()  # not for this URL: no SOCKS needed
+
+
+def test_hermes_proxy_in_a_flask_config(proxies, server, monkeypatch):
+    """HERMES_PROXY comes with the extension's settings; "true" from a config file is the environment."""
+    flask = pytest.importorskip("flask")
+    from hermes_gevent.flask import Hermes
+    proxy = proxies("http")
+    apps = []
+    try:
+        for value in (proxy.url(), "true"):
+            monkeypatch.setenv("http_proxy", proxy.url() if value == "true" else f"http://127.0.0.1:{free_port()}")
+            app = flask.Flask(f"proxied{len(apps)}")
+            app.config.update(HERMES_WS_URL=server.url, HERMES_PROXY=value, HERMES_DEFAULT_RETRY_DELAY=0.05)
+            Hermes(app)
+            apps.append(app)
+            assert app.hermes.wait_until_connected(t(5))
+            assert app.hermes.status()["proxy"] == f"http://127.0.0.1:{proxy.port}"
+    finally:
+        for app in apps:
+            app.hermes.stop(timeout=t(2))
