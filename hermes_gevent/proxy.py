@@ -296,7 +296,7 @@ class _GeventResolver:
 
 
 class _Stream:
-    """python-socks' sync stream interface on our gevent socket."""
+    """python-socks' sync stream interface on our gevent socket (both its spellings)."""
 
     def __init__(self, sock: gevent.socket.socket) -> None:
         self._sock = sock
@@ -316,6 +316,10 @@ class _Stream:
                 raise _Incomplete()
             data += packet
         return bytes(data)
+
+    # python-socks before 2.5 names them so
+    write_all = write
+    read_exact = read_exactly
 
     def close(self) -> None:
         self._sock.close()
@@ -362,8 +366,8 @@ def _socks_tunnel(sock: gevent.socket.socket, proxy: ProxyURL, host: str, port: 
         text = str(exc)
         if code in _SOCKS_KINDS:
             kind = _SOCKS_KINDS[code]
-        elif "authentication" in text.lower():
-            kind = "auth"
+        elif "authentication failure" in text.lower() or "no acceptable authentication" in text.lower():
+            kind = "auth"  # the user and password refused, or credentials needed and none given
         else:
             kind = "protocol"
         raise SocksError(proxy.display, kind, text, code) from None

@@ -153,7 +153,9 @@ class _MemoryTLS:
 
 
 class Connector(Protocol):
-    """How the client opens a connection (``WebSocketClient(connector=...)``); ``connect`` is one."""
+    """How the client opens a connection (``WebSocketClient(connector=...)``); ``connect`` is one.
+    ``proxy`` (a proxy URL, credentials included) is passed only when PROXY selects a proxy for
+    the attempt, so a connector that knows nothing of proxies works wherever none is in use."""
 
     def __call__(
         self,

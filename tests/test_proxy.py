@@ -259,10 +259,12 @@ def test_wrong_or_no_credentials_give_up_with_a_line_about_the_proxy_credentials
     assert not server.of("connect")
 
 
-def test_socks_credentials_refused_give_up(proxies, server, make_client, caplog_hermes):
+@pytest.mark.parametrize("credentials", ["wrong", "none"])
+def test_socks_credentials_refused_give_up(proxies, server, make_client, caplog_hermes, credentials):
     proxy = proxies("socks5h-auth")
+    url = proxy.url(password="not-the-password") if credentials == "wrong" else f"socks5h://127.0.0.1:{proxy.port}"
     gave_up = Recorder()
-    client = make_client(url=server.url, proxy=proxy.url(password="not-the-password"), on_give_up=gave_up)
+    client = make_client(url=server.url, proxy=url, on_give_up=gave_up)
     client.start()
     exc = gave_up.wait(1)[0]
     assert isinstance(exc, SocksError) and exc.kind == "auth", exc
@@ -406,3 +408,14 @@ def test_hermes_proxy_in_a_flask_config(proxies, server, monkeypatch):
     finally:
         for app in apps:
             app.hermes.stop(timeout=t(2))
+
+
+def test_socks5_resolves_the_server_name_here(proxies, server, make_client):
+    """socks5:// (not socks5h://): the name is resolved by gevent's resolver, IPv4 first, and
+    the proxy gets the address (the server listens on 127.0.0.1 only)."""
+    proxy = proxies("socks5")
+    losses = Recorder()
+    client = make_client(url=f"ws://localhost:{server.port}/ws", proxy=proxy.url(), on_close=losses)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    carried_by(proxy, client, losses)
