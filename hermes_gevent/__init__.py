@@ -13,7 +13,10 @@ from .errors import (
     HermesError,
     PingTimeout,
     ProtocolError,
+    ProxyError,
+    ProxyRejected,
     QueueFull,
+    SocksError,
     SubprotocolMismatch,
 )
 from .lifecycle import State
@@ -33,8 +36,11 @@ __all__ = [
     "HermesError",
     "PingTimeout",
     "ProtocolError",
+    "ProxyError",
+    "ProxyRejected",
     "QueueFull",
     "Settings",
+    "SocksError",
     "State",
     "SubprotocolMismatch",
     "WebSocketClient",

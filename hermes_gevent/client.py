@@ -38,6 +38,7 @@ from .lifecycle import Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .messages import Drops, Message
 from .frames import Item
+from .proxy import proxy_for
 from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
 from .ratelimit import TokenBucket
 from .reader import read_loop
@@ -81,6 +82,8 @@ class WebSocketClient(BaseClient):
         # the seam where tests put an in-process peer.
         self._connector: Connector = connector or transport.connect
         self._redactor = Redactor()
+        #: The proxy of the latest attempt, as scheme://host:port (status()["proxy"]); None: direct.
+        self.proxy_in_use: Optional[str] = None
         self.log = ClientLog(self.name, self._redactor)
         self.lifecycle = Lifecycle(self.log.log)
         self._random = random.Random()
@@ -193,7 +196,9 @@ class WebSocketClient(BaseClient):
             if not in_hub():
                 starting.wait()
             return self
-        transport.parse_ws_url(self.url())  # ConfigError now, not inside a loop
+        host, port, secure = transport.parse_ws_url(self.url())  # ConfigError now, not inside a loop
+        # Likewise for the proxy: a bad *_proxy variable, a SOCKS proxy without python-socks.
+        proxy_for(self.settings.PROXY, host, port, secure)
         if self._log_enabled or (self._log_enabled is None and env_flag(os.environ.get(self.LOG_ENV))):
             enable_stderr_logging()
         process.warn_if_unpatched(self.log)
@@ -298,6 +303,7 @@ class WebSocketClient(BaseClient):
         snapshot["outbox_path"] = str(s.OUTBOX_PATH) if s.OUTBOX_PATH else None
         snapshot["outbox_sync"] = s.OUTBOX_SYNC if s.OUTBOX_PATH else None
         snapshot["outbox_errors"] = self.outbox_errors + self._store.errors
+        snapshot["proxy"] = self.proxy_in_use  # scheme://host:port, never its credentials
         return snapshot
 
     def wait_until_connected(self, timeout: Optional[float] = None) -> bool:

@@ -8,6 +8,9 @@
         ├── HandshakeRejected        the server answered the upgrade with another HTTP status
         ├── SubprotocolMismatch      the server chose a subprotocol this client did not offer
         ├── AnswerTooLarge           the server's upgrade answer went past its limits (upgrade.py)
+        ├── ProxyError               the proxy (PROXY) would not open the tunnel (proxy.py)
+        │   ├── ProxyRejected        an HTTP proxy answered CONNECT with another status than 2xx
+        │   └── SocksError           a SOCKS proxy refused, or did not speak SOCKS
         ├── ConnectionClosed         the server sent a close frame, or the TCP stream ended
         ├── ProtocolError            the server broke RFC 6455; we close with .code
         └── PingTimeout              no frame arrived within PING_TIMEOUT after a ping
@@ -22,7 +25,8 @@ from datetime import datetime
 from typing import Mapping, Optional, Sequence
 
 __all__ = ["AnswerTooLarge", "ConfigError", "ConnectTimeout", "ConnectionClosed", "ConnectionFailed", "HandshakeRejected",
-           "HermesError", "PingTimeout", "ProtocolError", "QueueFull", "SubprotocolMismatch"]
+           "HermesError", "ProxyError", "ProxyRejected", "SocksError", "PingTimeout", "ProtocolError", "QueueFull",
+           "SubprotocolMismatch"]
 
 
 class HermesError(Exception):
@@ -76,6 +80,38 @@ class SubprotocolMismatch(ConnectionFailed):
 
 class AnswerTooLarge(ConnectionFailed):
     """The server's upgrade answer went past MAX_ANSWER_BYTES or MAX_ANSWER_HEADERS without its end."""
+
+
+class ProxyError(ConnectionFailed):
+    """The proxy would not open the tunnel. ``proxy`` names it as scheme://host:port: never
+    with its credentials, nor does the message carry them."""
+
+    def __init__(self, proxy: str, message: str) -> None:
+        self.proxy = proxy
+        super().__init__(message)
+
+
+class ProxyRejected(ProxyError):
+    """An HTTP proxy answered CONNECT with ``status`` (407: it refused our credentials or
+    wanted some; 403: it does not allow this destination; 502/503/504: retried)."""
+
+    def __init__(self, proxy: str, status: int, reason: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(proxy, f"proxy {proxy} answered CONNECT with HTTP {status} {reason}".rstrip())
+
+
+class SocksError(ProxyError):
+    """A SOCKS proxy refused the tunnel, or its answer was not SOCKS. ``kind`` is "auth" (the
+    credentials: given up), "refused" (its rules forbid the destination: given up),
+    "unsupported" (command or address type: given up), "protocol" (not a SOCKS proxy of this
+    version: given up) or "unreachable" (the destination is down or unreachable from the
+    proxy, a general failure: retried); ``code`` is the SOCKS reply code when there was one."""
+
+    def __init__(self, proxy: str, kind: str, detail: str, code: int | None = None) -> None:
+        self.kind = kind
+        self.code = code
+        super().__init__(proxy, f"SOCKS proxy {proxy} refused the tunnel: {detail}")
 
 
 class ConnectionClosed(ConnectionFailed):

@@ -25,11 +25,13 @@ from email.utils import parsedate_to_datetime
 from typing import Optional
 
 from .backoff import Backoff, RandomSource
-from .errors import ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError, SubprotocolMismatch
+from .errors import (ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError, ProxyRejected, SocksError,
+                     SubprotocolMismatch)
 from .frames import CLOSE_FORBIDDEN, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED
 
 __all__ = ["CREDENTIAL_STATUSES", "Decision", "describe", "GIVE_UP_CLOSE_CODES", "parse_retry_after", "Retry",
-    "RETRY_AFTER_CAP", "RETRY_AFTER_STATUSES", "RETRY_HTTP_STATUSES", "retry_after", "should_retry"]
+    "PROXY_CREDENTIAL_STATUSES", "RETRY_AFTER_CAP", "RETRY_AFTER_STATUSES", "RETRY_HTTP_STATUSES",
+    "RETRY_PROXY_STATUSES", "RETRY_SOCKS_KINDS", "retry_after", "should_retry"]
 
 #: HTTP statuses on the upgrade that mean "try again later".
 RETRY_HTTP_STATUSES = frozenset({408, 429})
@@ -38,6 +40,16 @@ RETRY_HTTP_STATUSES = frozenset({408, 429})
 GIVE_UP_CLOSE_CODES = frozenset({CLOSE_POLICY_VIOLATION, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN})
 #: HTTP statuses that mean the credentials are wrong: the give-up line says so.
 CREDENTIAL_STATUSES = frozenset({401, 403})
+#: What an HTTP proxy answers CONNECT with when the way on is down for a while: retried
+#: (407, 403 and every other refusal are given up).
+RETRY_PROXY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: What an HTTP proxy answers CONNECT with when it refuses our proxy credentials, or wants
+#: some: 407, and 401 (tinyproxy 1.11 answers a CONNECT with bad credentials so).
+PROXY_CREDENTIAL_STATUSES = frozenset({401, 407})
+#: SOCKS refusals worth retrying (SocksError.kind): the destination down or unreachable
+#: from the proxy, or a general failure. Bad credentials, a ruleset that forbids it, an
+#: unsupported request or a proxy that does not speak SOCKS are given up.
+RETRY_SOCKS_KINDS = frozenset({"unreachable"})
 #: Upgrade answers whose Retry-After sets the next delay (RFC 9110 10.2.3, RFC 6585 4).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 #: A Retry-After is honoured up to this many times the backoff's maximum (MAX_RETRY_DELAY).
@@ -48,15 +60,20 @@ def should_retry(exc: BaseException) -> bool:
     """True when a connection attempt that failed with ``exc`` is worth retrying.
 
     Retried: network errors, timeouts, DNS failures, HTTP 5xx/408/429 on the
-    upgrade, close codes outside GIVE_UP_CLOSE_CODES (1000 included: this client keeps
+    upgrade, a proxy's 502/503/504 (RETRY_PROXY_STATUSES), a SOCKS proxy that cannot reach the
+    server (RETRY_SOCKS_KINDS), close codes outside GIVE_UP_CLOSE_CODES (1000 included: this client keeps
     one long-lived connection, and a server closing it normally is usually a restart),
     protocol errors we detected. Not retried: other HTTP statuses (401, 403, 404,
-    redirects), certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors,
+    redirects), a proxy's 407, 403 and other refusals, SOCKS refusals of the credentials or by rule, certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors,
     a subprotocol the server chose that we did not offer (the two sides' configurations
     disagree: trying again changes nothing until one of them changes).
     """
     if isinstance(exc, (ConfigError, SubprotocolMismatch)):
         return False
+    if isinstance(exc, ProxyRejected):
+        return exc.status in RETRY_PROXY_STATUSES
+    if isinstance(exc, SocksError):
+        return exc.kind in RETRY_SOCKS_KINDS
     if isinstance(exc, HandshakeRejected):
         return exc.status >= 500 or exc.status in RETRY_HTTP_STATUSES
     if isinstance(exc, ConnectionClosed):
@@ -204,6 +221,14 @@ def _seconds(value: float) -> str:
 
 
 def _hint(exc: BaseException) -> str:
+    if isinstance(exc, ProxyRejected) and exc.status in PROXY_CREDENTIAL_STATUSES:
+        return " - the proxy refused its credentials: check the user and password in the proxy URL (PROXY or the *_proxy variable)"
+    if isinstance(exc, ProxyRejected) and exc.status == 403:
+        return " - the proxy does not allow this destination (its rules)"
+    if isinstance(exc, SocksError) and exc.kind == "auth":
+        return " - the SOCKS proxy refused its credentials: check the user and password in the proxy URL (PROXY or the *_proxy variable)"
+    if isinstance(exc, SocksError) and exc.kind == "protocol":
+        return " - is it a SOCKS proxy of this version? (check the proxy URL's scheme)"
     if isinstance(exc, HandshakeRejected) and exc.status in CREDENTIAL_STATUSES:
         return " - check the credentials this client sends"
     return ""

@@ -11,11 +11,12 @@ Validation raises ConfigError with one sentence that names the setting.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional, Union
 
 from .backoff import Backoff, check_delays, check_number
 from .errors import ConfigError
 from .headers import check_subprotocols
+from .proxy import check_proxy_setting
 from .store import check_outbox_settings
 
 __all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
@@ -44,6 +45,9 @@ class Defaults:
     ACK_ID_KEY: ClassVar[str] = "id"
     OUTBOX_PATH: ClassVar[Optional[str]] = None
     OUTBOX_SYNC: ClassVar[str] = "stop"
+    #: True: from the environment (https_proxy, http_proxy, all_proxy, no_proxy); None or
+    #: False: never; a URL: that proxy (http://, socks5://, socks5h://, socks4://). See proxy.py.
+    PROXY: ClassVar[Union[bool, str, None]] = True
     MAX_SEND_RATE: ClassVar[Optional[float]] = None
     SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
 
@@ -133,6 +137,7 @@ class Settings(Defaults):
         if not isinstance(self.ACK_ID_KEY, str) or not self.ACK_ID_KEY:
             raise ConfigError(f"ACK_ID_KEY must be a non-empty string, got {self.ACK_ID_KEY!r}.")
         check_outbox_settings(self.OUTBOX_PATH, self.OUTBOX_SYNC)
+        check_proxy_setting(self.PROXY)
         rate = self.MAX_SEND_RATE
         if rate is not None and (
             not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0

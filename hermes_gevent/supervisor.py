@@ -11,6 +11,7 @@ moves are the Lifecycle's (lifecycle.py); this module only obeys them.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
+from urllib.parse import quote
 
 import gevent
 
@@ -20,9 +21,10 @@ from .frames import CLOSE_ABNORMAL
 from .headers import check_headers, handshake_headers
 from .lifecycle import State
 from .logs import redact_url, secrets_in
+from .proxy import basic_credentials, proxy_for
 from .retry import describe
 from .session import Session, now
-from .transport import ssl_context_for
+from .transport import parse_ws_url, ssl_context_for
 
 if TYPE_CHECKING:
     from .client import WebSocketClient
@@ -63,15 +65,27 @@ def open_connection(client: "WebSocketClient", timeout: Optional[float] = None) 
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
     client._redactor.learn(secrets_in(url, headers))
     headers = handshake_headers(headers, client.origin(), client.settings.SUBPROTOCOLS)
-    client.log.info(f"connecting to {redact_url(url)}")
+    host, port, secure = parse_ws_url(url)
+    proxy = proxy_for(client.settings.PROXY, host, port, secure)  # the environment read anew, too
+    if proxy is None:
+        client.proxy_in_use = None
+        client.log.info(f"connecting to {redact_url(url)}")
+    else:
+        credentials = basic_credentials(proxy)
+        if credentials is not None and proxy.password:
+            # the password as given and as it would appear in a URL or a header
+            client._redactor.learn(s for s in {proxy.password, quote(proxy.password, safe=""), credentials,
+                                               credentials.split()[-1]} if len(s) >= 4)
+        client.proxy_in_use = proxy.display
+        client.log.info(f"connecting to {redact_url(url)} through proxy {proxy.display}")
     client.log.debug(f"upgrade headers: {sorted(headers)}")
-    return client._connector(
-        url,
-        headers,
-        timeout=client.settings.CONNECT_TIMEOUT if timeout is None else timeout,
-        max_message_size=client.settings.MAX_MESSAGE_SIZE,
-        ssl_context=ssl_context_for(client.ssl_context, client.ca_file),
-    )
+    timeout = client.settings.CONNECT_TIMEOUT if timeout is None else timeout
+    ssl_context = ssl_context_for(client.ssl_context, client.ca_file)
+    size = client.settings.MAX_MESSAGE_SIZE
+    if proxy is None:  # a connector that knows nothing of proxies (a test's in-process one) still works
+        return client._connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context)
+    return client._connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context,
+                             proxy=proxy.url)
 
 
 def _connect_once(client: "WebSocketClient") -> Session:

@@ -7,6 +7,8 @@ upgrade.py), and returns a ``Connection`` (connection.py) on the upgraded socket
 The request's headers go as given (an ``Origin`` among them replaces
 websocket-client's own; a ``Sec-WebSocket-Protocol`` is the offer the 101 is
 checked against); a rejection carries the answer's headers (its Retry-After).
+With ``proxy=`` (a proxy URL: see proxy.py) the socket goes to the proxy, which opens a
+tunnel to the server; TLS to the server then runs inside the tunnel, verified as usual.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .connection import Connection, StreamSocket
 from .errors import ConfigError, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .fairness import new_turns, take_turn
 from .headers import check_request, check_url, offered_subprotocols
+from .proxy import open_tunnel, parse_proxy
 from .upgrade import UpgradeAnswer, chosen_subprotocol, headers_of, status_of
 
 __all__ = ["ANSWER_CHUNK", "Connector", "connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
@@ -154,7 +157,9 @@ class _MemoryTLS:
 
 
 class Connector(Protocol):
-    """How the client opens a connection (``WebSocketClient(connector=...)``); ``connect`` is one."""
+    """How the client opens a connection (``WebSocketClient(connector=...)``); ``connect`` is one.
+    ``proxy`` (a proxy URL, credentials included) is passed only when PROXY selects a proxy for
+    the attempt, so a connector that knows nothing of proxies works wherever none is in use."""
 
     def __call__(
         self,
@@ -164,6 +169,7 @@ class Connector(Protocol):
         timeout: float,
         max_message_size: int,
         ssl_context: Optional[_stdlib_ssl.SSLContext] = None,
+        proxy: Optional[str] = None,
     ) -> Connection: ...
 
 
@@ -174,15 +180,21 @@ def connect(
     timeout: float,
     max_message_size: int,
     ssl_context: Optional[_stdlib_ssl.SSLContext] = None,
+    proxy: Optional[str] = None,
 ) -> "Connection":
-    """Open a connection; the whole of TCP, TLS and the upgrade is bounded by ``timeout``."""
+    """Open a connection; the whole of TCP, the proxy's tunnel (``proxy``: a proxy URL, or None
+    for a direct connection), TLS and the upgrade is bounded by ``timeout``."""
     host, port, secure = parse_ws_url(url)
+    through = parse_proxy(proxy) if proxy is not None else None
     sock: Optional[StreamSocket] = None
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
-        tcp = sock = gevent.socket.create_connection((host, port))
-        tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
+        if through is not None:
+            tcp = sock = open_tunnel(through, host, port)
+        else:
+            tcp = sock = gevent.socket.create_connection((host, port))
+            tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
             sock = _wrap_tls(tcp, ssl_context or default_ssl_context(), host)
         rest, subprotocol = _upgrade(sock, url, headers)
@@ -196,7 +208,8 @@ def connect(
             sock.close()
         if exc is not timer:
             raise
-        raise ConnectTimeout(f"no WebSocket upgrade from {host}:{port} within {timeout:g}s") from None
+        via = f" through proxy {through.display}" if through is not None else ""
+        raise ConnectTimeout(f"no WebSocket upgrade from {host}:{port}{via} within {timeout:g}s") from None
     except BaseException:
         if sock is not None:
             sock.close()

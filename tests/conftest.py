@@ -15,6 +15,12 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
+# Clients use the environment's proxy by default (PROXY=True): a machine whose environment sets
+# one must not route the tests' 127.0.0.1 connections through it. The proxy tests set their own.
+for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
+
 from hermes_gevent import WebSocketClient  # noqa: E402
 
 from .faultproxy import FaultProxy  # noqa: E402
