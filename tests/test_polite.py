@@ -248,6 +248,26 @@ def test_max_send_rate_holds_at_the_server_over_seconds_without_holding_the_hub(
     assert max(gaps) < t(0.1)  # the waits for tokens are timers: a 10 ms ticker stays on time
 
 
+def test_a_throttled_queue_overflows_by_its_strategy(server, make_client):
+    """The rate holds messages back; the queue absorbs them up to MAX_QUEUE_SIZE, and past it
+    the overflow strategy decides, as when the server is away."""
+    rate, size = 20, 50
+    drops = Recorder()
+    client = make_client(url=server.url, max_send_rate=rate, max_queue_size=size,
+                         queue_overflow_strategy="drop_newest", on_drop=drops)
+    assert client.start().wait_until_connected(t(5))
+    accepted = []
+    for i in range(300):  # some 500 a second, 25 times the rate: unthrottled, the sender keeps up
+        if client.send_message(f"n:{i}"):
+            accepted.append(i)
+        gevent.sleep(0.002)
+    dropped = 300 - len(accepted)
+    assert dropped > 0 and client.status()["drops_by_reason"] == {"overflow": dropped} and len(drops.calls) == dropped
+    assert client.flush(t(5) + size / rate)
+    server.wait_for(lambda: len(server.texts()) >= len(accepted), t(5), "the accepted messages")
+    assert server.texts() == [f"n:{i}" for i in accepted]
+
+
 def test_resends_count_toward_max_send_rate(server, make_client):
     """With acknowledgements on, what ACK_TIMEOUT sends again takes tokens like a first send:
     the server that throttles us sees the rate, whatever we send it."""
