@@ -31,10 +31,9 @@ import gevent.socket
 
 from .errors import ConfigError, ConnectionFailed, ProxyRejected, SocksError
 from .fairness import new_turns, take_turn
-from .logs import redact_url
 from .upgrade import UpgradeAnswer, status_of
 
-__all__ = ["CONNECT_CHUNK", "HTTP_SCHEMES", "ProxySetting", "ProxyURL", "SOCKS_EXTRA", "SOCKS_SCHEMES", "basic_credentials",
+__all__ = ["CONNECT_CHUNK", "HTTP_SCHEMES", "ProxySetting", "ProxyURL", "SOCKS_EXTRA", "SOCKS_SCHEMES", "basic_credentials", "shown_proxy",
            "check_proxy_setting", "environment_proxy", "is_bypassed", "normalize_proxy_setting", "open_tunnel",
            "parse_proxy", "proxy_for"]
 
@@ -84,12 +83,21 @@ class ProxyURL:
         return f"ProxyURL({self.display!r}, user={'yes' if self.username is not None else 'no'})"
 
 
+def shown_proxy(url: str) -> str:
+    """A proxy URL to show: everything before the last "@" after the scheme is credentials,
+    whatever characters the password holds (urlsplit stops at an unencoded / # ?)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, sep, rest = "", "", url
+    return scheme + sep + ("***@" + rest.rpartition("@")[2] if "@" in rest else rest)
+
+
 def parse_proxy(url: str, name: str = "PROXY") -> ProxyURL:
     """The proxy a URL names; ConfigError (naming ``name``, without the password) otherwise.
     A URL without a scheme is an HTTP proxy, as curl reads it."""
     if "://" not in url:
         url = f"http://{url}"
-    shown = redact_url(url)
+    shown = shown_proxy(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -165,11 +173,15 @@ def proxy_for(setting: ProxySetting, host: str, port: int, secure: bool,
 
 
 def _variable(environ: Mapping[str, str], name: str) -> Optional[tuple[str, str]]:
-    """(the variable's name, its value) - the lower-case one wins - or None when unset or empty."""
+    """(the variable's name, its value) - the lower-case one wins, an empty one counts as unset -
+    or None. In a CGI request (REQUEST_METHOD set) HTTP_PROXY may come from the request's
+    "Proxy:" header (httpoxy): it is ignored there, as urllib does."""
     for key in (name, name.upper()):
-        if key in environ:
-            value = environ[key].strip()
-            return (key, value) if value else None
+        if key == "HTTP_PROXY" and "REQUEST_METHOD" in environ:
+            continue
+        value = environ.get(key, "").strip()
+        if value:
+            return key, value
     return None
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Optional, Union
 from .backoff import Backoff, check_delays, check_number
 from .errors import ConfigError
 from .headers import check_subprotocols
-from .proxy import check_proxy_setting
+from .proxy import check_proxy_setting, shown_proxy
 from .store import check_outbox_settings
 
 __all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
@@ -80,7 +80,10 @@ class Settings(Defaults):
         return hash(tuple(self.values().items()))
 
     def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.values().items())})"
+        shown = self.values()
+        if isinstance(shown["PROXY"], str):
+            shown["PROXY"] = shown_proxy(shown["PROXY"])  # never its credentials
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _NAMES}

@@ -132,7 +132,9 @@ def _watch(client: "WebSocketClient", session: Session) -> None:
     """Ping every PING_INTERVAL; declare the connection dead after PING_TIMEOUT of silence."""
     interval, ping_timeout = client.settings.PING_INTERVAL, client.settings.PING_TIMEOUT
     next_ping = session.opened_at + interval
-    while session.alive and not client.lifecycle.ended:
+    # Through stop() too: its flush may take seconds (MAX_SEND_RATE, acknowledgements), and the
+    # link is still watched meanwhile; stop() itself ends the session.
+    while session.alive and client.lifecycle.state is not State.STOPPED:
         current = now()
         sent = session.ping_sent_at
         if sent is not None and session.last_frame_at < sent and current - sent >= ping_timeout:

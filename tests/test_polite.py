@@ -370,3 +370,20 @@ def test_origin_can_come_from_an_overridable_method_read_on_every_attempt(server
     assert [e["headers"]["Origin"] for e in server.of("connect")[:2]] == ["https://tenant1.example",
                                                                          "https://tenant2.example"]
     wait_until(lambda: client.connected, t(5), "the client to connect again")
+
+
+def test_stop_flushes_at_the_rate_through_its_whole_budget_with_pings_going_on(peer, make_client):
+    """stop()'s flush under MAX_SEND_RATE takes seconds: the link is still watched meanwhile
+    (pings go on), and the connection is not declared lost at the next ping tick."""
+    client = make_client(connector=peer.connector, url=peer.url, max_send_rate=20, ping_interval=t(0.2))
+    client.start()
+    assert client.wait_until_connected(t(5))
+    peer.wait_messages(0)
+    for i in range(60):
+        client.send_message(f"m-{i}")  # 20 go at once (the burst), then 20 a second
+    budget = t(1.5)
+    left = client.stop(timeout=budget)
+    sent = len(peer.messages)
+    assert sent >= 20 + 20 * 1.0, f"the flush ended early: {sent} sent in a {budget:g} s budget"
+    assert left == 60 - sent
+    assert peer.wait_closed(t(5)) == 1000  # closed by stop(), not lost

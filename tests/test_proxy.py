@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from hermes_gevent import ConfigError, ConnectTimeout, ProxyRejected, SocksError
+from hermes_gevent import ConfigError, ConnectTimeout, ProxyRejected, SocksError, WebSocketClient
 from hermes_gevent.proxy import is_bypassed, parse_proxy
 from hermes_gevent.retry import describe, should_retry
 
@@ -419,3 +419,34 @@ def test_socks5_resolves_the_server_name_here(proxies, server, make_client):
     client.start()
     assert client.wait_until_connected(t(5))
     carried_by(proxy, client, losses)
+
+
+@pytest.mark.parametrize("password", ["s3cr/et", "s3cr?et", "s3cr#et", "p@ss:w/rd"])
+def test_a_password_that_breaks_the_url_is_never_shown_in_the_error(password):
+    """The very error that asks to percent-encode the password must not print it."""
+    from hermes_gevent.proxy import parse_proxy
+
+    for url in (f"http://alice:{password}@proxy.corp:3128", f"socks5://alice:{password}@proxy.corp:1080"):
+        try:
+            parse_proxy(url)
+        except ConfigError as exc:
+            assert password not in str(exc) and "s3cr" not in str(exc) and "alice" not in str(exc), exc
+        with pytest.raises(ConfigError) as caught:
+            WebSocketClient(url="ws://127.0.0.1:9/ws", proxy=url + "/path")
+        assert "s3cr" not in str(caught.value) and "w/rd" not in str(caught.value), caught.value
+
+
+def test_settings_repr_never_shows_proxy_credentials():
+    client = WebSocketClient(url="ws://127.0.0.1:9/ws", proxy="http://alice:hunter22@proxy.corp:3128")
+    assert "hunter22" not in repr(client.settings) and "proxy.corp:3128" in repr(client.settings)
+
+
+def test_an_empty_lower_case_variable_counts_as_unset_and_httpoxy_is_ignored():
+    from hermes_gevent.proxy import environment_proxy
+
+    env = {"http_proxy": "", "HTTP_PROXY": "http://upper.corp:3128"}
+    assert environment_proxy("example.com", 80, False, env) == ("HTTP_PROXY", "http://upper.corp:3128")
+    # In a CGI request HTTP_PROXY may come from the request's "Proxy:" header (httpoxy): ignored.
+    assert environment_proxy("example.com", 80, False, {**env, "REQUEST_METHOD": "GET"}) is None
+    assert environment_proxy("example.com", 80, False, {"http_proxy": "http://lower.corp:3128",
+                                                        "REQUEST_METHOD": "GET"}) == ("http_proxy", "http://lower.corp:3128")
