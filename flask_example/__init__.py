@@ -5,8 +5,11 @@
 
 Routes: ``/`` (status and the last messages, refreshing itself),
 ``POST /notify`` (send a message from the request handler), ``GET /status``
-(JSON), ``GET /messages`` (JSON), and ``/healthz`` (the extension's health
-endpoint).
+(JSON), ``GET /messages`` (JSON), ``GET /history`` (JSON: per-second samples of
+the last minutes, for the page's chart), and ``/healthz`` (the extension's health
+endpoint). With the embedded demo server of ``python -m flask_example``,
+``POST /demo/stop`` and ``POST /demo/start`` stop it and start it again on the
+same port (404 without it).
 
 Every client setting can be given in the environment as ``HERMES_<SETTING>``.
 
@@ -46,6 +49,35 @@ class ExampleClient(WebSocketClient):
 
 hermes = Hermes(client_class=ExampleClient)
 INBOX_SIZE = 50
+#: Seconds of history the page's chart shows (one sample a second at most).
+HISTORY_SECONDS = 180
+
+
+class History:
+    """The last HISTORY_SECONDS per-second samples of this process's client, taken when the
+    page asks (/status, /history: it polls every second): no greenlet of its own, so nothing
+    runs before a gunicorn fork. Rates are the counters' differences between samples."""
+
+    def __init__(self, size: int = HISTORY_SECONDS) -> None:
+        self.samples: collections.deque = collections.deque(maxlen=size + 1)
+
+    def sample(self, status: dict) -> None:
+        now = time.time()
+        if self.samples and int(self.samples[-1]["t"]) == int(now):
+            return  # one a second
+        self.samples.append({"t": now, "sent": status["messages_sent"], "received": status["messages_received"],
+                             "queue_size": status["queue_size"], "connected": bool(status["connected"])})
+
+    def rows(self) -> list:
+        out, previous = [], None
+        for s in self.samples:
+            if previous is not None:
+                gap = max(s["t"] - previous["t"], 1e-3)
+                out.append({"t": round(s["t"], 3), "sent_per_s": max(s["sent"] - previous["sent"], 0) / gap,
+                            "received_per_s": max(s["received"] - previous["received"], 0) / gap,
+                            "queue_size": s["queue_size"], "connected": s["connected"]})
+            previous = s
+        return out
 
 
 @hermes.on_message
@@ -96,11 +128,13 @@ def create_app(config: dict | None = None) -> Flask:
     if config:
         app.config.update(config)
     app.extensions["example_inbox"] = collections.deque(maxlen=INBOX_SIZE)
+    app.extensions["example_history"] = History()
+    app.extensions.setdefault("example_demo", None)  # python -m flask_example sets its DemoServer
     hermes.init_app(app)
 
     @app.get("/")
     def index():
-        return render_template("index.html")
+        return render_template("index.html", demo=current_app.extensions["example_demo"] is not None)
 
     @app.post("/notify")
     def notify():
@@ -116,7 +150,32 @@ def create_app(config: dict | None = None) -> Flask:
     @app.get("/status")
     def status():
         client = current_app.hermes
-        return jsonify(pid=os.getpid(), ack_timeout=client.settings.ACK_TIMEOUT, **client.status())
+        snapshot = client.status()
+        current_app.extensions["example_history"].sample(snapshot)
+        demo = current_app.extensions["example_demo"]
+        return jsonify(pid=os.getpid(), ack_timeout=client.settings.ACK_TIMEOUT,
+                       demo_running=None if demo is None else demo.running, **snapshot)
+
+    @app.get("/history")
+    def history():
+        current_app.extensions["example_history"].sample(current_app.hermes.status())
+        return jsonify(seconds=HISTORY_SECONDS, samples=current_app.extensions["example_history"].rows())
+
+    @app.post("/demo/stop")
+    def demo_stop():
+        demo = current_app.extensions["example_demo"]
+        if demo is None:
+            return jsonify(error="no embedded demo server (HERMES_WS_URL is set)"), 404
+        demo.stop()
+        return jsonify(running=demo.running, url=demo.url)
+
+    @app.post("/demo/start")
+    def demo_start():
+        demo = current_app.extensions["example_demo"]
+        if demo is None:
+            return jsonify(error="no embedded demo server (HERMES_WS_URL is set)"), 404
+        demo.start()
+        return jsonify(running=demo.running, url=demo.url)
 
     @app.get("/messages")
     def messages():

@@ -44,6 +44,7 @@ def main() -> int:
     from flask_example import create_app
 
     app = create_app()
+    app.extensions["example_demo"] = demo  # the page's "Stop server" / "Start server" buttons
     ack_timeout = app.hermes.settings.ACK_TIMEOUT
     print(f"acknowledgements: {'off' if ack_timeout is None else f'on (ACK_TIMEOUT {ack_timeout:g} s)'}", flush=True)
     settings = app.hermes.settings

@@ -5,11 +5,17 @@ notification to every connected client every few seconds, and acknowledges every
 message that is a JSON object with a string id (the client's acknowledgements,
 ``HERMES_ACK_TIMEOUT``): ``{"ack": [ids...]}``, in batches - every ACK_EVERY
 seconds or ACK_BATCH ids, whichever comes first, as a real server would batch them.
+
+``stop()`` and ``start()`` again (the example page's "Stop server" and "Start server"
+buttons): a stop closes every client connection abruptly (the TCP connection is shut
+down without a close frame, as when a server crashes: the client sees 1006), and a
+start listens again on the same port.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import gevent
@@ -27,8 +33,14 @@ class DemoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, ack_id_key: str = "id") -> None:
         self.clients: set[_Peer] = set()
         self.ack_id_key = ack_id_key
-        self.server = pywsgi.WSGIServer((host, port), self._app, handler_class=WebSocketHandler, log=None)
+        self.host, self.port = host, port
+        self.server = self._new_server()
         self._pusher = None
+        #: True between start() and stop().
+        self.running = False
+
+    def _new_server(self) -> pywsgi.WSGIServer:
+        return pywsgi.WSGIServer((self.host, self.port), self._app, handler_class=WebSocketHandler, log=None)
 
     @property
     def url(self) -> str:
@@ -36,21 +48,35 @@ class DemoServer:
         return f"ws://{host}:{port}/ws"
 
     def start(self) -> "DemoServer":
+        """Listen (again, after a stop: on the same port - SO_REUSEADDR)."""
+        if self.running:
+            return self
         self.server.start()
+        self.port = self.server.address[1]  # the port chosen for port 0, kept for a restart
         self._pusher = gevent.spawn(self._push_forever)
+        self.running = True
         return self
 
     def stop(self) -> None:
+        """Stop listening and drop every client connection abruptly (no close frame)."""
+        if not self.running:
+            return
         if self._pusher is not None:
             self._pusher.kill()
+            self._pusher = None
+        self.server.close()  # no new connections from here
+        for peer in list(self.clients):
+            peer.drop()
         self.server.stop(timeout=1)
+        self.server = self._new_server()  # ready for start(), on the same port
+        self.running = False
 
     def _app(self, environ, start_response):
         ws = environ.get("wsgi.websocket")
         if ws is None:
             start_response("400 Bad Request", [("Content-Type", "text/plain")])
             return [b"WebSocket only\n"]
-        peer = _Peer(ws)
+        peer = _Peer(ws, getattr(ws.handler, "socket", None))
         self.clients.add(peer)
         try:
             while True:
@@ -87,8 +113,9 @@ class _Peer:
     """One client connection: sends from the handler, the pusher and the ack timer take
     turns (one lock), and the acknowledgements it owes, batched."""
 
-    def __init__(self, ws) -> None:
+    def __init__(self, ws, sock=None) -> None:
         self.ws = ws
+        self.sock = sock
         self._lock = gevent.lock.Semaphore()
         self._pending: list[str] = []
         self._timer = None
@@ -118,6 +145,14 @@ class _Peer:
         ids, self._pending = self._pending, []
         if ids:
             self.send(json.dumps({"ack": ids}))
+
+    def drop(self) -> None:
+        """Shut the TCP connection down without a close frame, as a crashed server would."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def closed(self) -> None:
         timer, self._timer = self._timer, None
