@@ -70,6 +70,8 @@ def test_stop_and_start_the_demo_server_from_the_page(procs, tmp_path, browser):
     wait(browser, 15, lambda d: text_of(d, "conn") == "connected", "the page never showed 'connected'")
     wait(browser, 10, lambda d: text_of(d, "demo-state") == "running", "the demo server is not shown running")
     assert browser.find_element(By.ID, "chart").tag_name == "svg"
+    wait(browser, 10, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chart polyline")) == 3, "no chart lines")
+    wait(browser, 10, lambda d: "notification: tick" in text_of(d, "messages"), "no tick from the demo server")
 
     browser.find_element(By.XPATH, "//button[normalize-space()='Stop server']").click()
     wait(browser, 15, lambda d: text_of(d, "conn") == "not connected"
@@ -87,11 +89,12 @@ def test_stop_and_start_the_demo_server_from_the_page(procs, tmp_path, browser):
 
     browser.find_element(By.XPATH, "//button[normalize-space()='Start server']").click()
     wait(browser, 30, lambda d: text_of(d, "conn") == "connected", "no reconnect after 'Start server'")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    browser.save_screenshot(str(tmp_path / "recovery.png"))  # during the recovery, the chart's red gap
     wait(browser, 15, lambda d: text_of(d, "queued") == "0", "the queued count did not drain")
     wait(browser, 15, lambda d: all(f"echo: {text}" in text_of(d, "messages") for text in sent),
          "the echoes of the queued messages never appeared in the page's list")
+    # the recovery, for the README: the chart's red gap, the queue's rise and fall, the echoes
+    browser.save_screenshot(str(tmp_path / "recovery.png"))
+    SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "recovery.png", SCREENSHOT)
     status = http("GET", f"{base}/status")
     assert status["connected"] and status["queue_size"] == 0 and status["demo_running"] is True, status
