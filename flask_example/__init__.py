@@ -37,7 +37,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 
 from hermes_gevent import WebSocketClient
 from hermes_gevent.flask import Hermes
-from hermes_gevent.settings import Settings
+from hermes_gevent.settings import Defaults, Settings
 
 
 class ExampleClient(WebSocketClient):
@@ -82,7 +82,7 @@ def settings_from_environment() -> dict:
         value: object = text
         if text.lower() in ("", "none", "off"):
             value = None
-        elif isinstance(getattr(Settings, name), bool) and text.lower() in _FLAGS:
+        elif isinstance(getattr(Defaults, name), bool) and text.lower() in _FLAGS:
             value = _FLAGS[text.lower()]  # HERMES_METRICS=1
         else:
             for kind in (int, float):
