@@ -267,7 +267,7 @@ class WebSocketClient(BaseClient):
         outbox = self._outbox if self._outbox is not None else self._outbox_or_create()
         accepted = outbox.put(item)
         if self._metrics is not None and accepted:
-            self._metrics.enqueued(len(outbox))
+            self._metrics.enqueued(outbox)
         return accepted
 
     def status(self) -> dict[str, Any]:

@@ -23,16 +23,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sized
 
 from .errors import ConfigError
 
-__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_GAUGE_EVERY", "available", "exposition", "multiproc_dir", "require"]
+__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_GAUGE_EVERY", "QUEUE_GAUGE_MASK", "available", "exposition", "multiproc_dir", "require"]
 
 EXTRA = "hermes_gevent[metrics]"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: The queue gauge is refreshed on every Nth send_message (and at every written batch).
+#: The queue gauge is refreshed on every QUEUE_GAUGE_EVERY-th send_message (a power of two), at every
+#: written batch, and by the health loop.
 QUEUE_GAUGE_EVERY = 64
+QUEUE_GAUGE_MASK = QUEUE_GAUGE_EVERY - 1
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -110,15 +112,16 @@ class ClientMetrics:
 
     # -- the send path -------------------------------------------------------------
 
-    def enqueued(self, queued: int) -> None:
-        """send_message accepted a message; ``queued``: the queue's length after it."""
-        self._enqueued += 1
+    def enqueued(self, queue: Sized) -> None:
+        """send_message accepted a message into ``queue`` (its length read only when needed)."""
+        self._enqueued = n = self._enqueued + 1
         if self._sample_at is None:
             self._sample_at = time.monotonic()
+            queued = len(queue)
             self._sample_pos = self._written + queued
             self._queue.set(queued)
-        elif not self._enqueued % QUEUE_GAUGE_EVERY:
-            self._queue.set(queued)
+        elif not n & QUEUE_GAUGE_MASK:
+            self._queue.set(len(queue))
 
     def written(self, count: int, queued: int) -> None:
         """The sender wrote ``count`` messages; ``queued`` remain."""
