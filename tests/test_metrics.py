@@ -134,11 +134,13 @@ def test_the_exposition_passes_promtool(make_client, server, tmp_path):
 
 # -- gunicorn, multiprocess ----------------------------------------------------------------
 
-def start_gunicorn(procs, server, tmp_path, workers=2):
+def start_gunicorn(procs, server, tmp_path, workers=2, preload=False):
     port = free_port()
     directory = tmp_path / "prometheus-multiproc"
     directory.mkdir()
     args = [sys.executable, "-m", "gunicorn", "-c", "flask_example/gunicorn.conf.py", "flask_example.wsgi:app"]
+    if preload:
+        args.insert(-1, "--preload")  # the client (and its metrics) made in the master, before the fork
     gunicorn = procs(args, HERMES_WS_URL=server.url, GUNICORN_BIND=f"127.0.0.1:{port}",
                      GUNICORN_WORKERS=str(workers), GUNICORN_GRACEFUL_TIMEOUT="10", HERMES_METRICS="1",
                      HERMES_METRICS_PATH="/metrics", PROMETHEUS_MULTIPROC_DIR=str(directory))
@@ -166,8 +168,9 @@ def post_until_both_workers(base: str) -> tuple[int, set]:
     return posted, workers
 
 
-def test_gunicorn_workers_aggregate_and_a_dead_worker_leaves_its_gauges(procs, server, tmp_path):
-    gunicorn, base, _, directory = start_gunicorn(procs, server, tmp_path)
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
+def test_gunicorn_workers_aggregate_and_a_dead_worker_leaves_its_gauges(procs, server, tmp_path, preload):
+    gunicorn, base, _, directory = start_gunicorn(procs, server, tmp_path, preload=preload)
     posted, workers = post_until_both_workers(base)
     server.wait_for(lambda: len(server.texts()) >= posted, t(15), "every message")
     wait_until(lambda: value(scrape(base), "hermes_messages_sent_total") == posted, t(10),
