@@ -263,7 +263,10 @@ class WebSocketClient(BaseClient):
             self.drops.count(item, DROP_STOPPED)
             return False
         if self._store.durable:
-            return persistence.send_durably(self, item)
+            accepted = persistence.send_durably(self, item)
+            if self._metrics is not None and accepted and self._outbox is not None:
+                self._metrics.enqueued(self._outbox)
+            return accepted
         outbox = self._outbox if self._outbox is not None else self._outbox_or_create()
         accepted = outbox.put(item)
         if self._metrics is not None and accepted:
