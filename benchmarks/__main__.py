@@ -125,6 +125,8 @@ def main() -> int:
             print_acked(name, row)
         report["enqueue"] = enqueue_cost(url, max(1000, int(20_000 * scale)), rounds)
         print_enqueue(report["enqueue"])
+        report["metrics"] = probe("metrics", str(max(5000, int(200_000 * scale))))
+        print_metrics(report["metrics"])
         report["memory"] = probe("memory", str(max(1000, int(100_000 * scale))))
         print(f"memory: {report['memory']['bytes_per_message']} bytes per queued 100-byte message "
               f"(target <= 250); queue op {report['memory']['op_ns_at_1k']} ns at 1k deep, "
@@ -334,6 +336,11 @@ def enqueue_cost(url: str, count: int, rounds: int) -> dict:
     return {"hermes_median_ns": median, "hermes_p99_ns": p99,
             "raw_median_ns": raw_median, "ratio": median / raw_median, "met": median / raw_median <= 0.2,
             "failed": None, "dropped": drops}
+
+
+def print_metrics(m: dict) -> None:
+    print(f"metrics cost: send_message {m['off_ns']} ns with metrics off, {m['on_ns']} ns on (+{m['added_ns']} ns, "
+          f"target: a few hundred); the sender's hook {m['written_hook_ns_per_message']} ns per message written")
 
 
 def print_enqueue(e: dict) -> None:

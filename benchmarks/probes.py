@@ -2,6 +2,7 @@
 
     python -m benchmarks.probes memory COUNT          bytes per queued message; O(1) queue ops
     python -m benchmarks.probes recovery URL DELAY    server back -> first message delivered
+    python -m benchmarks.probes metrics COUNT         send_message with metrics on vs off (ns per call)
     (the recovery probe starts and kills its own sink server)
 
 Prints one JSON line.
@@ -98,9 +99,43 @@ def recovery(port: int, delay: float) -> dict:
     return {"seconds": round(seconds, 4), "retry_delay": delay}
 
 
+def metrics_cost(count: int) -> dict:
+    """What metrics=True adds to the send path: send_message on a client that is not connected
+    (the queue takes every message), metrics off and on alternately, in chunks of 1000 calls;
+    and the sender's per-batch hook (written(), once per batch of up to 256 messages) per message.
+    Medians over the chunks, in ns per call."""
+    import statistics
+
+    rounds = max(5, count // 1000)
+    clients = {flag: WebSocketClient(url="ws://127.0.0.1:9/x", max_queue_size=rounds * 1000 + 10,
+                                     metrics=flag, name=f"bench-{flag}") for flag in (False, True)}
+    chunks: dict[bool, list[float]] = {False: [], True: []}
+    message = "x" * 100
+    for _ in range(rounds):
+        for flag, client in clients.items():
+            send = client.send_message
+            began = time.perf_counter_ns()
+            for _ in range(1000):
+                send(message)
+            chunks[flag].append((time.perf_counter_ns() - began) / 1000)
+    hook = clients[True]._metrics
+    assert hook is not None
+    batches = []
+    for _ in range(rounds):
+        began = time.perf_counter_ns()
+        for _ in range(100):
+            hook.written(256, 1000)
+        batches.append((time.perf_counter_ns() - began) / (100 * 256))
+    off, on = statistics.median(chunks[False]), statistics.median(chunks[True])
+    return {"off_ns": round(off), "on_ns": round(on), "added_ns": round(on - off),
+            "written_hook_ns_per_message": round(statistics.median(batches), 1), "calls": rounds * 1000}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "memory":
         result = memory(int(sys.argv[2]))
+    elif sys.argv[1] == "metrics":
+        result = metrics_cost(int(sys.argv[2]))
     else:
         result = recovery(int(sys.argv[2]), float(sys.argv[3]))
     print(json.dumps(result), flush=True)

@@ -12,6 +12,9 @@ endpoint). With the embedded demo server of ``python -m flask_example``,
 same port (404 without it).
 
 Every client setting can be given in the environment as ``HERMES_<SETTING>``.
+Prometheus metrics: ``HERMES_METRICS=1 HERMES_METRICS_PATH=/metrics`` (the
+``hermes_gevent[metrics]`` extra; under gunicorn with ``PROMETHEUS_MULTIPROC_DIR``
+set, the endpoint serves every worker's sum).
 
 Acknowledgements: with ``HERMES_ACK_TIMEOUT`` set (in app.config, or in the
 environment as seconds), every message carries an id and waits for the server's
@@ -37,7 +40,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 
 from hermes_gevent import WebSocketClient
 from hermes_gevent.flask import Hermes
-from hermes_gevent.settings import Settings
+from hermes_gevent.settings import Defaults, Settings
 
 
 class ExampleClient(WebSocketClient):
@@ -95,6 +98,9 @@ def remember(message):
     inbox.appendleft({"at": time.strftime("%H:%M:%S"), "message": text})
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False}
+
+
 def settings_from_environment() -> dict:
     """Every client setting given as HERMES_<SETTING> in the environment (HERMES_ACK_TIMEOUT=5,
     HERMES_OUTBOX_PATH=/var/lib/app/outbox.db, HERMES_OUTBOX_SYNC=always...): numbers as numbers,
@@ -108,6 +114,8 @@ def settings_from_environment() -> dict:
         value: object = text
         if text.lower() in ("", "none", "off"):
             value = None
+        elif isinstance(getattr(Defaults, name), bool) and text.lower() in _FLAGS:
+            value = _FLAGS[text.lower()]  # HERMES_METRICS=1
         else:
             for kind in (int, float):
                 try:
@@ -122,6 +130,7 @@ def settings_from_environment() -> dict:
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.setdefault("HERMES_HEALTH_PATH", "/healthz")
+    app.config.setdefault("HERMES_METRICS_PATH", os.environ.get("HERMES_METRICS_PATH") or None)  # e.g. /metrics
     app.config.setdefault("HERMES_WS_IDENTIFIER", os.environ.get("HERMES_WS_IDENTIFIER", "flask-example"))
     for key, value in settings_from_environment().items():
         app.config.setdefault(key, value)

@@ -3,7 +3,8 @@
 # for the client: the hooks start it in each worker after the fork.
 import os
 
-from hermes_gevent.gunicorn import post_worker_init, worker_exit  # noqa: F401
+# child_exit: with PROMETHEUS_MULTIPROC_DIR set, a dead worker's live gauges leave the metrics.
+from hermes_gevent.gunicorn import child_exit, post_worker_init, worker_exit  # noqa: F401
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 worker_class = "gevent"

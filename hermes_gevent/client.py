@@ -37,6 +37,7 @@ from .frames import CLOSE_ABNORMAL, CLOSE_NORMAL
 from .lifecycle import Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .messages import Drops, Message
+from .metrics import ClientMetrics
 from .frames import Item
 from .proxy import proxy_for
 from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
@@ -86,6 +87,8 @@ class WebSocketClient(BaseClient):
         self.proxy_in_use: Optional[str] = None
         self.log = ClientLog(self.name, self._redactor)
         self.lifecycle = Lifecycle(self.log.log)
+        #: Prometheus metrics (METRICS): None when off - every hook is one check of this attribute.
+        self._metrics: Optional[ClientMetrics] = ClientMetrics(self.name) if self.settings.METRICS else None
         self._random = random.Random()
         self._generation = 0
         self._home_hub = gevent.get_hub()  # the loops run here; other threads hand off to it
@@ -135,7 +138,8 @@ class WebSocketClient(BaseClient):
         self.messages_spilled = 0
         self.messages_reloaded = 0
         self.outbox_errors = 0  # of stores closed already (the open one counts its own)
-        self.drops = Drops(self.log, lambda msg, reason: self._safe_hook(self.on_drop, msg, reason))
+        self.drops = Drops(self.log, lambda msg, reason: self._safe_hook(self.on_drop, msg, reason),
+                           None if self._metrics is None else self._metrics.dropped)
         self._has_connected = False
         self._last_message_at: Optional[float] = None  # monotonic
         self._debug_bodies = False
@@ -259,9 +263,15 @@ class WebSocketClient(BaseClient):
             self.drops.count(item, DROP_STOPPED)
             return False
         if self._store.durable:
-            return persistence.send_durably(self, item)
-        outbox = self._outbox
-        return (outbox if outbox is not None else self._outbox_or_create()).put(item)
+            accepted = persistence.send_durably(self, item)
+            if self._metrics is not None and accepted and self._outbox is not None:
+                self._metrics.enqueued(self._outbox)
+            return accepted
+        outbox = self._outbox if self._outbox is not None else self._outbox_or_create()
+        accepted = outbox.put(item)
+        if self._metrics is not None and accepted:
+            self._metrics.enqueued(outbox)
+        return accepted
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the client's state, safe to serialize as JSON."""
@@ -390,6 +400,8 @@ class WebSocketClient(BaseClient):
         self._generation += 1  # the loops of this run are stale from here on
         self._kill_loops(max(0.0, deadline - now()))
         undelivered = self._discard_unsent()
+        if self._metrics is not None:
+            self._metrics.stopped()
         life.move(State.STOPPED)
         self._connected_event.clear()
         self._stop_result = undelivered
@@ -454,10 +466,14 @@ class WebSocketClient(BaseClient):
             if not self._current(generation):
                 return
             self.check_health()
+            if self._metrics is not None:
+                self._metrics.queue_size(self.queue_size)  # between the send path's samples
 
     def _on_data(self, data: Union[str, bytes]) -> None:
         """Every data message, in order, from the reader greenlet."""
         self.messages_received += 1
+        if self._metrics is not None:
+            self._metrics.received()
         if self._debug_bodies:
             self.log.body("received", data)
         try:
@@ -480,6 +496,8 @@ class WebSocketClient(BaseClient):
         if window is not None:
             acked = window.acked(ids)
             self.messages_acked += len(acked)
+            if self._metrics is not None:
+                self._metrics.acked(len(acked))
             self._acks_changed.set()
             if acked and self._store.path is not None:
                 self._store.forget(acked)

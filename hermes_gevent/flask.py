@@ -25,7 +25,7 @@ from flask import Flask, Response, current_app, jsonify
 from flask.cli import AppGroup
 from blinker import Namespace
 
-from . import transport
+from . import metrics, transport
 from .base import BaseClient
 from .client import WebSocketClient
 from .connection import Connection
@@ -59,6 +59,7 @@ class Config:
     AUTOSTART = "HERMES_AUTOSTART"
     HANDLER_POOL_SIZE = "HERMES_HANDLER_POOL_SIZE"
     HEALTH_PATH = "HERMES_HEALTH_PATH"
+    METRICS_PATH = "HERMES_METRICS_PATH"
 
     @staticmethod
     def setting_key(name: str) -> str:
@@ -100,6 +101,7 @@ class Hermes:
         config.setdefault(Config.AUTOSTART, True)
         config.setdefault(Config.HANDLER_POOL_SIZE, 0)
         config.setdefault(Config.HEALTH_PATH, None)
+        config.setdefault(Config.METRICS_PATH, None)
         for name in Settings.names():
             config.setdefault(Config.setting_key(name), getattr(self.client_class, name))
 
@@ -129,6 +131,9 @@ class Hermes:
         app.cli.add_command(_cli)
         if config[Config.HEALTH_PATH]:
             app.add_url_rule(config[Config.HEALTH_PATH], "hermes_health", _health_view)
+        if config[Config.METRICS_PATH]:
+            metrics.require()  # ConfigError naming the extra
+            app.add_url_rule(config[Config.METRICS_PATH], "hermes_metrics", _metrics_view)
         app.before_request(lambda: _start_if_serving(state))
 
         if state.autostart:
@@ -180,6 +185,12 @@ def _start_if_serving(state: _AppState) -> None:
             "where no gevent hub runs; call gevent.monkey.patch_all() before importing the app, "
             "or serve it with gevent (gunicorn -k gevent, gevent.pywsgi)"
         )
+
+
+def _metrics_view() -> Response:
+    """The exposition format: the workers' aggregate under PROMETHEUS_MULTIPROC_DIR, else this process's."""
+    body, content_type = metrics.exposition()
+    return Response(body, 200, {"Content-Type": content_type})
 
 
 def _health_view() -> tuple[Response, int]:

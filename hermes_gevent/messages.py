@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import gevent
 
@@ -55,8 +55,10 @@ def decode(item: Item) -> Union[str, bytes]:
 class Drops:
     """Messages accepted and then lost: the total, by reason, the log lines, the hook."""
 
-    def __init__(self, log: ClientLog, on_drop: Callable[[Union[str, bytes], str], Any]) -> None:
+    def __init__(self, log: ClientLog, on_drop: Callable[[Union[str, bytes], str], Any],
+                 on_count: Optional[Callable[[str], None]] = None) -> None:
         self.total = 0
+        self._on_count = on_count  # the metrics' counter, by reason (None: metrics off)
         self.by_reason: dict[str, int] = {}
         self._log = log
         self._on_drop = on_drop
@@ -65,6 +67,8 @@ class Drops:
     def count(self, item: Item, reason: str, *, log: bool = True) -> None:
         self.total += 1
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if self._on_count is not None:
+            self._on_count(reason)
         reported = self._rate.add(time.monotonic()) if log else 0
         if reported:
             self._log.warning(f"dropped {reported} message(s) ({self.summary()}); see status()['messages_dropped']")

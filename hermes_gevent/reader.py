@@ -52,7 +52,11 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
     process = protocol.process
     on_message = client._on_data if client._window is None else client._on_data_with_acks
 
+    metrics = client._metrics
+
     def on_control(event: frames.Event) -> None:
+        if metrics is not None and isinstance(event, frames.Pong):
+            metrics.pong(session.ping_sent_at, now())
         # A pong (or our ping's answer) goes out as soon as the ping is parsed, not after the
         # handlers of everything else in the read have run.
         if protocol.has_data_to_send and protocol.failure is None:

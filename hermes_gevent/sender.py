@@ -47,6 +47,7 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
     window = client._window
     backlog_urgent = client.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
     bucket = client._send_bucket
+    metrics = client._metrics  # None: metrics off
     client._store_ready.wait()  # messages kept from an earlier run go out before newer ones
     while client._current(generation):
         session = inbox.get()
@@ -91,6 +92,8 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 began = now()
                 window.written(writing, began)
                 client.messages_sent += outbox.settle(batch, len(writing))
+                if metrics is not None:
+                    metrics.written(len(writing), len(outbox))
                 if not _write_owned(session, window, writing, began):
                     break
                 if client._store.path is not None:
@@ -108,10 +111,15 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                     handed = exc.handed if conn.tracks_acks else 0
                     client._delivered(sending[:handed])
                     client.messages_sent += outbox.settle(batch, handed)
+                    if metrics is not None:
+                        metrics.written(handed, len(outbox))
                     _fail(session, conn, exc)
                     break
                 client._delivered(sending)  # before settle(), which empties the batch
-                client.messages_sent += outbox.settle(batch, len(sending))
+                written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
+                client.messages_sent += written
+                if metrics is not None:
+                    metrics.written(written, len(outbox))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
@@ -158,6 +166,8 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow,
         if not _write_owned(session, window, chunk, began):
             return False  # the window has them all: due again on the next connection
         client.messages_resent += len(chunk)
+        if client._metrics is not None:
+            client._metrics.resent(len(chunk))
         take_turn(session.conn.write_turns)
     return session.alive
 

@@ -14,6 +14,7 @@ import math
 from typing import Any, ClassVar, Mapping, Optional, Union
 
 from .backoff import Backoff, check_delays, check_number
+from . import metrics
 from .errors import ConfigError
 from .headers import check_subprotocols
 from .proxy import check_proxy_setting, shown_proxy
@@ -50,6 +51,8 @@ class Defaults:
     PROXY: ClassVar[Union[bool, str, None]] = True
     MAX_SEND_RATE: ClassVar[Optional[float]] = None
     SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
+    #: Prometheus metrics (the hermes_gevent[metrics] extra); see metrics.py.
+    METRICS: ClassVar[bool] = False
 
 
 _NAMES: tuple[str, ...] = tuple(Defaults.__annotations__)
@@ -147,6 +150,10 @@ class Settings(Defaults):
         ):
             raise ConfigError(f"MAX_SEND_RATE must be a positive number of messages per second or None, got {rate!r}.")
         check_subprotocols(self.SUBPROTOCOLS)
+        if not isinstance(self.METRICS, bool):
+            raise ConfigError(f"METRICS must be True or False, got {self.METRICS!r}.")
+        if self.METRICS:
+            metrics.require()  # ConfigError naming the extra when prometheus_client is missing
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

@@ -92,11 +92,18 @@ def _connect_once(client: "WebSocketClient") -> Session:
     # With acknowledgements the window resends what the server never confirmed: no need to ask
     # the kernel which writes it left unacknowledged.
     requeue = client._requeue_unacknowledged if client._window is None else None
-    return Session(open_connection(client), requeue)
+    if client._metrics is None:
+        return Session(open_connection(client), requeue)
+    began = now()
+    conn = open_connection(client)
+    client._metrics.connect_took(now() - began)
+    return Session(conn, requeue)
 
 
 def _run_session(client: "WebSocketClient", session: Session, generation: int) -> None:
     """Publish a live session, watch it until it is lost, then unpublish it."""
+    if client._metrics is not None:
+        client._metrics.opened(client._has_connected)
     if client._has_connected:
         client.reconnects += 1
     client._has_connected = True
@@ -118,10 +125,12 @@ def _run_session(client: "WebSocketClient", session: Session, generation: int) -
             client._outbox.wake()  # the sender may be waiting for a message on the dead session
         if generation == client._generation:
             client._connected_event.clear()
-    if generation != client._generation:
-        return
     error = session.error
     code = getattr(error, "code", CLOSE_ABNORMAL)
+    if client._metrics is not None:
+        client._metrics.lost(code if isinstance(code, int) else CLOSE_ABNORMAL)  # once per connection
+    if generation != client._generation:
+        return
     reason = getattr(error, "reason", "") or str(error)
     if not client.lifecycle.ended:
         client.log.warning(f"connection lost: {describe(error) if error else 'unknown'}")

@@ -45,6 +45,7 @@ def test_every_benchmark_runs(tmp_path):
         assert row["on"]["bytes_per_message"] > row["off"]["bytes_per_message"]  # the id the client added
     assert report["enqueue"]["failed"] is None and report["enqueue"]["dropped"]["hermes"]["messages"] == 0
     assert report["enqueue"]["hermes_median_ns"] > 0 and report["memory"]["bytes_per_message"] > 0
+    assert report["metrics"]["on_ns"] > 0 and report["metrics"]["off_ns"] > 0  # the probe ran (no timing asserts)
     assert report["recovery"]["seconds"] > 0
     check_outbox(report["outbox"], text)
     flask = report["flask"]
