@@ -17,6 +17,7 @@ its own thread, see sqlite_store.py).
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -98,6 +99,9 @@ class WebSocketClient(BaseClient):
         self._outbox: Optional[Outbox] = None
         # Where messages outlive the process (OUTBOX_PATH): opened by start(), closed by stop().
         self._store: Store = MemoryStore()
+        # Rows of the app's transactions that committed, to take and queue in commit order (persistence.py).
+        self._commits: collections.deque[tuple[list[int], bool]] = collections.deque()
+        self._commit_taker: Optional[Greenlet] = None
         self._reset_run()
         self._reset_counters()
         self._outbox_or_create()  # now, in the home thread: other threads may send before start()
@@ -137,6 +141,7 @@ class WebSocketClient(BaseClient):
         self.messages_resent = 0
         self.messages_spilled = 0
         self.messages_reloaded = 0
+        self.messages_handed_over = 0  # held when this process's lease was taken over: another sends them
         self.outbox_errors = 0  # of stores closed already (the open one counts its own)
         self.drops = Drops(self.log, lambda msg, reason: self._safe_hook(self.on_drop, msg, reason),
                            None if self._metrics is None else self._metrics.dropped)
@@ -209,13 +214,13 @@ class WebSocketClient(BaseClient):
         if self._orphans:
             gevent.killall(self._orphans, block=False)  # a forked parent's loops, stale here
             self._orphans = []
-        if self.settings.OUTBOX_PATH:
-            if in_hub():  # a signal handler, a loop callback: opening the file waits on the disk
+        if self.settings.outbox_location() is not None:
+            if in_hub():  # a signal handler, a loop callback: opening the store waits on the disk or database
                 gevent.spawn(self.start)
                 return self
             self._starting = gevent.event.Event()  # one start at a time; stop() waits for it
             try:
-                store = persistence.open_store(self)  # ConfigError here for an OUTBOX_PATH it cannot use
+                store = persistence.open_store(self)  # ConfigError here for an OUTBOX_URL/OUTBOX_PATH it cannot use
             finally:
                 self._starting.set()
                 self._starting = None
@@ -243,12 +248,16 @@ class WebSocketClient(BaseClient):
         """True when called from the OS thread whose gevent hub runs this client."""
         return on_thread_of(self._home_hub)
 
-    def send_message(self, msg: Message) -> bool:
+    def send_message(self, msg: Message, transaction: Any = None) -> bool:
         """Queue ``msg`` for sending; True if accepted, False if dropped.
 
         str -> text frame, bytes -> binary frame, dict/list -> JSON text frame.
         Raises TypeError/ValueError here for a message that cannot be sent, and
         QueueFull under the "raise" strategy. Safe from any greenlet or thread.
+
+        ``transaction``: a SQLAlchemy Connection or Session on the PostgreSQL database of
+        OUTBOX_URL. The message is inserted in that transaction (True once inserted) and sent
+        only once it commits; a rollback sends nothing (see transactional.py).
         """
         if self.settings.ACK_TIMEOUT is None:
             item: Item = messages.encode(msg, self.settings.MAX_MESSAGE_SIZE)
@@ -259,6 +268,8 @@ class WebSocketClient(BaseClient):
         life = self.lifecycle
         if life.pending and self.can_start_here():
             self.start()
+        if transaction is not None:
+            return persistence.send_in_transaction(self, item, transaction)
         if life.ended:
             self.drops.count(item, DROP_STOPPED)
             return False
@@ -309,10 +320,15 @@ class WebSocketClient(BaseClient):
             "handler_errors": self.handler_errors,
             "alerts": [{"name": k, "message": v} for k, v in self._alerts.items()],
         })
-        s = self.settings
-        snapshot["outbox_path"] = str(s.OUTBOX_PATH) if s.OUTBOX_PATH else None
-        snapshot["outbox_sync"] = s.OUTBOX_SYNC if s.OUTBOX_PATH else None
+        location = self.settings.outbox_location()
+        sqlite = location is not None and location.kind == "sqlite"
+        snapshot["outbox_path"] = location.path if sqlite else None
+        # scheme://host:port/database: never the password
+        snapshot["outbox_url"] = location.shown if location is not None and not sqlite else None
+        snapshot["outbox_sync"] = self.settings.OUTBOX_SYNC if location is not None else None
+        snapshot["outbox_available"] = self._store.available
         snapshot["outbox_errors"] = self.outbox_errors + self._store.errors
+        snapshot["messages_handed_over"] = self.messages_handed_over
         snapshot["proxy"] = self.proxy_in_use  # scheme://host:port, never its credentials
         return snapshot
 

@@ -55,6 +55,12 @@ def compute_alerts(status: Mapping[str, Any], settings: Settings, now: float) ->
     retries = status.get("retry_count", 0)
     if limit is not None and retries > limit * RETRY_ALERT_RATIO:
         alerts["retries_high"] = f"{retries} consecutive failed attempts of DEFAULT_RETRY_LIMIT={limit}"
+    if status.get("outbox_available") is False:
+        where = status.get("outbox_url") or status.get("outbox_path")
+        alerts["outbox_unavailable"] = (
+            f"the outbox {where} cannot be written ({status.get('outbox_errors', 0)} error(s)): messages wait in "
+            "memory only until it answers again"
+        )
     if status.get("started") and not status.get("stopping"):
         dead = [LOOP_STATUS_KEYS[loop] for loop in WATCHED_LOOPS if not status.get(LOOP_STATUS_KEYS[loop], True)]
         if dead:

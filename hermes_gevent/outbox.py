@@ -207,6 +207,55 @@ class Outbox:
             self._empty.clear()
             self.wake()
 
+    def discard(self, doomed: Callable[[Item], bool]) -> list[Item]:
+        """Remove every held message for which ``doomed(item)`` is true - queued, in flight (the
+        sender's batch list shrinks in place), to resend - and return them, oldest first. In the
+        hub, without waiting."""
+        self._drain_handoff()
+        removed = [item for item in self._redo if doomed(item)]
+        removed += [item for item in self._inflight if doomed(item)]
+        removed += [item for item in self._ahead if doomed(item)]
+        self._redo = collections.deque(item for item in self._redo if not doomed(item))
+        self._inflight[:] = [item for item in self._inflight if not doomed(item)]
+        self._ahead = collections.deque(item for item in self._ahead if not doomed(item))
+        removed += self._rebuild_queue(lambda item: None if doomed(item) else item)
+        if not len(self):
+            self._empty.set()
+        return removed
+
+    def replace(self, new: Callable[[Item], Optional[Item]]) -> None:
+        """Swap each held message for ``new(item)`` where that is not None, in place (a message
+        kept in memory during an outage, now also in the store under a number)."""
+        self._drain_handoff()
+        swap = lambda item: new(item) or item  # noqa: E731
+        self._redo = collections.deque(map(swap, self._redo))
+        self._inflight[:] = map(swap, self._inflight)
+        self._ahead = collections.deque(map(swap, self._ahead))
+        self._rebuild_queue(swap)
+
+    def held(self) -> list[Item]:
+        """Every message held, oldest first (a snapshot)."""
+        self._drain_handoff()
+        queued = [item for item in self._queue.queue if item is not _WAKE]  # type: ignore[attr-defined]
+        return list(self._redo) + list(self._inflight) + list(self._ahead) + queued
+
+    def _rebuild_queue(self, keep: Callable[[Item], Optional[Item]]) -> list[Item]:
+        """Pass every queued message through ``keep`` (None: removed); returns the removed."""
+        removed: list[Item] = []
+        queued: list[Optional[Item]] = []
+        while self._queue.qsize():
+            queued.append(self._queue.get_nowait())
+        for item in queued:
+            if item is _WAKE:
+                self._queue.put_nowait(item)
+                continue
+            kept = keep(item)
+            if kept is None:
+                removed.append(item)
+            else:
+                self._queue.put_nowait(kept)
+        return removed
+
     def wait_empty(self, timeout: Optional[float]) -> bool:
         """True once nothing is queued or in flight (within ``timeout``)."""
         deadline = None if timeout is None else time.monotonic() + timeout

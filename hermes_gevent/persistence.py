@@ -1,44 +1,98 @@
 """The client and its store (store.py): open it, take over messages, accept durably, spill.
 
-    start()         open the store for the run (ConfigError naming OUTBOX_PATH if it cannot be)
+    start()         open the store for the run (ConfigError naming OUTBOX_URL/OUTBOX_PATH if it cannot be)
     claim loop      at once, then every store.CLAIM_EVERY s: renew the lease, take over this
                     identifier's messages nobody holds (spilled, or of a process that died),
                     oldest first, ahead of the queue; the sender waits for the first claim
     send_message()  OUTBOX_SYNC="always": the message is committed before it is queued
     delivered       written (or acknowledged, with acknowledgements on) or dropped: forgotten
     stop()          what is left is spilled instead of dropped (messages_spilled)
+    lease lost      the stored messages held in memory are dropped: another process sends them
+    recovered       the database answers again: what waited in memory is written into it
+    transaction=    the row goes in with the app's transaction; once committed, it is taken and queued
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import collections
+import functools
+import time
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
-from .errors import QueueFull
+from .errors import ConfigError, QueueFull
 from .frames import Item
 from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
+from .pg_store import PostgresStore
 from .sqlite_store import SQLiteStore
 from .store import CLAIM_EVERY, MemoryStore, Store, seq_of
+from . import transactional
 
 if TYPE_CHECKING:
     from .client import WebSocketClient
 
-__all__ = ["claim_loop", "open_store", "send_durably", "spill_at_stop"]
+__all__ = ["claim_loop", "open_store", "send_durably", "send_in_transaction", "spill_at_stop", "store_identifier"]
+
+#: After a Connection's commit event (it fires before the COMMIT), how long the client looks for
+#: the rows (at most CONNECT_TIMEOUT): the first look at once, then every 1, 2, 4... ms, up to this.
+_LOOK_EVERY_MAX = 0.05
+
+
+def store_identifier(client: "WebSocketClient") -> str:
+    return str(client.identifier() or type(client).__name__)
 
 
 def open_store(client: "WebSocketClient") -> Store:
-    """The store for one run: SQLite when OUTBOX_PATH is set, else memory only."""
+    """The store for one run: PostgreSQL or SQLite as OUTBOX_URL/OUTBOX_PATH say, else memory only."""
     s = client.settings
-    if not s.OUTBOX_PATH:
+    location = s.outbox_location()
+    if location is None:
         return MemoryStore()
-    identifier = str(client.identifier() or type(client).__name__)
-    store = SQLiteStore(
-        str(s.OUTBOX_PATH), identifier, durable=s.OUTBOX_SYNC == "always",
-        max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=client.log,
-    )
+    identifier = store_identifier(client)
+    store: Any
+    if location.kind == "sqlite":
+        store = SQLiteStore(
+            str(location.path), identifier, durable=s.OUTBOX_SYNC == "always",
+            max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=client.log,
+        )
+    else:
+        store = PostgresStore(
+            location, identifier, durable=s.OUTBOX_SYNC == "always", max_size=s.MAX_QUEUE_SIZE,
+            strategy=s.QUEUE_OVERFLOW_STRATEGY, timeout=s.CONNECT_TIMEOUT, log=client.log,
+        )
+    store.on_lease_lost = functools.partial(_drop_taken_over, client, store)
+    store.on_recovered = functools.partial(_write_back, client, store)
     store.open()
     return store
+
+
+def _drop_taken_over(client: "WebSocketClient", store: Store) -> None:
+    """This process's lease was taken over: every stored message it holds is another's to send."""
+    outbox = client._outbox
+    if client._store is not store or outbox is None:
+        return
+    dropped = outbox.discard(lambda item: seq_of(item) is not None)
+    client.messages_handed_over += len(dropped)
+    if dropped:
+        client.log.warning(f"{len(dropped)} message(s) held here are not sent: another process took them over")
+
+
+def _write_back(client: "WebSocketClient", store: Store) -> None:
+    """The store answers again: what was accepted meanwhile (memory only) goes into it, so a
+    crash from now on loses nothing (OUTBOX_SYNC="always"; with "stop" it is spilled at stop)."""
+    outbox = client._outbox
+    if client._store is not store or outbox is None or not store.durable:
+        return
+    waiting = [item for item in outbox.held() if seq_of(item) is None]
+    if not waiting:
+        return
+    results = store.append(waiting)
+    stored = {id(item): result for item, result in zip(waiting, results) if isinstance(result, tuple)}
+    still = {id(item) for item in outbox.held()}
+    store.forget([result for key, result in stored.items() if key not in still])  # sent meanwhile
+    outbox.replace(lambda item: stored.get(id(item)))
+    client.log.info(f"{len(stored)} message(s) kept in memory while {store.path} was down are in it again")
 
 
 def claim_loop(client: "WebSocketClient", generation: int) -> None:
@@ -135,3 +189,49 @@ def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[I
     if spilled.kept:
         client.log.info(f"{spilled.kept} undelivered message(s) kept in {store.path} for the next start")
     return len(spilled.refused)
+
+
+def send_in_transaction(client: "WebSocketClient", item: Item, transaction: Any) -> bool:
+    """send_message(msg, transaction=T): the row goes in through T; it is sent once T commits."""
+    location = client.settings.outbox_location()
+    if location is None or location.kind != "postgres":
+        raise ConfigError("transaction= needs OUTBOX_URL to name the PostgreSQL database the transaction is on.")
+    transactional.enlist(transaction, location, store_identifier(client), item,
+                         functools.partial(_committed, client, client._home_hub))
+    return True
+
+
+def _committed(client: "WebSocketClient", hub: Any, seqs: list[int], confirmed: bool) -> None:
+    """A transaction that wrote rows committed (or is committing): take them, in commit order."""
+    if not on_thread_of(hub):
+        hub.loop.run_callback_threadsafe(_committed, client, hub, seqs, confirmed)
+        return
+    commits = client._commits
+    commits.append((seqs, confirmed))
+    if client._commit_taker is None or client._commit_taker.dead:
+        client._commit_taker = gevent.spawn(_take_committed, client, commits)
+
+
+def _take_committed(client: "WebSocketClient", commits: "collections.deque[tuple[list[int], bool]]") -> None:
+    while commits:
+        seqs, confirmed = commits[0]
+        store = client._store
+        missing = seqs
+        deadline = time.monotonic() + client.settings.CONNECT_TIMEOUT
+        pause = 0.001
+        looks = 0
+        while missing and client.lifecycle.running and isinstance(store, PostgresStore) and client._store is store:
+            items = store.take(missing)
+            looks += 1
+            if items:
+                outbox = client._outbox_or_create()
+                for item in items:
+                    outbox.put(item)
+                taken = {seq_of(item) for item in items}
+                missing = [seq for seq in missing if seq not in taken]
+            # Not visible: the COMMIT is still under way, or failed; or another client took them.
+            if not missing or (confirmed and looks >= 2) or time.monotonic() + pause > deadline:
+                break
+            gevent.sleep(pause)
+            pause = min(pause * 2, _LOOK_EVERY_MAX)
+        commits.popleft()

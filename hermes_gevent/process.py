@@ -64,6 +64,8 @@ def reset_in_child(client: "WebSocketClient") -> None:
     # The parent's store (its thread, its SQLite connection) is never touched here, nor closed.
     client._orphan_stores.append(client._store)
     client._store = MemoryStore()
+    client._commits.clear()  # the parent's transactions, the parent's to take
+    client._commit_taker = None
     client._new_id.reseed()  # the parent's id sequence is the parent's
     client._reset_run()
     client._reset_counters()

@@ -80,6 +80,8 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 break  # the batch stays in flight and goes out first on the next session
             if not batch:
                 continue  # woken without a message (a resend is due, or the session ended)
+            if not client._store.check_lease():
+                continue  # taken over while this process was frozen: what it lost left the batch
             if window is not None:
                 # A batch left in flight by a failed write may be larger than the window's room
                 # (and than the tokens available).

@@ -14,11 +14,11 @@ import math
 from typing import Any, ClassVar, Mapping, Optional, Union
 
 from .backoff import Backoff, check_delays, check_number
-from . import metrics
+from . import metrics, pg_store
 from .errors import ConfigError
 from .headers import check_subprotocols
 from .proxy import check_proxy_setting, shown_proxy
-from .store import check_outbox_settings
+from .store_url import StoreLocation, check_sync, locate, shown_url
 
 __all__ = ["Defaults", "OVERFLOW_STRATEGIES", "Settings"]
 
@@ -44,8 +44,12 @@ class Defaults:
     ACK_TIMEOUT: ClassVar[Optional[float]] = None
     MAX_UNACKED: ClassVar[int] = 1000
     ACK_ID_KEY: ClassVar[str] = "id"
+    #: Where undelivered messages outlive the process: None (memory only), postgresql://...
+    #: (every host), sqlite:///path (this host). See store_url.py.
+    OUTBOX_URL: ClassVar[Optional[str]] = None
     OUTBOX_PATH: ClassVar[Optional[str]] = None
     OUTBOX_SYNC: ClassVar[str] = "stop"
+    OUTBOX_TABLE: ClassVar[str] = "hermes_outbox"
     #: True: from the environment (https_proxy, http_proxy, all_proxy, no_proxy); None or
     #: False: never; a URL: that proxy (http://, socks5://, socks5h://, socks4://). See proxy.py.
     PROXY: ClassVar[Union[bool, str, None]] = True
@@ -86,6 +90,7 @@ class Settings(Defaults):
         shown = self.values()
         if isinstance(shown["PROXY"], str):
             shown["PROXY"] = shown_proxy(shown["PROXY"])  # never its credentials
+        shown["OUTBOX_URL"] = shown_url(shown["OUTBOX_URL"])  # never the database's password
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def values(self) -> dict[str, Any]:
@@ -116,6 +121,10 @@ class Settings(Defaults):
         settings.validate()
         return settings
 
+    def outbox_location(self) -> Optional[StoreLocation]:
+        """Where these settings keep the outbox; None for memory only."""
+        return locate(self.OUTBOX_URL, self.OUTBOX_PATH, self.OUTBOX_TABLE)
+
     def backoff(self) -> Backoff:
         """The reconnection delays these settings ask for."""
         return Backoff(self.DEFAULT_RETRY_DELAY, self.MAX_RETRY_DELAY, jitter=self.RETRY_JITTER)
@@ -142,7 +151,10 @@ class Settings(Defaults):
         _integer("MAX_UNACKED", self.MAX_UNACKED, "a positive integer")
         if not isinstance(self.ACK_ID_KEY, str) or not self.ACK_ID_KEY:
             raise ConfigError(f"ACK_ID_KEY must be a non-empty string, got {self.ACK_ID_KEY!r}.")
-        check_outbox_settings(self.OUTBOX_PATH, self.OUTBOX_SYNC)
+        check_sync(self.OUTBOX_SYNC)
+        location = self.outbox_location()
+        if location is not None and location.kind == "postgres":
+            pg_store.require()  # ConfigError naming the extra when psycopg is missing
         check_proxy_setting(self.PROXY)
         rate = self.MAX_SEND_RATE
         if rate is not None and (
@@ -159,3 +171,4 @@ class Settings(Defaults):
 def _integer(name: str, value: Any, wanted: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{name} must be {wanted}, got {value!r}.")
+

@@ -8,15 +8,11 @@ frees the messages of owners that died - their process is gone, or their lease w
 for LEASE_TIMEOUT - then takes the oldest messages nobody holds. ``seq`` only grows
 (AUTOINCREMENT), so "oldest" is acceptance order.
 
-The database runs in one thread of its own (a gevent ThreadPool of size 1): the hub never waits
-on the disk, and one connection serves every call in order. ``append`` joins the commit that
-is being prepared - a group commit: while one transaction runs, the next one fills - and makes
-the calling greenlet wait for it. WAL mode, ``synchronous=NORMAL``: a committed message
-survives the process being killed (SIGKILL, the OOM killer); the last commits can be lost only
-if the machine itself loses power.
-
-Two halves, kept in one module because they share the schema and the lease rules: ``_Database``
-(the SQL of five transactions, in the store's thread) and ``SQLiteStore`` (the gevent side).
+The SQL runs in the store's own thread (sql_store.py: group commits, the lease, failures). WAL
+mode, ``synchronous=NORMAL``: a committed message survives the process being killed (SIGKILL,
+the OOM killer); the last commits can be lost only if the machine itself loses power. Fencing
+(lease.py): every delete names the owner, and a commit or claim whose lease is gone changes
+nothing (``LeaseLost``).
 """
 
 from __future__ import annotations
@@ -28,19 +24,15 @@ import sqlite3
 import time
 from typing import Any, Callable, Optional
 
-import gevent
-import gevent.event
-import gevent.threadpool
-
+from . import lease
 from .errors import ConfigError
 from .frames import Item
 from .logs import ClientLog
-from .store import Spilled, Store, seq_of, stored_item
+from .sql_store import LeaseLost, SQLStore
+from .store import seq_of, stored_item
 
-__all__ = ["BUSY_TIMEOUT", "LEASE_TIMEOUT", "SQLiteStore"]
+__all__ = ["BUSY_TIMEOUT", "SQLiteStore"]
 
-#: A lease not renewed for this long is dead (its process hangs, or runs in another PID namespace).
-LEASE_TIMEOUT = 25.0
 #: How long one process waits for another's write transaction.
 BUSY_TIMEOUT = 10.0
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
@@ -83,7 +75,9 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
 
 
 class _Database:
-    """The SQL. Every method runs in the store's thread (or in a caller's own OS thread)."""
+    """The SQL (sql_store.Database). Every method runs in the store's thread (or in a caller's own OS thread)."""
+
+    errors = (sqlite3.Error,)
 
     def __init__(self, path: str, identifier: str, owner: int, max_size: int, strategy: str) -> None:
         self.path = path
@@ -123,7 +117,7 @@ class _Database:
         finally:
             lock.close()  # releases the flock
         try:
-            self._transaction(self._renew, time.time())  # the first write: a file we may only read fails here
+            self._transaction(self._register)  # the first write: a file we may only read fails here
         except sqlite3.Error as exc:
             self.close()
             raise ConfigError(f"OUTBOX_PATH {path!r} cannot be written: {exc}.") from None
@@ -176,16 +170,42 @@ class _Database:
         conn.execute("COMMIT")
         return result
 
+    def _register(self, conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)",
+                     (self.owner, self.identifier, os.getpid(), time.time()))
+
     def _renew(self, conn: sqlite3.Connection, now: float) -> None:
-        conn.execute("INSERT OR REPLACE INTO owners VALUES (?, ?, ?, ?)", (self.owner, self.identifier, os.getpid(), now))
+        """LeaseLost (the transaction rolls back) when another process found our lease dead."""
+        found = conn.execute("UPDATE owners SET renewed_at = ? WHERE owner = ?", (now, self.owner)).rowcount
+        if not found:
+            raise LeaseLost(f"owner {self.owner} has no lease")
+
+    def renew(self) -> None:
+        self._transaction(self._renew, time.time())
+
+    def new_lease(self, lost: Any) -> None:
+        if self.owner == lost:
+            self.owner = random.getrandbits(62)
+            self._transaction(self._register)
+
+    def reconnect(self) -> None:
+        self.close()
+        self.conn = self._connect(check=False)
+        self.renew()
+
+    def in_this_thread(self) -> "_Database":
+        own = _Database(self.path, self.identifier, self.owner, self.max_size, self.strategy)
+        own.conn = own._connect(check=False)  # the run's open() checked the file
+        return own
 
     def commit(self, items: list[Item], forget: list[int], restore: Optional[list[Item]] = None) -> list[Optional[Item]]:
         return self._transaction(self._commit, items, forget, restore or [])  # type: ignore[no-any-return]
 
     def _commit(self, conn: sqlite3.Connection, items: list[Item], forget: list[int],
                 restore: list[Item]) -> list[Optional[Item]]:
+        self._renew(conn, time.time())
         if forget:
-            conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in forget])
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND owner = ?", [(seq, self.owner) for seq in forget])
         if restore:
             self._put_back(conn, restore)
         if not items:
@@ -227,15 +247,15 @@ class _Database:
 
     def _claim(self, conn: sqlite3.Connection, limit: int, forget: list[int]) -> tuple[list[Item], int]:
         now = time.time()
-        if forget:
-            conn.executemany("DELETE FROM messages WHERE seq = ?", [(seq,) for seq in forget])
         self._renew(conn, now)
+        if forget:
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND owner = ?", [(seq, self.owner) for seq in forget])
         dead = [
             owner for owner, pid, renewed_at in conn.execute(
                 "SELECT owner, pid, renewed_at FROM owners WHERE identifier = ? AND owner != ?",
                 (self.identifier, self.owner),
             )
-            if now - renewed_at > LEASE_TIMEOUT or not _pid_alive(pid)
+            if now - renewed_at > lease.LEASE_TIMEOUT or not _pid_alive(pid)
         ]
         for owner in dead:
             conn.execute("DELETE FROM owners WHERE owner = ?", (owner,))
@@ -312,216 +332,10 @@ class _Database:
         return len(held) + len(new), refused, evicted, gone
 
 
-def _captured(work: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-    try:
-        return True, work(*args)
-    except Exception as exc:
-        return False, exc
-
-
-class _Commit:
-    """One group commit being filled: the messages, and the event their callers wait on."""
-
-    __slots__ = ("items", "done", "results", "error")
-
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.done = gevent.event.Event()
-        self.results: list[Optional[Item]] = []
-        self.error: Optional[BaseException] = None
-
-
-class SQLiteStore(Store):
+class SQLiteStore(SQLStore):
     """Messages in an SQLite file (see the module docstring); ``durable`` for OUTBOX_SYNC="always"."""
 
     def __init__(self, path: str, identifier: str, *, durable: bool, max_size: int, strategy: str,
                  log: ClientLog) -> None:
-        self.path = path
-        self.durable = durable
-        self._log = log
-        self._db = _Database(path, identifier, random.getrandbits(62), max_size, strategy)
-        self._pool: Optional[gevent.threadpool.ThreadPool] = None
-        self._next = _Commit()
-        self._forgets: list[int] = []
-        self._restores: list[Item] = []  # forgotten, then requeued: to put back
-        self._work = gevent.event.Event()
-        self._committer: Optional[gevent.Greenlet[..., Any]] = None
-        self._closing = False
-        self.errors = 0
-        self.failed = False
-        #: Group commits that carried messages, and how many they carried (messages per commit:
-        #: committed / commits; the benchmarks report it).
-        self.commits = 0
-        self.committed = 0
-
-    # -- the run --------------------------------------------------------------------------
-
-    def open(self) -> None:
-        self._pool = gevent.threadpool.ThreadPool(1)
-        try:
-            warnings = self._run(self._db.open)
-        except BaseException:
-            self._pool.kill()
-            self._pool = None
-            raise
-        for line in warnings:
-            self._log.warning(line)
-        self._committer = gevent.spawn(self._commit_loop)
-        self._committer.name = f"hermes:{self._log.name}:outbox"
-
-    def claim(self, limit: int) -> list[Item]:
-        if self.failed or self._pool is None:
-            return []
-        forgets, self._forgets = self._forgets, []
-        items: list[Item]
-        try:
-            items, dead = self._run(self._db.claim, limit, forgets)
-        except sqlite3.Error as exc:
-            self._forgets[:0] = forgets  # not deleted: spill() tries again
-            self._failure("could not read", exc)
-            return []
-        if dead:
-            self._log.info(f"outbox {self.path}: {dead} process(es) with this identifier are gone; "
-                           "their messages are taken over")
-        return items
-
-    def append(self, items: list[Item]) -> list[Any]:
-        commit = self._next
-        first = len(commit.items)
-        commit.items.extend(items)
-        self._work.set()
-        commit.done.wait()
-        if commit.error is not None:
-            return [commit.error] * len(items)
-        return commit.results[first : first + len(items)]
-
-    def append_from_thread(self, items: list[Item]) -> list[Any]:
-        """append() from another OS thread: a connection of its own, committed in that thread."""
-        own = _Database(self._db.path, self._db.identifier, self._db.owner, self._db.max_size, self._db.strategy)
-        try:
-            own.conn = own._connect(check=False)  # the run's open() checked the file
-            return own.commit(items, [])
-        except sqlite3.Error as exc:
-            self._failure("could not write", exc)  # logged once and counted, as from the hub's thread
-            return [exc] * len(items)
-        finally:
-            own.close()
-
-    def restore(self, items: list[Item]) -> None:
-        if self.failed:
-            return
-        stored = [item for item in items if seq_of(item) is not None]
-        if stored:
-            seqs = {seq_of(item) for item in stored}
-            self._forgets = [seq for seq in self._forgets if seq not in seqs]  # not deleted yet: keep them
-            self._restores.extend(stored)
-            self._work.set()
-
-    def forget(self, items: list[Item]) -> None:
-        seqs = [seq for seq in map(seq_of, items) if seq is not None]
-        if seqs:
-            # Kept after a failure too: spill() deletes them if the file can be written by then
-            # (else a delivered message would stay in the file and be sent again by the next start).
-            self._forgets.extend(seqs)
-            if not self.failed:
-                self._work.set()
-
-    def spill(self, items: list[Item]) -> Spilled:
-        pool = self._pool
-        if pool is None:
-            return Spilled(failed=True)
-        self._finish_commits()
-        forgets, self._forgets = self._forgets, []
-        restores, self._restores = self._restores, []
-        try:
-            kept, refused, evicted, gone = self._run(self._db.spill, items, forgets, restores)
-        except sqlite3.Error as exc:
-            self._failure("could not keep the undelivered messages", exc)
-            return Spilled(failed=True)
-        if gone:
-            self._log.warning(f"outbox {self.path}: {gone} message(s) held here were taken over by another process "
-                              f"while this one could not renew its lease (blocked over {LEASE_TIMEOUT:g} s); "
-                              "they are that process's to send now")
-        if refused or evicted:
-            self._log.warning(f"outbox {self.path} is full (MAX_QUEUE_SIZE={self._db.max_size} for this identifier): "
-                              f"{len(refused) + len(evicted)} message(s) dropped")
-        return Spilled(kept, refused, evicted)
-
-    def close(self) -> None:
-        if self._committer is not None:
-            self._committer.kill(block=False)
-            self._committer = None
-        pool = self._pool
-        if pool is not None:
-            self._pool = None
-            try:
-                pool.apply(_captured, (self._db.close,))
-            finally:
-                pool.kill()
-
-    def _run(self, work: Callable[..., Any], *args: Any) -> Any:
-        """``work(*args)`` in the store's thread; this greenlet waits, the hub does not. Its
-        exception is raised here (gevent's pool would also print it to stderr)."""
-        pool = self._pool
-        if pool is None:
-            raise sqlite3.OperationalError("the outbox file is closed")
-        ok, value = pool.apply(_captured, (work, *args))
-        if not ok:
-            raise value
-        return value
-
-    # -- the committer ----------------------------------------------------------------------
-
-    def _commit_loop(self) -> None:
-        while True:
-            self._work.wait()
-            self._work.clear()
-            commit, self._next = self._next, _Commit()
-            forgets, self._forgets = self._forgets, []
-            restores, self._restores = self._restores, []
-            if not commit.items and not forgets and not restores:
-                if self._closing:
-                    return
-                continue
-            try:
-                if self.failed or self._pool is None:
-                    raise sqlite3.OperationalError("the outbox file failed earlier")
-                commit.results = self._run(self._db.commit, commit.items, forgets, restores)
-                if commit.items:
-                    self.commits += 1
-                    self.committed += len(commit.items)
-            except Exception as exc:  # every waiter must wake, whatever went wrong
-                self._forgets[:0] = forgets  # not deleted: spill() tries again
-                if not self.failed:
-                    self._failure("could not write", exc)
-                commit.error = exc
-            except BaseException:  # killed (stop() waited BUSY_TIMEOUT for it): its callers must not wait forever
-                self.errors += 1
-                commit.error = sqlite3.OperationalError("the client stopped before this commit ended")
-                commit.done.set()
-                raise
-            commit.done.set()
-            if self._closing:
-                return
-
-    def _finish_commits(self) -> None:
-        """Let the commits under way end (bounded), so spill() sees every stored message;
-        a message appended after that is refused (its caller keeps it in memory)."""
-        committer = self._committer
-        if committer is not None:
-            self._closing = True
-            self._work.set()
-            committer.join(timeout=BUSY_TIMEOUT)
-            committer.kill(block=False)
-            self._committer = None
-        pending = self._next
-        pending.error = sqlite3.OperationalError("the client is stopping")
-        pending.done.set()
-
-    def _failure(self, what: str, exc: BaseException) -> None:
-        self.errors += 1
-        if not self.failed:
-            self.failed = True
-            self.durable = False
-            self._log.error(f"outbox {self.path}: {what} ({exc}); messages are kept in memory only from now on")
-
+        db = _Database(path, identifier, random.getrandbits(62), max_size, strategy)
+        super().__init__(db, durable=durable, log=log, where=path, wait_limit=None)

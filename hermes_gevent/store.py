@@ -10,27 +10,25 @@ The outbox (outbox.py) holds the queue in memory. A ``Store`` keeps messages bey
 - ``append(items)`` (a durable store, OUTBOX_SYNC="always"): the messages are in the store
   when it returns; ``forget(items)`` once they were written (or acknowledged) or dropped.
 
-``MemoryStore`` is today's behaviour (nothing outlives the process); ``SQLiteStore``
-(sqlite_store.py) is a file shared by the processes of a host. ``open_store`` picks one from
-the settings. Every method is called from a greenlet of the client's hub and may make that
-greenlet wait; none blocks the hub.
+``MemoryStore`` keeps nothing outside memory (no OUTBOX_URL/OUTBOX_PATH); ``SQLiteStore``
+(sqlite_store.py) is a file shared by the processes of a host; ``PostgresStore`` (pg_store.py) a
+table shared by every host. Both are ``SQLStore``s (sql_store.py) and hold messages under a
+lease (lease.py). ``persistence.open_store`` picks one from the settings. Every method is called
+from a greenlet of the client's hub and may make that greenlet wait; none blocks the hub.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .errors import ConfigError
 from .frames import Item
+from .lease import RENEW_EVERY
 
-__all__ = ["CLAIM_EVERY", "MemoryStore", "OUTBOX_SYNC_MODES", "Spilled", "Store", "check_outbox_settings",
-           "seq_of", "stored_item"]
+__all__ = ["CLAIM_EVERY", "MemoryStore", "Spilled", "Store", "seq_of", "stored_item"]
 
-OUTBOX_SYNC_MODES = ("stop", "always")
 #: Seconds between two claims: a live client renews its lease and takes over the messages of
-#: a process that died (a lease expires after sqlite_store.LEASE_TIMEOUT) within this period.
-CLAIM_EVERY = 5.0
+#: a process whose lease lapsed (lease.LEASE_TIMEOUT) within this period.
+CLAIM_EVERY = RENEW_EVERY
 
 
 def seq_of(item: Item) -> Optional[int]:
@@ -65,12 +63,32 @@ class Store:
     path: Optional[str] = None
     #: Reads and writes that failed (each logged; the first one turns the store off).
     errors = 0
+    #: Called (in the hub, never waiting) when this process's lease was found taken over: drop
+    #: every stored message held in memory (another process sends them).
+    on_lease_lost: Callable[[], None]
+    #: Called (in a greenlet that may wait) when a store that failed answers again.
+    on_recovered: Callable[[], None]
+
+    @property
+    def available(self) -> Optional[bool]:
+        """False while the store cannot be written (messages wait in memory); None: no store."""
+        return None
 
     def open(self) -> None:
         """Ready the store for this run; ConfigError naming the setting when it cannot be used."""
 
     def claim(self, limit: int) -> list[Item]:
         """Take over at most ``limit`` messages nobody holds, oldest first."""
+        return []
+
+    def check_lease(self) -> bool:
+        """Before sending stored messages: False when this process's lease was taken over
+        (``on_lease_lost`` dropped them already). Asks the store only when the lease is not fresh."""
+        return True
+
+    def take(self, seqs: list[int]) -> list[Item]:
+        """Take over these messages if nobody holds them (rows committed by the app's own
+        transactions), in order; those not visible (yet) are left out."""
         return []
 
     def append(self, items: list[Item]) -> list[Any]:
@@ -99,17 +117,3 @@ class Store:
 
 class MemoryStore(Store):
     """Nothing outlives the process: today's behaviour without OUTBOX_PATH."""
-
-
-def check_outbox_settings(path: Any, sync: Any) -> Optional[str]:
-    """The file path OUTBOX_PATH names (None for memory only); ConfigError for a bad value."""
-    if sync not in OUTBOX_SYNC_MODES:
-        raise ConfigError(f"OUTBOX_SYNC must be one of {', '.join(OUTBOX_SYNC_MODES)}; got {sync!r}.")
-    if path is None or path == "":
-        return None
-    if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"OUTBOX_PATH must be a file path or None, got {path!r}.")
-    text = os.fspath(path)
-    if not isinstance(text, str) or "\0" in text:
-        raise ConfigError(f"OUTBOX_PATH must be a file path or None, got {path!r}.")
-    return text

@@ -26,6 +26,7 @@ import gevent.subprocess
 import gevent.threadpool
 import pytest
 
+import hermes_gevent.lease as lease
 import hermes_gevent.persistence as persistence
 import hermes_gevent.sqlite_store as sqlite_store
 import hermes_gevent.store as store
@@ -592,9 +593,9 @@ def start_holder(procs, path, count, claim_every):
 def test_the_production_figures_adopt_a_dead_processs_messages_within_30_seconds():
     # A dead PID is seen at the next claim (every CLAIM_EVERY); a hung process's lease expires
     # LEASE_TIMEOUT after its last renewal, and the next claim takes its messages.
-    assert store.CLAIM_EVERY + sqlite_store.LEASE_TIMEOUT <= 30
+    assert store.CLAIM_EVERY + lease.LEASE_TIMEOUT <= 30
     assert persistence.CLAIM_EVERY == store.CLAIM_EVERY  # the claim loop's period is that one
-    assert sqlite_store.LEASE_TIMEOUT >= 2 * store.CLAIM_EVERY  # a live process late for one renewal keeps them
+    assert lease.LEASE_TIMEOUT >= 2 * store.CLAIM_EVERY  # a live process late for one renewal keeps them
 
 
 def test_a_process_killed_with_sigkill_loses_nothing_another_takes_its_messages_at_start(peer, make_client, procs,
@@ -617,11 +618,11 @@ def test_a_process_killed_with_sigkill_loses_nothing_another_takes_its_messages_
 
 def test_a_live_process_keeps_its_messages_a_hung_one_loses_them_after_lease_timeout(peer, make_client, procs, tmp_path,
                                                                                      monkeypatch, log_watch):
-    lease = t(1.0)
-    monkeypatch.setattr(sqlite_store, "LEASE_TIMEOUT", lease)  # as this process judges others' leases
+    lease_s = t(1.0)
+    monkeypatch.setattr(lease, "LEASE_TIMEOUT", lease_s)  # as this process judges others' leases
     monkeypatch.setattr(persistence, "CLAIM_EVERY", 0.05)
     path = str(tmp_path / "outbox.db")
-    holder, report = start_holder(procs, path, 50, claim_every=lease / 10)  # renews ten times per lease
+    holder, report = start_holder(procs, path, 50, claim_every=lease_s / 10)  # renews ten times per lease
     client = make_client(connector=peer.connector, url=peer.url, identifier="shared", outbox_path=path)
     client.start()
     mine = client._store._db.owner
@@ -630,8 +631,8 @@ def test_a_live_process_keeps_its_messages_a_hung_one_loses_them_after_lease_tim
     # Alive and renewing: claims go on past the time its lease would have expired unrenewed, and
     # take none of its messages.
     began = time.time()
-    wait_until(lambda: leases(path, "shared")[mine][1] > began + 1.5 * lease, t(10), "claims past a lease period")
-    assert leases(path, "shared")[report["owner"]][1] > began + lease  # it renewed meanwhile
+    wait_until(lambda: leases(path, "shared")[mine][1] > began + 1.5 * lease_s, t(10), "claims past a lease period")
+    assert leases(path, "shared")[report["owner"]][1] > began + lease_s  # it renewed meanwhile
     assert peer.messages == ["mine"] and client.status()["messages_reloaded"] == 0
     assert {owner for _, owner in file_rows(path, "shared")} == {report["owner"]}
 
@@ -646,7 +647,7 @@ def test_a_live_process_keeps_its_messages_a_hung_one_loses_them_after_lease_tim
     peer.wait_messages(51, t(10))
     taken_after = time.time() - last_renewal
     assert peer.messages == ["mine"] + [f"h-{i}" for i in range(50)]
-    assert lease <= taken_after < lease + t(2), taken_after  # not before the lease expired; soon after
+    assert lease_s <= taken_after < lease_s + t(2), taken_after  # not before the lease expired; soon after
     assert client.status()["messages_reloaded"] == 50
     log_watch.wait("are gone")
     wait_until(lambda: texts(path, "shared") == [], t(5), "the delivered messages to leave the file")
@@ -874,7 +875,7 @@ def test_a_process_that_lost_its_lease_does_not_keep_messages_another_took_over(
     try:
         held = hung.commit([(1, b"h0"), (1, b"h1")], [])
         with closing(sqlite3.connect(path)) as conn, conn:  # its lease, not renewed for too long
-            conn.execute("UPDATE owners SET renewed_at = renewed_at - ? WHERE owner = 1", (sqlite_store.LEASE_TIMEOUT + 1,))
+            conn.execute("UPDATE owners SET renewed_at = renewed_at - ? WHERE owner = 1", (lease.LEASE_TIMEOUT + 1,))
         taken, dead = live.claim(10, [])
         assert dead == 1 and [item[1] for item in taken] == [b"h0", b"h1"]
         kept, refused, evicted, gone = hung.spill(held + [(1, b"h2")], [], [])  # it resumes, and stops
