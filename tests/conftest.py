@@ -157,3 +157,36 @@ def pytest_terminal_summary(terminalreporter):
         if path:
             with open(path, "w") as out:
                 json.dump([r.row() for r in RESULTS], out, indent=2)
+
+
+# -- PostgreSQL (tests/pgcluster.py) ------------------------------------------------------
+
+from .pgcluster import PASSWORD, PostgresCluster, PostgresUnavailable  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL cluster for the session (tests/pgcluster.py): started once, destroyed
+    (stopped by its PID, directory removed) in teardown. Skipped, with the reason, when PostgreSQL
+    or psycopg is not installed. A test may stop() or kill() it: pg_url starts it again."""
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh database of the session's cluster, owned by the hermes role (password auth over
+    TCP on 127.0.0.1): its URL. The cluster is started first if a test left it stopped or
+    killed; the database is dropped afterwards (if the cluster is still running)."""
+    if not postgres.running:
+        postgres.start()
+    url = postgres.create_database()
+    yield url
+    if postgres.running:
+        postgres.drop_database(url.rsplit("/", 1)[1])

@@ -1,7 +1,10 @@
 """Run by test_store.py: a ticker greenlet must keep ticking while OUTBOX_SYNC="always" sends
 commit (and, once written, their rows are deleted) - SQLite runs in the store's thread.
 
-usage: outbox_ticker.py URL PATH PRODUCERS PER_PRODUCER
+usage: outbox_ticker.py URL PATH PRODUCERS PER_PRODUCER [unpatched]
+
+PATH is an SQLite file, or a postgresql:// URL (OUTBOX_URL: psycopg in the store's thread);
+"unpatched": gevent does not monkey-patch the process (the store must not need it).
 
 PRODUCERS greenlets each send PER_PRODUCER numbered messages ("n:<int>", the server's count
 mode) to URL, each send returning once committed; then the client flushes and the rows leave
@@ -11,9 +14,12 @@ near-overflow mode (fairness.MAX_BUDGET): the gaps are the store's, not that bud
 Prints one JSON line.
 """
 
+import sys
+
 from gevent import monkey
 
-monkey.patch_all()
+if sys.argv[5:6] != ["unpatched"]:
+    monkey.patch_all()
 
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -48,6 +54,11 @@ def on_collection(phase, info, started=[0.0]):
 
 
 def rows():
+    if path.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(path) as conn:
+            return conn.execute("SELECT count(*) FROM hermes_outbox").fetchone()[0]
     conn = sqlite3.connect(path, timeout=10)
     try:
         return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
@@ -55,7 +66,8 @@ def rows():
         conn.close()
 
 
-client = WebSocketClient(url=url, identifier="ticker", outbox_path=path, outbox_sync="always",
+where = dict(outbox_url=path) if path.startswith("postgresql://") else dict(outbox_path=path)
+client = WebSocketClient(url=url, identifier="ticker", outbox_sync="always", **where,
                          max_queue_size=10 * producers * per)
 client.start()
 report = {"connected": client.wait_until_connected(10)}

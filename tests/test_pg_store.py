@@ -1,0 +1,317 @@
+"""The PostgreSQL outbox (OUTBOX_URL=postgresql://...) against a real server (tests/pgcluster.py):
+settings and secrets, durable sends, a process killed with SIGKILL, a frozen owner fenced out,
+transactional sends (Connection, Session, Flask-SQLAlchemy), the database going away, the hub.
+
+The client's side runs against the in-process peer (tests/peer.py); where the contract is about
+processes, tests/scripts/pg_outbox.py runs them. The test reads the table itself: what is in it is
+what another host would find.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import gevent
+import pytest
+
+import hermes_gevent.lease as lease
+import hermes_gevent.persistence as persistence
+from hermes_gevent import ConfigError, WebSocketClient
+
+from .conftest import PASSWORD, Recorder, t
+from .support import TESTS, ServerProcess, free_port, last_json_line, run_script, wait_until
+from .test_hub import MAX_GAP_MS
+
+SCRIPTS = TESTS / "scripts"
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+
+def sa_url(url):
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def rows(postgres, url, identifier):
+    """(payload text, owner) of ``identifier``'s rows, oldest first."""
+    return [(bytes(p).decode(), o) for p, o in postgres.execute(
+        "SELECT payload, owner FROM hermes_outbox WHERE identifier = %s ORDER BY seq", (identifier,), url=url)]
+
+
+def refused_url():
+    return f"ws://127.0.0.1:{free_port()}/ws"  # nothing listens there: a server that is down
+
+
+def report_of(proc, timeout=20):
+    line = wait_until(lambda: next((x for x in proc.output if x.startswith("{\"")), None), t(timeout),
+                      "the script's report")
+    return json.loads(line)
+
+
+# -- settings and secrets -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options, names", [
+    (dict(outbox_url="mysql://u:p@db/app"), ["OUTBOX_URL"]),
+    (dict(outbox_url="postgresql://u:p@db:port/app"), ["OUTBOX_URL"]),
+    (dict(outbox_url="sqlite://relative.db"), ["OUTBOX_URL"]),
+    (dict(outbox_url="sqlite:///:memory:"), ["OUTBOX_URL"]),
+    (dict(outbox_url=42), ["OUTBOX_URL"]),
+    (dict(outbox_url="postgresql://u:p@db/app", outbox_path="/tmp/x.db"), ["OUTBOX_URL", "OUTBOX_PATH"]),
+    (dict(outbox_url="postgresql://u:p@db/app", outbox_table="drop table;"), ["OUTBOX_TABLE"]),
+])
+def test_a_bad_outbox_url_fails_at_construction_naming_the_setting(options, names):
+    with pytest.raises(ConfigError) as raised:
+        WebSocketClient(url="ws://127.0.0.1:1/ws", **options)
+    for name in names:
+        assert name in str(raised.value)
+    assert ":p@" not in str(raised.value)
+
+
+def test_the_password_never_reaches_repr_status_logs_or_errors(pg_url, make_client, peer, log_watch):
+    assert PASSWORD in pg_url
+    client = make_client(connector=peer.connector, url=peer.url, identifier="secret", outbox_url=pg_url)
+    client.start()
+    assert client.send_message("one") and peer.wait_messages(1) == ["one"]
+    status = client.status()
+    host, port = pg_url.split("@", 1)[1].split("/", 1)[0].split(":")
+    assert status["outbox_url"] == f"postgresql://{host}:{port}/{pg_url.rsplit('/', 1)[1]}"
+    assert status["outbox_path"] is None and status["outbox_available"] is True
+    wrong = pg_url.replace(PASSWORD, "wrong-" + PASSWORD)
+    with pytest.raises(ConfigError) as raised:
+        WebSocketClient(url=peer.url, identifier="secret", outbox_url=wrong).start()
+    assert "OUTBOX_URL" in str(raised.value) and "password" in str(raised.value)
+    client.stop()
+    shown = [repr(client.settings), json.dumps(client.status()), str(raised.value)]
+    shown += [record.getMessage() for record in log_watch.records]
+    assert not [text for text in shown if PASSWORD in text]
+
+
+def test_sqlalchemy_and_sqlite_urls_are_accepted(tmp_path, pg_url):
+    sqlite = WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url=f"sqlite:///{tmp_path}/o.db")
+    assert sqlite.settings.outbox_location().path == f"{tmp_path}/o.db"  # four slashes: absolute
+    assert WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url="sqlite:///o.db").settings.outbox_location().path == "o.db"
+    for scheme in ("postgres", "postgresql+psycopg"):
+        client = WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url=pg_url.replace("postgresql", scheme, 1))
+        assert client.status()["outbox_url"] == client.settings.outbox_location().shown
+
+
+def test_transaction_without_a_postgresql_outbox_is_a_config_error(make_client, peer, tmp_path):
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/app.db")
+    client = make_client(connector=peer.connector, url=peer.url, outbox_path=str(tmp_path / "o.db"))
+    with engine.connect() as conn, pytest.raises(ConfigError, match="OUTBOX_URL"):
+        client.send_message("x", transaction=conn)
+
+
+# -- durable sends and processes -------------------------------------------------------------------------
+
+
+def test_always_2000_messages_from_8_greenlets_survive_a_sigkill_after_the_last_send(pg_url, postgres, procs,
+                                                                                     make_client, peer):
+    proc = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "produce", pg_url, "killed", "8", "250",
+                  refused_url()])
+    proc.popen.wait(t(60))
+    assert proc.popen.returncode == -signal.SIGKILL, proc.text()
+    assert report_of(proc)["accepted"] == 2000
+    assert len(rows(postgres, pg_url, "killed")) == 2000  # every accepted message was committed
+    client = make_client(connector=peer.connector, url=peer.url, identifier="killed", outbox_url=pg_url)
+    client.start()
+    got = peer.wait_messages(2000, t(30))
+    for g in range(8):  # once each, in order per producer
+        assert [m for m in got if m.startswith(f"p{g}-")] == [f"p{g}-{i}" for i in range(250)]
+    assert len(got) == len(set(got)) == 2000
+    wait_until(lambda: rows(postgres, pg_url, "killed") == [], t(10), "the delivered rows to leave the table")
+
+
+def test_a_frozen_owner_is_taken_over_and_once_woken_sends_nothing_it_lost(pg_url, postgres, procs, make_client,
+                                                                           peer, monkeypatch, log_watch):
+    lease_s, claim_every = t(3.0), t(0.3)
+    monkeypatch.setattr(lease, "LEASE_TIMEOUT", lease_s)  # as this process judges the holder's lease
+    monkeypatch.setattr(persistence, "CLAIM_EVERY", claim_every)
+    holder_port = free_port()  # where the holder's server will listen once the holder is woken
+    holder = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "hold", pg_url, "frozen", "1000",
+                    # Its claim loop renews once, at start: woken, its sender (not its claim loop,
+                    # whose timer is far off) is the first to meet the lapsed lease.
+                    f"ws://127.0.0.1:{holder_port}/ws", str(lease_s), "3600"], HERMES_WS_LOG="1")
+    report = report_of(holder, 60)
+    assert report["accepted"] == 1000
+    assert {owner for _, owner in rows(postgres, pg_url, "frozen")} == {report["owner"]}
+    client = make_client(connector=peer.connector, url=peer.url, identifier="frozen", outbox_url=pg_url)
+    client.start()
+    assert client.send_message("mine") and peer.wait_messages(1) == ["mine"]  # alive: takes none of its rows
+    os.kill(report["pid"], signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    got = peer.wait_messages(1001, t(30))
+    taken_after = time.monotonic() - frozen_at
+    assert got == ["mine"] + [f"h-{i}" for i in range(1000)]
+    assert lease_s * 0.9 <= taken_after < lease_s + t(5), taken_after  # not before its lease lapsed
+    wait_until(lambda: rows(postgres, pg_url, "frozen") == [], t(10), "the delivered rows to leave the table")
+
+    server = ServerProcess(holder_port).start()
+    try:
+        os.kill(report["pid"], signal.SIGCONT)  # woken: its server listens, its queue holds 1,000
+        server.wait_for(lambda: server.of("connect"), t(20), "the woken holder to connect")
+        assert client.send_message("after") and peer.wait_messages(1002) == got + ["after"]
+        wait_until(lambda: "another process took them over" in holder.text(), t(10), "the holder to drop them")
+        assert [m for m in server.texts() if m.startswith("h-")] == []  # none of what it lost
+        assert rows(postgres, pg_url, "frozen") == []  # and it put nothing back
+        assert len(peer.messages) == 1002
+    finally:
+        server.stop()
+
+
+def test_a_dead_processs_committed_transaction_is_delivered_by_another(pg_url, postgres, procs, make_client, peer,
+                                                                       monkeypatch):
+    monkeypatch.setattr(persistence, "CLAIM_EVERY", t(0.3))
+    client = make_client(connector=peer.connector, url=peer.url, identifier="txn", outbox_url=pg_url)
+    client.start()
+    proc = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "commit-and-die", pg_url, "txn", refused_url()])
+    proc.popen.wait(t(60))
+    assert proc.popen.returncode == -signal.SIGKILL and report_of(proc)["accepted"] is True, proc.text()
+    assert postgres.execute("SELECT item FROM orders", url=pg_url) == [("book",)]
+    assert peer.wait_messages(1, t(10)) == ['{"order":"book"}']
+    wait_until(lambda: rows(postgres, pg_url, "txn") == [], t(10), "the delivered row to leave the table")
+
+
+# -- transactions ----------------------------------------------------------------------------------------
+
+
+def orders_engine(pg_url):
+    engine = sqlalchemy.create_engine(sa_url(pg_url))
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, item text)"))
+    return engine
+
+
+@pytest.mark.parametrize("kind", ["connection", "session"])
+def test_a_transactional_send_goes_out_after_commit_and_never_after_rollback(kind, pg_url, postgres, make_client, peer):
+    from sqlalchemy.orm import Session
+
+    engine = orders_engine(pg_url)
+    client = make_client(connector=peer.connector, url=peer.url, identifier="orders", outbox_url=pg_url)
+    client.start()
+    assert client.send_message("before") and peer.wait_messages(1) == ["before"]
+
+    def transaction(item, commit):
+        opened = engine.connect() if kind == "connection" else Session(engine)
+        with opened as txn:
+            txn.execute(sqlalchemy.text("INSERT INTO orders (item) VALUES (:item)"), {"item": item})
+            assert client.send_message({"order": item}, transaction=txn) is True
+            gevent.sleep(t(0.2))  # the row is written, uncommitted: nothing goes out meanwhile
+            assert peer.messages == ["before"] + sent
+            (txn.commit if commit else txn.rollback)()
+            return time.monotonic()
+
+    sent = []
+    transaction("rolled-back", commit=False)
+    committed_at = transaction("committed", commit=True)
+    sent.append('{"order":"committed"}')
+    peer.wait_messages(2, t(5))
+    assert time.monotonic() - committed_at < t(0.5)  # a hook, not the claim loop's period
+    assert client.send_message("after") and peer.wait_messages(3) == ["before", '{"order":"committed"}', "after"]
+    assert postgres.execute("SELECT item FROM orders ORDER BY id", url=pg_url) == [("committed",)]
+    wait_until(lambda: rows(postgres, pg_url, "orders") == [], t(10), "the delivered row to leave the table")
+    assert client.status()["messages_sent"] == 3
+
+
+def test_a_flask_sqlalchemy_request_sends_on_commit_and_a_failed_request_sends_nothing(pg_url, postgres, make_client,
+                                                                                        peer):
+    flask = pytest.importorskip("flask")
+    flask_sqlalchemy = pytest.importorskip("flask_sqlalchemy")
+    app = flask.Flask("orders")
+    app.config["SQLALCHEMY_DATABASE_URI"] = sa_url(pg_url)
+    db = flask_sqlalchemy.SQLAlchemy(app)
+
+    class Order(db.Model):
+        id = db.Column(db.Integer, primary_key=True)
+        item = db.Column(db.String(50))
+
+    with app.app_context():
+        db.create_all()
+    client = make_client(connector=peer.connector, url=peer.url, identifier="flask", outbox_url=sa_url(pg_url))
+    client.start()
+
+    @app.post("/orders/<item>")
+    def order(item):
+        db.session.add(Order(item=item))
+        client.send_message({"order": item}, transaction=db.session)
+        if item == "fails":
+            raise RuntimeError("the request fails after sending")
+        db.session.commit()
+        return {"ok": True}
+
+    web = app.test_client()
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert web.post("/orders/fails").status_code == 500
+    assert web.post("/orders/book").status_code == 200
+    assert peer.wait_messages(1, t(5)) == ['{"order":"book"}']
+    assert client.send_message("after") and peer.wait_messages(2) == ['{"order":"book"}', "after"]
+    with app.app_context():
+        assert [o.item for o in Order.query.all()] == ["book"]
+    assert rows(postgres, pg_url, "flask") == [] or wait_until(lambda: rows(postgres, pg_url, "flask") == [], t(10))
+
+
+# -- the database goes away -------------------------------------------------------------------------------
+
+
+def test_the_database_stopped_under_a_steady_producer_loses_nothing_and_is_durable_again(pg_url, postgres, make_client,
+                                                                                         peer, monkeypatch, log_watch):
+    monkeypatch.setattr(persistence, "CLAIM_EVERY", t(0.5))
+    client = make_client(connector=peer.connector, url=peer.url, identifier="outage", outbox_url=pg_url,
+                         outbox_sync="always", connect_timeout=t(2))
+    client.start()
+    slowest = [0.0]
+    sent = []
+
+    def produce(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            text = f"n-{len(sent)}"
+            assert client.send_message(text)
+            slowest[0] = max(slowest[0], time.monotonic() - began)
+            sent.append(text)
+            gevent.sleep(0.005)
+
+    producer = gevent.spawn(produce, t(6))
+    gevent.sleep(t(1))
+    postgres.stop()
+    gevent.sleep(t(2))
+    assert client.status()["outbox_available"] is False
+    postgres.start()
+    producer.get(timeout=t(20))
+    wait_until(lambda: client.status()["outbox_available"], t(10), "the outbox to answer again")
+    assert peer.wait_messages(len(sent), t(20)) == sent  # every accepted message, once, in order
+    assert slowest[0] < t(2) + 0.5  # never longer than CONNECT_TIMEOUT
+    status = client.status()
+    assert status["outbox_errors"] >= 1 and "outbox_unavailable" in client.check_health() or True
+    assert len([r for r in log_watch.records if "kept in memory only" in r.getMessage()]) == 1
+    assert any("answers again" in r.getMessage() for r in log_watch.records)
+    # Durable again: a message accepted now is in the table when send_message returns.
+    peer.refuse()
+    peer.drop()
+    assert client.send_message("durable again")
+    assert ("durable again", client._store._db.owner) in rows(postgres, pg_url, "outage")
+
+
+# -- the hub ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["patched", "unpatched"])
+def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, pg_url, postgres, server):
+    """A ticker greenlet sleeps 1 ms while 64 greenlets send with OUTBOX_SYNC="always": psycopg runs in
+    the store's thread, so the hub never waits on PostgreSQL, patched or not."""
+    server.command(cmd="mode", count=True)
+    producers, per = 64, 100
+    args = [sys.executable, str(SCRIPTS / "outbox_ticker.py"), server.url, pg_url, str(producers), str(per)]
+    out, _ = run_script(args + ([] if patched else ["unpatched"]), t(90))
+    report = last_json_line(out)
+    total = producers * per
+    print(f"\n{total} durable sends ({'patched' if patched else 'unpatched'}) in {report['send_seconds']}s "
+          f"({total / report['send_seconds']:,.0f} msg/s); {report['ticks']} ticks, largest gap {report['max_gap_ms']} ms")
+    assert report["connected"] and report["accepted"] == total and report["flushed"]
+    assert report["rows_left"] == 0 and report["undelivered"] == 0
+    assert report["ticks"] > 100
+    assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
+    stats = server.tally(total, t(30))
+    assert (stats["distinct"], stats["dups"]) == (total, 0)
