@@ -322,7 +322,7 @@ class WebSocketClient(BaseClient):
         })
         location = self.settings.outbox_location()
         sqlite = location is not None and location.kind == "sqlite"
-        snapshot["outbox_path"] = location.path if sqlite else None
+        snapshot["outbox_path"] = location.path if location is not None and sqlite else None
         # scheme://host:port/database: never the password
         snapshot["outbox_url"] = location.shown if location is not None and not sqlite else None
         snapshot["outbox_sync"] = self.settings.OUTBOX_SYNC if location is not None else None

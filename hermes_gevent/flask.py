@@ -25,7 +25,7 @@ from flask import Flask, Response, current_app, jsonify
 from flask.cli import AppGroup
 from blinker import Namespace
 
-from . import metrics, transport
+from . import metrics, pg_store, transport
 from .base import BaseClient
 from .client import WebSocketClient
 from .connection import Connection
@@ -202,7 +202,7 @@ def _health_view() -> tuple[Response, int]:
     return jsonify(status), 200 if healthy else 503
 
 
-# -- CLI: flask hermes check | send ------------------------------------------------------
+# -- CLI: flask hermes check | send | outbox-sql ------------------------------------------------------
 
 # AppGroup runs each command inside the app's context.
 _cli = AppGroup("hermes", help="Check or use the app's WebSocket connection.")
@@ -257,3 +257,14 @@ def _send(message: str, timeout: float) -> None:
     if not written:
         raise click.ClickException(f"message not written within {timeout:g}s")
     click.echo(f"sent {len(message)} characters to {redact_url(client.url())}")
+
+
+@_cli.command("outbox-sql", help="Print the SQL that creates the PostgreSQL outbox's tables (for a migration).")
+def _outbox_sql() -> None:
+    settings = get_client().settings
+    location = settings.outbox_location()
+    if location is None or location.kind != "postgres":
+        raise click.ClickException("HERMES_OUTBOX_URL does not name a PostgreSQL database (postgresql://...); "
+                                   "the SQLite outbox creates its own file.")
+    click.echo(f"-- hermes_gevent outbox tables for OUTBOX_TABLE={location.table!r} (created at start if missing)")
+    click.echo(pg_store.schema_sql(location.table), nl=False)

@@ -236,7 +236,7 @@ class Outbox:
     def held(self) -> list[Item]:
         """Every message held, oldest first (a snapshot)."""
         self._drain_handoff()
-        queued = [item for item in self._queue.queue if item is not _WAKE]  # type: ignore[attr-defined]
+        queued = [item for item in self._queue.queue if item is not None]  # None: a _WAKE marker
         return list(self._redo) + list(self._inflight) + list(self._ahead) + queued
 
     def _rebuild_queue(self, keep: Callable[[Item], Optional[Item]]) -> list[Item]:

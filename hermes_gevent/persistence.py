@@ -50,7 +50,7 @@ def open_store(client: "WebSocketClient") -> Store:
     if location is None:
         return MemoryStore()
     identifier = store_identifier(client)
-    store: Any
+    store: SQLiteStore | PostgresStore
     if location.kind == "sqlite":
         store = SQLiteStore(
             str(location.path), identifier, durable=s.OUTBOX_SYNC == "always",

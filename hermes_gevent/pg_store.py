@@ -33,11 +33,11 @@ from .frames import Item
 from .lease import owner_token
 from . import lease
 from .logs import ClientLog
-from .sql_store import LeaseLost, SQLStore
+from .sql_store import Database, LeaseLost, SQLStore
 from .store import seq_of, stored_item
 from .store_url import StoreLocation
 
-__all__ = ["EXTRA", "PostgresStore", "insert_sql", "quoted_names", "require", "schema_sql"]
+__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "insert_sql", "quoted_names", "require", "schema_sql"]
 
 EXTRA = "hermes_gevent[postgres]"
 #: SQLSTATEs that no reconnection will cure: a wrong password or role, a missing database,
@@ -166,7 +166,7 @@ class _Database:
         self.conn = connect(self.location.conninfo or "", self.timeout)
         self.renew()
 
-    def in_this_thread(self) -> "_Database":
+    def in_this_thread(self) -> "Database":
         own = _Database(self.location, self.identifier, self.max_size, self.strategy, self.timeout, self.owner)
         own.conn = connect(self.location.conninfo or "", self.timeout)
         return own
@@ -295,7 +295,7 @@ class _Database:
                 "SELECT s, %s, %s, o, p, a FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[], %s::text[]) "
                 "AS u(s, o, p, a) ON CONFLICT (seq) DO NOTHING",
                 (self.identifier, self.owner, [seq_of(i) for i in restore], [i[0] for i in restore],
-                 [i[1] for i in restore], [i[2] for i in restore]))
+                 [i[1] for i in restore], [i[2] for i in restore]))  # type: ignore[misc]  # stored: 4 fields
 
     def _insert(self, items: list[Item], owner: Optional[str]) -> list[Optional[Item]]:
         if not items:

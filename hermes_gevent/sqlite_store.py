@@ -28,7 +28,7 @@ from . import lease
 from .errors import ConfigError
 from .frames import Item
 from .logs import ClientLog
-from .sql_store import LeaseLost, SQLStore
+from .sql_store import Database, LeaseLost, SQLStore
 from .store import seq_of, stored_item
 
 __all__ = ["BUSY_TIMEOUT", "SQLiteStore"]
@@ -77,7 +77,7 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
 class _Database:
     """The SQL (sql_store.Database). Every method runs in the store's thread (or in a caller's own OS thread)."""
 
-    errors = (sqlite3.Error,)
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, path: str, identifier: str, owner: int, max_size: int, strategy: str) -> None:
         self.path = path
@@ -193,7 +193,7 @@ class _Database:
         self.conn = self._connect(check=False)
         self.renew()
 
-    def in_this_thread(self) -> "_Database":
+    def in_this_thread(self) -> "Database":
         own = _Database(self.path, self.identifier, self.owner, self.max_size, self.strategy)
         own.conn = own._connect(check=False)  # the run's open() checked the file
         return own

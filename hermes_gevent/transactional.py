@@ -24,7 +24,7 @@ from .frames import Item
 from .pg_store import insert_sql
 from .store_url import StoreLocation
 
-__all__ = ["enlist"]
+__all__ = ["Committed", "enlist"]
 
 #: Called with the numbers of rows a transaction wrote, and whether its COMMIT is known to
 #: have succeeded (False: it is under way; the rows show when it does).

@@ -315,3 +315,33 @@ def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, pg_url, 
     assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
     stats = server.tally(total, t(30))
     assert (stats["distinct"], stats["dups"]) == (total, 0)
+
+
+# -- migrations -------------------------------------------------------------------------------------------
+
+
+def test_flask_hermes_outbox_sql_prints_ddl_that_creates_the_tables_the_client_uses(pg_url, postgres, peer):
+    flask = pytest.importorskip("flask")
+    from hermes_gevent.flask import Hermes
+
+    app = flask.Flask("migrations")
+    app.config.update(HERMES_WS_URL="ws://127.0.0.1:1/ws", HERMES_OUTBOX_URL=pg_url, HERMES_OUTBOX_TABLE="app_outbox",
+                      HERMES_AUTOSTART=False)
+    Hermes().init_app(app)
+    result = app.test_cli_runner().invoke(args=["hermes", "outbox-sql"])
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output and 'CREATE TABLE IF NOT EXISTS "app_outbox"' in result.output
+    sql = "\n".join(line for line in result.output.splitlines() if not line.startswith("--"))
+    for statement in filter(str.strip, sql.split(";")):
+        postgres.execute(statement, url=pg_url)  # as a migration would, before the app starts
+    tables = {name for (name,) in postgres.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", url=pg_url)}
+    assert {"app_outbox", "app_outbox_leases"} <= tables
+    client = WebSocketClient(connector=peer.connector, url=peer.url, identifier="migrated", outbox_url=pg_url,
+                             outbox_table="app_outbox", outbox_sync="always")
+    client.start()
+    try:
+        assert client.send_message("in the migrated table") and peer.wait_messages(1, t(5)) == ["in the migrated table"]
+        assert client.status()["outbox_available"] is True
+    finally:
+        client.stop(t(2))
