@@ -73,6 +73,7 @@ def _create() -> dict[str, Any]:
                               c + ("code",)),
             "acked": Counter("hermes_messages_acked", "Messages the server acknowledged.", c),
             "resent": Counter("hermes_messages_resent", "Messages written again (not acknowledged in time).", c),
+            "outbox_errors": Counter("hermes_outbox_errors", "Outbox reads and writes that failed (SQLite, PostgreSQL).", c),
             "connected": Gauge("hermes_connected", "1 while connected.", c, multiprocess_mode="livesum"),
             "queue": Gauge("hermes_queue_size", "Messages waiting to be written.", c, multiprocess_mode="livesum"),
             "connect": Histogram("hermes_connect_seconds", "TCP connect, TLS and upgrade.", c,
@@ -97,6 +98,7 @@ class ClientMetrics:
         self._closes = f["closes"]
         self._acked = f["acked"].labels(client_name)
         self._resent = f["resent"].labels(client_name)
+        self._outbox_errors = f["outbox_errors"].labels(client_name)
         self._connected = f["connected"].labels(client_name)
         self._queue = f["queue"].labels(client_name)
         self._connect = f["connect"].labels(client_name)
@@ -149,6 +151,9 @@ class ClientMetrics:
 
     def resent(self, count: int) -> None:
         self._resent.inc(count)
+
+    def outbox_error(self) -> None:
+        self._outbox_errors.inc()
 
     def connect_took(self, seconds: float) -> None:
         self._connect.observe(seconds)

@@ -63,6 +63,8 @@ def open_store(client: "WebSocketClient") -> Store:
         )
     store.on_lease_lost = functools.partial(_drop_taken_over, client, store)
     store.on_recovered = functools.partial(_write_back, client, store)
+    if client._metrics is not None:
+        store.on_error = client._metrics.outbox_error
     store.open()
     return store
 

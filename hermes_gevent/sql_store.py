@@ -112,6 +112,8 @@ class SQLStore(Store):
         self.on_lease_lost: Callable[[], None] = lambda: None
         #: Called (in a greenlet that may wait) when a failed store works again.
         self.on_recovered: Callable[[], None] = lambda: None
+        #: Called for every failed read or write (metrics), from the thread that met it.
+        self.on_error: Callable[[], None] = lambda: None
         #: Group commits that carried messages, and how many they carried.
         self.commits = 0
         self.committed = 0
@@ -317,6 +319,7 @@ class SQLStore(Store):
 
     def _failure(self, what: str, exc: BaseException) -> None:
         self.errors += 1
+        self.on_error()
         if not self.failed:
             self.failed = True
             self.durable = False

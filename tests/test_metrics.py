@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 NAMES = ["hermes_messages_sent_total", "hermes_messages_received_total", "hermes_messages_dropped_total",
          "hermes_reconnects_total", "hermes_connection_closes_total", "hermes_connected", "hermes_queue_size",
          "hermes_connect_seconds", "hermes_ping_rtt_seconds", "hermes_queue_wait_seconds",
-         "hermes_messages_acked_total", "hermes_messages_resent_total"]
+         "hermes_messages_acked_total", "hermes_messages_resent_total", "hermes_outbox_errors_total"]
 
 
 def samples(text: str) -> list:

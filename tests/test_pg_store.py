@@ -23,6 +23,7 @@ from hermes_gevent import ConfigError, WebSocketClient
 from .conftest import PASSWORD, Recorder, t
 from .support import TESTS, ServerProcess, free_port, last_json_line, run_script, wait_until
 from .test_hub import MAX_GAP_MS
+from .test_metrics import exposed, value
 
 SCRIPTS = TESTS / "scripts"
 sqlalchemy = pytest.importorskip("sqlalchemy")
@@ -258,7 +259,7 @@ def test_the_database_stopped_under_a_steady_producer_loses_nothing_and_is_durab
                                                                                          peer, monkeypatch, log_watch):
     monkeypatch.setattr(persistence, "CLAIM_EVERY", t(0.5))
     client = make_client(connector=peer.connector, url=peer.url, identifier="outage", outbox_url=pg_url,
-                         outbox_sync="always", connect_timeout=t(2))
+                         outbox_sync="always", connect_timeout=t(2), metrics=True)
     client.start()
     slowest = [0.0]
     sent = []
@@ -276,15 +277,16 @@ def test_the_database_stopped_under_a_steady_producer_loses_nothing_and_is_durab
     producer = gevent.spawn(produce, t(6))
     gevent.sleep(t(1))
     postgres.stop()
-    gevent.sleep(t(2))
-    assert client.status()["outbox_available"] is False
+    wait_until(lambda: client.status()["outbox_available"] is False, t(5), "the outage to be noticed")
+    assert "outbox_unavailable" in client.check_health()
+    gevent.sleep(t(1))
     postgres.start()
     producer.get(timeout=t(20))
     wait_until(lambda: client.status()["outbox_available"], t(10), "the outbox to answer again")
     assert peer.wait_messages(len(sent), t(20)) == sent  # every accepted message, once, in order
     assert slowest[0] < t(2) + 0.5  # never longer than CONNECT_TIMEOUT
-    status = client.status()
-    assert status["outbox_errors"] >= 1 and "outbox_unavailable" in client.check_health() or True
+    assert client.status()["outbox_errors"] >= 1 and "outbox_unavailable" not in client.check_health()
+    assert value(exposed(), "hermes_outbox_errors_total", client=client.name) == client.status()["outbox_errors"]
     assert len([r for r in log_watch.records if "kept in memory only" in r.getMessage()]) == 1
     assert any("answers again" in r.getMessage() for r in log_watch.records)
     # Durable again: a message accepted now is in the table when send_message returns.
