@@ -134,7 +134,7 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
         result = store.append_from_thread([item])[0]
     if result is None:  # the store's bound, over every process of this identifier
         if s.QUEUE_OVERFLOW_STRATEGY == "raise":
-            raise QueueFull(f"outbox file is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
+            raise QueueFull(f"outbox is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
         client.drops.count(item, DROP_OVERFLOW)
         return False
     if client._outbox is not outbox:

@@ -190,3 +190,13 @@ def pg_url(postgres):
     yield url
     if postgres.running:
         postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def outbox(request, tmp_path):
+    """Each outbox store in turn (tests/stores.py): an SQLite file, a fresh PostgreSQL database."""
+    from .stores import PostgresOutbox, SQLiteOutbox
+
+    if request.param == "sqlite":
+        return SQLiteOutbox(str(tmp_path / "outbox.db"))
+    return PostgresOutbox(request.getfixturevalue("postgres"), request.getfixturevalue("pg_url"))

@@ -20,7 +20,7 @@ import hermes_gevent.lease as lease
 import hermes_gevent.persistence as persistence
 from hermes_gevent import ConfigError, WebSocketClient
 
-from .conftest import PASSWORD, Recorder, t
+from .conftest import PASSWORD, t
 from .support import TESTS, ServerProcess, free_port, last_json_line, run_script, wait_until
 from .test_hub import MAX_GAP_MS
 from .test_metrics import exposed, value

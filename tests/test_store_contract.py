@@ -1,0 +1,287 @@
+"""The contract every outbox store keeps, run against each (SQLite file, PostgreSQL table: the
+``outbox`` fixture, tests/stores.py): spill at stop and reload at start, in order; identifiers;
+acknowledgements; the bound MAX_QUEUE_SIZE with the overflow strategies; durable sends
+(OUTBOX_SYNC="always") from greenlets and OS threads.
+
+Each test reads the store directly (sqlite3, psycopg): what is there is what a restart, or
+another host, would find. What only one store does (a corrupt file, a full disk, PIDs; leases
+across hosts, transactions) is tested in test_store.py and test_pg_store.py.
+"""
+
+import json
+import os
+
+import gevent
+import gevent.threadpool
+import pytest
+
+from hermes_gevent import QueueFull, WebSocketClient
+
+from .conftest import Recorder, t
+from .support import wait_until
+from .test_store import down_client, numbered
+
+
+# -- "stop": spill at stop, reload at start ----------------------------------------------------------
+
+
+def test_stop_while_down_spills_and_the_next_start_sends_them_first_in_order(peer, make_client, outbox):
+    drops = Recorder()
+    first = down_client(make_client, peer, identifier="orders", **outbox.options, on_drop=drops)
+    for i in range(5):
+        assert first.send_message(f"old-{i}")
+    assert first.stop(timeout=t(0.5)) == 0  # kept, not lost: not counted as undelivered
+    status = first.status()
+    assert (status["messages_spilled"], status["messages_dropped"], status["drops_by_reason"]) == (5, 0, {})
+    assert drops.calls == []
+    assert outbox.rows("orders") == [(f"old-{i}", None) for i in range(5)]  # held by nobody, in order
+    assert outbox.leases("orders") == {}  # the stopped client gave up its lease
+
+    # A client with another identifier on the same file does not take them.
+    peer.accept()
+    other = make_client(connector=peer.connector, url=peer.url, identifier="billing", **outbox.options)
+    other.start()
+    assert other.send_message("billing-0")
+    assert peer.wait_messages(1) == ["billing-0"]  # its first claim is done: the sender waited for it
+    assert other.flush(t(5)) and other.status()["messages_reloaded"] == 0
+    assert outbox.texts("orders") == [f"old-{i}" for i in range(5)]
+
+    # The same identifier takes them over at start and sends them before what it is given after.
+    second = down_client(make_client, peer, identifier="orders", **outbox.options)
+    for i in range(3):
+        assert second.send_message(f"new-{i}")
+    peer.accept()
+    expected = [f"old-{i}" for i in range(5)] + [f"new-{i}" for i in range(3)]
+    assert peer.wait_messages(9)[1:] == expected
+    assert second.flush(t(5))
+    status = second.status()
+    assert (status["messages_reloaded"], status["messages_sent"], status["messages_dropped"]) == (5, 8, 0)
+    wait_until(lambda: outbox.texts("orders") == [], t(5), "the delivered messages to leave the store")
+    assert second.send_message("end") and peer.wait_messages(10)[1:] == [*expected, "end"]  # nothing more
+
+
+@pytest.mark.parametrize("sync", ["stop", "always"])
+def test_restarts_while_the_server_stays_down_keep_each_message_once_in_order(sync, peer, make_client, outbox):
+    """Deploy after deploy with the server down: each run takes over the kept messages, is given
+    new ones, and stops; the store holds each message once, oldest first."""
+    expected = []
+    for run in range(3):
+        client = down_client(make_client, peer, identifier="deploys", **outbox.options, outbox_sync=sync)
+        for i in range(4):
+            assert client.send_message(f"run-{run}-{i}")
+            expected.append(f"run-{run}-{i}")
+        wait_until(lambda: client.status()["messages_reloaded"] == 4 * run, t(5), "the kept messages to be taken")
+        assert client.stop(timeout=0) == 0 and client.status()["messages_spilled"] == len(expected)
+        assert outbox.rows("deploys") == [(text, None) for text in expected]
+    peer.accept()
+    last = make_client(connector=peer.connector, url=peer.url, identifier="deploys", **outbox.options)
+    last.start()
+    assert last.send_message("end")
+    assert peer.wait_messages(len(expected) + 1) == [*expected, "end"]
+    assert last.flush(t(5)) and peer.messages == [*expected, "end"]
+
+
+def test_without_an_identifier_the_class_name_is_the_identifier(peer, make_client, outbox, monkeypatch):
+    monkeypatch.delenv("HERMES_WS_IDENTIFIER", raising=False)
+
+    class Orders(WebSocketClient):
+        pass
+
+    class Billing(WebSocketClient):
+        pass
+
+    first = down_client(make_client, peer, cls=Orders, **outbox.options)
+    first.send_message("order-0")
+    assert first.stop(timeout=t(0.2)) == 0
+    assert outbox.texts("Orders") == ["order-0"]
+    peer.accept()
+    billing = make_client(Billing, connector=peer.connector, url=peer.url, **outbox.options)
+    billing.start()
+    billing.send_message("bill-0")
+    assert peer.wait_messages(1) == ["bill-0"] and billing.status()["messages_reloaded"] == 0
+    orders = make_client(Orders, connector=peer.connector, url=peer.url, **outbox.options)
+    orders.start()
+    orders.send_message("order-1")
+    assert peer.wait_messages(3)[1:] == ["order-0", "order-1"]
+
+
+def test_with_acknowledgements_the_unacknowledged_are_spilled_too_and_resent_first(peer, make_client, outbox):
+    first = make_client(connector=peer.connector, url=peer.url, identifier="acks", **outbox.options,
+                        ack_timeout=t(30), max_unacked=5)
+    first.start()
+    assert first.wait_until_connected(t(5))
+    for n in range(8):
+        assert first.send_message({"n": n})
+    written = peer.wait_messages(5)  # never acknowledged; the other three wait for room in the window
+    status = first.status()
+    assert (status["unacked"], status["queue_size"]) == (5, 3)
+    assert first.stop(timeout=t(0.3)) == 0
+    status = first.status()
+    assert (status["messages_spilled"], status["messages_dropped"]) == (8, 0)
+    assert numbered(outbox.texts("acks")) == list(range(8))  # the unacknowledged first, then the queued
+
+    peer.acking = True
+    second = make_client(connector=peer.connector, url=peer.url, identifier="acks", **outbox.options,
+                         ack_timeout=t(30))
+    second.start()
+    assert second.send_message({"n": 8})
+    assert second.flush(t(5))  # everything acknowledged
+    resent = peer.connections[-1].messages
+    assert numbered(resent) == list(range(9))
+    assert resent[:5] == written  # the same messages, with the same ids: a server can tell repeats
+    status = second.status()
+    assert (status["messages_reloaded"], status["messages_acked"], status["unacked"]) == (8, 9, 0)
+    wait_until(lambda: outbox.texts("acks") == [], t(5), "the acknowledged messages to leave the store")
+
+
+# -- the bound ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy, kept, dropped", [
+    ("drop_oldest", [f"b-{i}" for i in range(5)], ["a-0", "a-1", "a-2"]),
+    ("drop_newest", ["a-0", "a-1", "a-2", "b-0", "b-1"], ["b-2", "b-3", "b-4"]),
+    ("raise", ["a-0", "a-1", "a-2", "b-0", "b-1"], ["b-2", "b-3", "b-4"]),
+])
+def test_at_spill_the_file_holds_at_most_max_queue_size_per_identifier(strategy, kept, dropped, peer, make_client,
+                                                                       outbox):
+    bounded = dict(outbox.options, max_queue_size=5, queue_overflow_strategy=strategy)
+    other = down_client(make_client, peer, identifier="other", **bounded)
+    for i in range(5):
+        other.send_message(f"o-{i}")
+    assert other.stop(timeout=0) == 0  # another identifier's five do not count against this one's bound
+    first = down_client(make_client, peer, identifier="bounded", **bounded)
+    for i in range(3):
+        first.send_message(f"a-{i}")
+    assert first.stop(timeout=0) == 0
+    assert outbox.texts("bounded") == ["a-0", "a-1", "a-2"]
+
+    drops = Recorder()
+    second = make_client(connector=peer.connector, url=peer.url, identifier="bounded", on_drop=drops, **bounded)
+    for i in range(5):
+        assert second.send_message(f"b-{i}")  # before start(): a full queue, so the first claim takes nothing
+    second.start()
+    # At most 5 in the store: drop_oldest makes room by dropping the oldest kept ones, the others
+    # refuse the newest (and "raise" raises nothing at stop: there is nobody to raise to).
+    undelivered = second.stop(timeout=0)
+    assert outbox.texts("bounded") == kept
+    assert drops.wait(3) == [(text, "overflow") for text in dropped]
+    status = second.status()
+    assert status["drops_by_reason"] == {"overflow": 3}
+    assert status["messages_spilled"] == len([text for text in kept if text.startswith("b-")])
+    assert undelivered == len([text for text in dropped if text.startswith("b-")])  # its own it did not keep
+    assert outbox.texts("other") == [f"o-{i}" for i in range(5)]
+
+    peer.accept()
+    third = make_client(connector=peer.connector, url=peer.url, identifier="bounded", **bounded)
+    third.start()
+    assert peer.wait_messages(5) == kept and third.status()["messages_reloaded"] == 5
+
+
+# -- "always": durable sends ---------------------------------------------------------------------------
+
+
+def test_always_send_returns_true_once_the_message_is_in_the_file(peer, make_client, outbox):
+    client = down_client(make_client, peer, identifier="durable", **outbox.options, outbox_sync="always")
+    for i in range(20):
+        assert client.send_message(f"m-{i}")
+        assert outbox.texts("durable") == [f"m-{j}" for j in range(i + 1)]  # committed: another connection sees it
+
+    def send_and_look(i):  # concurrent senders share commits; each returns once its own is in
+        accepted = client.send_message(f"g-{i}")
+        return accepted and f"g-{i}" in outbox.texts("durable")
+
+    senders = [gevent.spawn(send_and_look, i) for i in range(50)]
+    gevent.joinall(senders, timeout=t(10), raise_error=True)
+    assert [g.value for g in senders] == [True] * 50
+    (owner, pid), = outbox.leases("durable").items()
+    assert pid == os.getpid() and {o for _, o in outbox.rows("durable")} == {owner}  # held by this run
+
+    # Stopped while the server is down, the messages stay, held by nobody, for the next start.
+    assert client.stop(timeout=0) == 0 and client.status()["messages_spilled"] == 70
+    expected = [f"m-{i}" for i in range(20)] + [f"g-{i}" for i in range(50)]
+    assert outbox.rows("durable") == [(text, None) for text in expected]
+    peer.accept()
+    again = make_client(connector=peer.connector, url=peer.url, identifier="durable", **outbox.options,
+                        outbox_sync="always")
+    again.start()
+    assert peer.wait_messages(70) == expected
+    # Written, they leave the store (acknowledgements off): the forgets go with the next commit.
+    assert again.send_message("last") and peer.wait_messages(71)[-1] == "last"
+    wait_until(lambda: outbox.texts("durable") == [], t(5), "the written messages to leave the store")
+
+
+def test_always_with_acknowledgements_a_message_leaves_the_file_once_acknowledged(peer, make_client, outbox):
+    client = make_client(connector=peer.connector, url=peer.url, identifier="acked", **outbox.options,
+                         outbox_sync="always", ack_timeout=t(30))
+    client.start()
+    assert client.wait_until_connected(t(5))
+    for n in range(10):
+        assert client.send_message({"n": n})
+    written = peer.wait_messages(10)
+    # A commit carries the forgets queued before it: had writing forgotten them, they would be gone now.
+    assert client.send_message({"n": 10})
+    assert numbered(outbox.texts("acked")) == list(range(11))  # written is not enough
+    peer.current.send(json.dumps({"ack": [json.loads(m)["id"] for m in written[:4]]}))
+    wait_until(lambda: numbered(outbox.texts("acked")) == list(range(4, 11)), t(5), "the acknowledged to leave")
+    peer.acking = True
+    peer.current.send(json.dumps({"ack": [json.loads(m)["id"] for m in peer.wait_messages(11)[4:]]}))
+    assert client.flush(t(5))
+    wait_until(lambda: outbox.texts("acked") == [], t(5), "every acknowledged message to leave the store")
+
+
+@pytest.mark.parametrize("strategy", ["drop_newest", "raise"])
+def test_always_refuses_the_newest_when_the_file_holds_max_queue_size_for_the_identifier(strategy, peer,
+                                                                                         make_client, outbox):
+    bounded = dict(outbox.options, identifier="full", outbox_sync="always", max_queue_size=3,
+                   queue_overflow_strategy=strategy)
+    holder = down_client(make_client, peer, **bounded)
+    for i in range(3):
+        assert holder.send_message(f"h-{i}")
+    # Another client of the identifier, as another worker of the host: its own queue is empty,
+    # but the store holds MAX_QUEUE_SIZE (held by a live lease: not its to take).
+    drops = Recorder()
+    other = make_client(connector=peer.connector, url=peer.url, on_drop=drops, **bounded)
+    other.start()
+    if strategy == "raise":
+        with pytest.raises(QueueFull, match="outbox is full"):
+            other.send_message("o-0")
+        assert other.status()["messages_dropped"] == 0  # refused to the caller, not accepted and dropped
+    else:
+        assert other.send_message("o-0") is False
+        assert drops.wait(1) == [("o-0", "overflow")] and other.status()["drops_by_reason"] == {"overflow": 1}
+    assert outbox.texts("full") == ["h-0", "h-1", "h-2"] and other.queue_size == 0
+    peer.accept()
+    assert peer.wait_messages(3) == ["h-0", "h-1", "h-2"]
+    wait_until(lambda: outbox.texts("full") == [], t(5), "the holder's messages to leave the store")
+    assert other.send_message("o-1")  # room again
+    assert peer.wait_messages(4)[-1] == "o-1"
+
+
+def test_always_with_drop_oldest_the_file_keeps_the_newest(peer, make_client, outbox):
+    drops = Recorder()
+    client = down_client(make_client, peer, identifier="newest", **outbox.options, outbox_sync="always",
+                         max_queue_size=3, on_drop=drops)
+    assert all(client.send_message(f"m-{i}") for i in range(5))
+    assert drops.wait(2) == [("m-0", "overflow"), ("m-1", "overflow")]
+    wait_until(lambda: outbox.texts("newest") == ["m-2", "m-3", "m-4"], t(5), "the dropped to leave the store")
+    peer.accept()
+    assert peer.wait_messages(3) == ["m-2", "m-3", "m-4"]
+
+
+def test_always_from_an_os_thread_commits_before_returning(peer, make_client, outbox):
+    client = down_client(make_client, peer, identifier="threads", **outbox.options, outbox_sync="always")
+    pool = gevent.threadpool.ThreadPool(1)
+
+    def send_and_look(i):  # in a real OS thread: it reads the store there too
+        return client.send_message(f"t-{i}") and f"t-{i}" in outbox.texts("threads")
+
+    try:
+        looked = [pool.apply(send_and_look, (i,)) for i in range(5)]
+    finally:
+        pool.kill()
+    assert looked == [True] * 5
+    peer.accept()
+    assert peer.wait_messages(5) == [f"t-{i}" for i in range(5)]
+    wait_until(lambda: outbox.texts("threads") == [], t(5), "the written messages to leave the store")
+
+
