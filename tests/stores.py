@@ -2,10 +2,18 @@
 per store kind with the client options that select it, and the store's content read directly -
 with sqlite3 from the file, with psycopg from the table - as another process or host would."""
 
+import json
 import sqlite3
 from contextlib import closing
 
-from .support import t
+from .support import t, wait_until
+
+
+def report_of(proc, timeout=20):
+    """The first JSON line a script printed (its report), waited for."""
+    line = wait_until(lambda: next((x for x in proc.output if x.startswith('{"')), None), t(timeout),
+                      "the script's report")
+    return json.loads(line)
 
 
 class SQLiteOutbox:
@@ -13,6 +21,7 @@ class SQLiteOutbox:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.url = f"sqlite:///{path}"  # an absolute path: four slashes
         self.options = {"outbox_path": path}
 
     def rows(self, identifier):

@@ -3,12 +3,11 @@ settings and secrets, durable sends, a process killed with SIGKILL, a frozen own
 transactional sends (Connection, Session, Flask-SQLAlchemy), the database going away, the hub.
 
 The client's side runs against the in-process peer (tests/peer.py); where the contract is about
-processes, tests/scripts/pg_outbox.py runs them. The test reads the table itself: what is in it is
+processes, tests/scripts/outbox_process.py runs them. The test reads the table itself: what is in it is
 what another host would find.
 """
 
 import json
-import os
 import signal
 import sys
 import time
@@ -16,12 +15,12 @@ import time
 import gevent
 import pytest
 
-import hermes_gevent.lease as lease
 import hermes_gevent.persistence as persistence
 from hermes_gevent import ConfigError, WebSocketClient
 
 from .conftest import PASSWORD, t
-from .support import TESTS, ServerProcess, free_port, last_json_line, run_script, wait_until
+from .stores import report_of
+from .support import TESTS, free_port, last_json_line, run_script, wait_until
 from .test_hub import MAX_GAP_MS
 from .test_metrics import exposed, value
 
@@ -41,12 +40,6 @@ def rows(postgres, url, identifier):
 
 def refused_url():
     return f"ws://127.0.0.1:{free_port()}/ws"  # nothing listens there: a server that is down
-
-
-def report_of(proc, timeout=20):
-    line = wait_until(lambda: next((x for x in proc.output if x.startswith("{\"")), None), t(timeout),
-                      "the script's report")
-    return json.loads(line)
 
 
 # -- settings and secrets -----------------------------------------------------------------------------
@@ -109,7 +102,7 @@ def test_transaction_without_a_postgresql_outbox_is_a_config_error(make_client, 
 
 def test_always_2000_messages_from_8_greenlets_survive_a_sigkill_after_the_last_send(pg_url, postgres, procs,
                                                                                      make_client, peer):
-    proc = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "produce", pg_url, "killed", "8", "250",
+    proc = procs([sys.executable, str(SCRIPTS / "outbox_process.py"), "produce", pg_url, "killed", "8", "250",
                   refused_url()])
     proc.popen.wait(t(60))
     assert proc.popen.returncode == -signal.SIGKILL, proc.text()
@@ -124,49 +117,12 @@ def test_always_2000_messages_from_8_greenlets_survive_a_sigkill_after_the_last_
     wait_until(lambda: rows(postgres, pg_url, "killed") == [], t(10), "the delivered rows to leave the table")
 
 
-def test_a_frozen_owner_is_taken_over_and_once_woken_sends_nothing_it_lost(pg_url, postgres, procs, make_client,
-                                                                           peer, monkeypatch, log_watch):
-    lease_s, claim_every = t(3.0), t(0.3)
-    monkeypatch.setattr(lease, "LEASE_TIMEOUT", lease_s)  # as this process judges the holder's lease
-    monkeypatch.setattr(persistence, "CLAIM_EVERY", claim_every)
-    holder_port = free_port()  # where the holder's server will listen once the holder is woken
-    holder = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "hold", pg_url, "frozen", "1000",
-                    # Its claim loop renews once, at start: woken, its sender (not its claim loop,
-                    # whose timer is far off) is the first to meet the lapsed lease.
-                    f"ws://127.0.0.1:{holder_port}/ws", str(lease_s), "3600"], HERMES_WS_LOG="1")
-    report = report_of(holder, 60)
-    assert report["accepted"] == 1000
-    assert {owner for _, owner in rows(postgres, pg_url, "frozen")} == {report["owner"]}
-    client = make_client(connector=peer.connector, url=peer.url, identifier="frozen", outbox_url=pg_url)
-    client.start()
-    assert client.send_message("mine") and peer.wait_messages(1) == ["mine"]  # alive: takes none of its rows
-    os.kill(report["pid"], signal.SIGSTOP)
-    frozen_at = time.monotonic()
-    got = peer.wait_messages(1001, t(30))
-    taken_after = time.monotonic() - frozen_at
-    assert got == ["mine"] + [f"h-{i}" for i in range(1000)]
-    assert lease_s * 0.9 <= taken_after < lease_s + t(5), taken_after  # not before its lease lapsed
-    wait_until(lambda: rows(postgres, pg_url, "frozen") == [], t(10), "the delivered rows to leave the table")
-
-    server = ServerProcess(holder_port).start()
-    try:
-        os.kill(report["pid"], signal.SIGCONT)  # woken: its server listens, its queue holds 1,000
-        server.wait_for(lambda: server.of("connect"), t(20), "the woken holder to connect")
-        assert client.send_message("after") and peer.wait_messages(1002) == got + ["after"]
-        wait_until(lambda: "another process took them over" in holder.text(), t(10), "the holder to drop them")
-        assert [m for m in server.texts() if m.startswith("h-")] == []  # none of what it lost
-        assert rows(postgres, pg_url, "frozen") == []  # and it put nothing back
-        assert len(peer.messages) == 1002
-    finally:
-        server.stop()
-
-
 def test_a_dead_processs_committed_transaction_is_delivered_by_another(pg_url, postgres, procs, make_client, peer,
                                                                        monkeypatch):
     monkeypatch.setattr(persistence, "CLAIM_EVERY", t(0.3))
     client = make_client(connector=peer.connector, url=peer.url, identifier="txn", outbox_url=pg_url)
     client.start()
-    proc = procs([sys.executable, str(SCRIPTS / "pg_outbox.py"), "commit-and-die", pg_url, "txn", refused_url()])
+    proc = procs([sys.executable, str(SCRIPTS / "outbox_process.py"), "commit-and-die", pg_url, "txn", refused_url()])
     proc.popen.wait(t(60))
     assert proc.popen.returncode == -signal.SIGKILL and report_of(proc)["accepted"] is True, proc.text()
     assert postgres.execute("SELECT item FROM orders", url=pg_url) == [("book",)]

@@ -1,7 +1,7 @@
 """The contract every outbox store keeps, run against each (SQLite file, PostgreSQL table: the
 ``outbox`` fixture, tests/stores.py): spill at stop and reload at start, in order; identifiers;
 acknowledgements; the bound MAX_QUEUE_SIZE with the overflow strategies; durable sends
-(OUTBOX_SYNC="always") from greenlets and OS threads.
+(OUTBOX_SYNC="always") from greenlets and OS threads; a frozen owner fenced out by its lease.
 
 Each test reads the store directly (sqlite3, psycopg): what is there is what a restart, or
 another host, would find. What only one store does (a corrupt file, a full disk, PIDs; leases
@@ -10,16 +10,24 @@ across hosts, transactions) is tested in test_store.py and test_pg_store.py.
 
 import json
 import os
+import signal
+import sys
+import time
 
 import gevent
 import gevent.threadpool
 import pytest
 
+import hermes_gevent.lease as lease
+import hermes_gevent.persistence as persistence
 from hermes_gevent import QueueFull, WebSocketClient
 
 from .conftest import Recorder, t
-from .support import wait_until
+from .stores import report_of
+from .support import TESTS, ServerProcess, free_port, wait_until
 from .test_store import down_client, numbered
+
+SCRIPTS = TESTS / "scripts"
 
 
 # -- "stop": spill at stop, reload at start ----------------------------------------------------------
@@ -285,3 +293,41 @@ def test_always_from_an_os_thread_commits_before_returning(peer, make_client, ou
     wait_until(lambda: outbox.texts("threads") == [], t(5), "the written messages to leave the store")
 
 
+# -- leases: a frozen owner -------------------------------------------------------------------------
+
+
+def test_a_frozen_owner_is_taken_over_and_once_woken_sends_nothing_it_lost(outbox, procs, make_client, peer,
+                                                                           monkeypatch):
+    lease_s, claim_every = t(3.0), t(0.3)
+    monkeypatch.setattr(lease, "LEASE_TIMEOUT", lease_s)  # as this process judges the holder's lease
+    monkeypatch.setattr(persistence, "CLAIM_EVERY", claim_every)
+    holder_port = free_port()  # where the holder's server will listen once the holder is woken
+    holder = procs([sys.executable, str(SCRIPTS / "outbox_process.py"), "hold", outbox.url, "frozen", "1000",
+                    # Its claim loop renews once, at start: woken, its sender (not its claim loop,
+                    # whose timer is far off) is the first to meet the lapsed lease.
+                    f"ws://127.0.0.1:{holder_port}/ws", str(lease_s), "3600"], HERMES_WS_LOG="1")
+    report = report_of(holder, 60)
+    assert report["accepted"] == 1000
+    assert {owner for _, owner in outbox.rows("frozen")} == {report["owner"]}
+    client = make_client(connector=peer.connector, url=peer.url, identifier="frozen", **outbox.options)
+    client.start()
+    assert client.send_message("mine") and peer.wait_messages(1) == ["mine"]  # alive: takes none of its rows
+    os.kill(report["pid"], signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    got = peer.wait_messages(1001, t(30))
+    taken_after = time.monotonic() - frozen_at
+    assert got == ["mine"] + [f"h-{i}" for i in range(1000)]
+    assert lease_s * 0.9 <= taken_after < lease_s + t(5), taken_after  # not before its lease lapsed
+    wait_until(lambda: outbox.rows("frozen") == [], t(10), "the delivered rows to leave the table")
+
+    server = ServerProcess(holder_port).start()
+    try:
+        os.kill(report["pid"], signal.SIGCONT)  # woken: its server listens, its queue holds 1,000
+        server.wait_for(lambda: server.of("connect"), t(20), "the woken holder to connect")
+        assert client.send_message("after") and peer.wait_messages(1002) == got + ["after"]
+        wait_until(lambda: "another process took them over" in holder.text(), t(10), "the holder to drop them")
+        assert [m for m in server.texts() if m.startswith("h-")] == []  # none of what it lost
+        assert outbox.rows("frozen") == []  # and it put nothing back
+        assert len(peer.messages) == 1002
+    finally:
+        server.stop()

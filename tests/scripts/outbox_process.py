@@ -1,8 +1,9 @@
-"""Run by test_pg_store.py: a process with a PostgreSQL outbox (OUTBOX_URL), in one of three modes.
+"""Run by test_pg_store.py and test_store_contract.py: a process with an outbox (OUTBOX_URL: a
+postgresql:// or sqlite:/// URL), in one of three modes (commit-and-die: PostgreSQL only).
 
-usage: pg_outbox.py hold DB_URL IDENTIFIER COUNT WS_URL LEASE_TIMEOUT CLAIM_EVERY
-       pg_outbox.py produce DB_URL IDENTIFIER PRODUCERS PER_PRODUCER WS_URL
-       pg_outbox.py commit-and-die DB_URL IDENTIFIER WS_URL
+usage: outbox_process.py hold DB_URL IDENTIFIER COUNT WS_URL LEASE_TIMEOUT CLAIM_EVERY
+       outbox_process.py produce DB_URL IDENTIFIER PRODUCERS PER_PRODUCER WS_URL
+       outbox_process.py commit-and-die DB_URL IDENTIFIER WS_URL
 
 hold: OUTBOX_SYNC="always"; accepts COUNT messages ("h-0", ...) while its server (WS_URL) is not
 listening, prints one JSON line (pid, owner token, accepted) and waits - renewing its lease every
