@@ -48,7 +48,11 @@ _CONFIG_STATES = {"28P01": "the password or user is refused", "28000": "the user
 
 def require() -> None:
     """ConfigError naming the extra when psycopg 3 is not installed."""
-    if importlib.util.find_spec("psycopg") is None:
+    try:
+        found = importlib.util.find_spec("psycopg") is not None
+    except (ImportError, ValueError):  # hidden (sys.modules["psycopg"] = None), or half-installed
+        found = False
+    if not found:
         raise ConfigError(f"OUTBOX_URL names PostgreSQL, which needs psycopg 3: pip install '{EXTRA}'.")
 
 

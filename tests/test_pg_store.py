@@ -62,6 +62,17 @@ def test_a_bad_outbox_url_fails_at_construction_naming_the_setting(options, name
     assert ":p@" not in str(raised.value)
 
 
+def test_postgresql_without_psycopg_is_a_config_error_naming_the_extra():
+    code = ("import sys; sys.modules['psycopg'] = None\n"
+            "from hermes_gevent import WebSocketClient, ConfigError\n"
+            "try:\n"
+            "    WebSocketClient(url='ws://127.0.0.1:1/ws', outbox_url='postgresql://u:pw@127.0.0.1/app')\n"
+            "except ConfigError as exc:\n"
+            "    print(exc)\n")
+    out, _ = run_script([sys.executable, "-c", code], t(30))
+    assert "OUTBOX_URL" in out and "hermes_gevent[postgres]" in out and "pw" not in out
+
+
 def test_the_password_never_reaches_repr_status_logs_or_errors(pg_url, make_client, peer, log_watch):
     assert PASSWORD in pg_url
     client = make_client(connector=peer.connector, url=peer.url, identifier="secret", outbox_url=pg_url)
