@@ -25,8 +25,11 @@ import gevent
 from . import test_outbox_deploy as deploy
 from .pgcluster import PASSWORD
 from .support import free_port, t
-from .test_outbox_deploy import (  # noqa: F401 (servers, spawn: fixtures)
-    GUNICORN, Streamer, Tally, all_closed, log_lines, servers, spawn, worker_statuses)
+from .test_outbox_deploy import GUNICORN, Streamer, Tally, all_closed, log_lines, worker_statuses
+
+#: test_outbox_deploy.py's fixtures: the recording server (ServerProcess), started on a port and
+#: stopped in teardown; gevent.spawn, its greenlets killed in teardown.
+servers, spawn = deploy.servers, deploy.spawn
 
 #: flask_example's app with a short lease (tests/scripts/pg_app.py), under flask_example's gunicorn.conf.py.
 assert GUNICORN[-1] == "flask_example.wsgi:app"
@@ -49,12 +52,15 @@ def test_a_whole_master_killed_while_the_server_is_down(procs, servers, spawn, p
     A's workers had no connection since their last commit (the server was down), so nothing they
     held had been written anywhere. The table ends empty, and so does the leases table once B stops."""
     lease_s, claim_every = t(3.0), t(0.3)
-    sql = lambda text, *params: postgres.execute(text, params or None, url=pg_url)  # noqa: E731
+
+    def sql(text, *params):
+        return postgres.execute(text, params or None, url=pg_url)
+
     server = servers(free_port())
     monkeypatch.setattr(deploy, "GUNICORN", PG_GUNICORN)  # start_gunicorn runs pg_app instead
-    env = dict(HERMES_OUTBOX_URL=pg_url, HERMES_OUTBOX_SYNC="always", HERMES_MAX_RETRY_DELAY="1",
-               HERMES_DEFAULT_RETRY_DELAY="0.2", HERMES_TEST_LEASE_TIMEOUT=str(lease_s),
-               HERMES_TEST_CLAIM_EVERY=str(claim_every))
+    env = {"HERMES_OUTBOX_URL": pg_url, "HERMES_OUTBOX_SYNC": "always", "HERMES_MAX_RETRY_DELAY": "1",
+           "HERMES_DEFAULT_RETRY_DELAY": "0.2", "HERMES_TEST_LEASE_TIMEOUT": str(lease_s),
+           "HERMES_TEST_CLAIM_EVERY": str(claim_every)}
     began = time.monotonic()
     ports = {"a": free_port(), "b": free_port()}
     assert len(set(ports.values()) | {server.port}) == 3
@@ -78,14 +84,17 @@ def test_a_whole_master_killed_while_the_server_is_down(procs, servers, spawn, p
     streams = {name: Streamer(spawn, base, posters=4) for name, base in bases.items()}
     for stream in streams.values():
         stream.numbers = numbers  # one numbering over both masters
-    accepted = lambda: streams["a"].accepted | streams["b"].accepted  # noqa: E731
+
+    def accepted() -> set:
+        return streams["a"].accepted | streams["b"].accepted
+
     try:
         # The server up: all four workers accept and deliver.
         for stream in streams.values():
             stream.run()
         server.wait_for(lambda: {w for _, w, _, _ in tally.update().arrivals} == pids["a"] | pids["b"]
                         and all(len(s.accepted) >= 300 for s in streams.values()), t(30),
-                        lambda: f"messages from all four workers: {collections.Counter(w for _, w, _, _ in tally.arrivals)}")
+                        lambda: f"all four workers: {collections.Counter(w for _, w, _, _ in tally.arrivals)}")
         # The server goes down once everything accepted so far arrived (without acknowledgements,
         # what a server loses when it goes away with messages unread is lost, and not what this tests).
         for stream in streams.values():

@@ -19,6 +19,6 @@ if os.environ.get("HERMES_TEST_LEASE_TIMEOUT"):
 if os.environ.get("HERMES_TEST_CLAIM_EVERY"):
     persistence.CLAIM_EVERY = float(os.environ["HERMES_TEST_CLAIM_EVERY"])
 
-from flask_example import create_app  # noqa: E402
+from flask_example import create_app  # noqa: E402 (after the lease is set)
 
 app = create_app()
