@@ -22,6 +22,7 @@ class SQLiteOutbox:
     def __init__(self, path: str) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"  # an absolute path: four slashes
+        self.location = path  # as the scripts take it (tests/scripts/outbox_ticker.py)
         self.options = {"outbox_path": path}
 
     def rows(self, identifier):
@@ -46,6 +47,7 @@ class PostgresOutbox(SQLiteOutbox):
     def __init__(self, cluster, url: str) -> None:
         self.cluster = cluster
         self.url = url
+        self.location = url
         self.options = {"outbox_url": url}
 
     def rows(self, identifier):

@@ -20,8 +20,7 @@ from hermes_gevent import ConfigError, WebSocketClient
 
 from .conftest import PASSWORD, t
 from .stores import report_of
-from .support import TESTS, free_port, last_json_line, run_script, wait_until
-from .test_hub import MAX_GAP_MS
+from .support import TESTS, free_port, run_script, wait_until
 from .test_metrics import exposed, value
 
 SCRIPTS = TESTS / "scripts"
@@ -261,29 +260,6 @@ def test_the_database_stopped_under_a_steady_producer_loses_nothing_and_is_durab
     peer.drop()
     assert client.send_message("durable again")
     assert ("durable again", client._store._db.owner) in rows(postgres, pg_url, "outage")
-
-
-# -- the hub ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("patched", [True, False], ids=["patched", "unpatched"])
-def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, pg_url, postgres, server):
-    """A ticker greenlet sleeps 1 ms while 64 greenlets send with OUTBOX_SYNC="always": psycopg runs in
-    the store's thread, so the hub never waits on PostgreSQL, patched or not."""
-    server.command(cmd="mode", count=True)
-    producers, per = 64, 100
-    args = [sys.executable, str(SCRIPTS / "outbox_ticker.py"), server.url, pg_url, str(producers), str(per)]
-    out, _ = run_script(args + ([] if patched else ["unpatched"]), t(90))
-    report = last_json_line(out)
-    total = producers * per
-    print(f"\n{total} durable sends ({'patched' if patched else 'unpatched'}) in {report['send_seconds']}s "
-          f"({total / report['send_seconds']:,.0f} msg/s); {report['ticks']} ticks, largest gap {report['max_gap_ms']} ms")
-    assert report["connected"] and report["accepted"] == total and report["flushed"]
-    assert report["rows_left"] == 0 and report["undelivered"] == 0
-    assert report["ticks"] > 100
-    assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
-    stats = server.tally(total, t(30))
-    assert (stats["distinct"], stats["dups"]) == (total, 0)
 
 
 # -- migrations -------------------------------------------------------------------------------------------

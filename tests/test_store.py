@@ -34,7 +34,6 @@ from hermes_gevent import ConfigError, WebSocketClient
 
 from .conftest import Recorder, t
 from .support import TESTS, free_port, last_json_line, run_script, wait_until
-from .test_hub import MAX_GAP_MS
 
 SCRIPTS = TESTS / "scripts"
 
@@ -450,32 +449,6 @@ def test_a_full_disk_is_logged_once_counted_and_the_client_goes_on_in_memory(how
     # again by the next start.
     assert report["rows_after_stop"] == 0
     assert (report["after_restart"], report["reloaded"]) == (["after"], 0)
-
-
-# -- the hub ------------------------------------------------------------------------------------------------
-
-
-def test_the_hub_keeps_ticking_while_always_sends_commit(server, tmp_path):
-    """64 greenlets send in "always" mode to the real server (count mode), each send waiting for
-    its commit, the rows deleted once written: a ticker greenlet that sleeps 1 ms never waits
-    longer than test_hub.py's bound between two ticks. In a process of its own, as test_hub.py
-    measures (this one's heap, pytest's, makes the garbage collector pause for tens of ms)."""
-    server.command(cmd="mode", count=True)
-    producers, per = 64, 500
-    out, _ = run_script([sys.executable, str(SCRIPTS / "outbox_ticker.py"), server.url, str(tmp_path / "outbox.db"),
-                         str(producers), str(per)], t(90))
-    report = last_json_line(out)
-    total = producers * per
-    print(f"\n{total} durable sends from {producers} greenlets in {report['send_seconds']}s "
-          f"({total / report['send_seconds']:,.0f} msg/s), delivered and deleted after {report['seconds']}s; "
-          f"{report['ticks']} ticks, largest gap {report['max_gap_ms']} ms (bound {MAX_GAP_MS} ms; "
-          f"largest garbage collection {report['max_gc_ms']} ms)")
-    assert report["connected"] and report["accepted"] == total and report["flushed"]
-    assert report["rows_left"] == 0 and report["undelivered"] == 0
-    assert report["ticks"] > 100
-    assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
-    stats = server.tally(total, t(30))
-    assert (stats["distinct"], stats["dups"]) == (total, 0)
 
 
 # -- fork ------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The contract every outbox store keeps, run against each (SQLite file, PostgreSQL table: the
 ``outbox`` fixture, tests/stores.py): spill at stop and reload at start, in order; identifiers;
 acknowledgements; the bound MAX_QUEUE_SIZE with the overflow strategies; durable sends
-(OUTBOX_SYNC="always") from greenlets and OS threads; a frozen owner fenced out by its lease.
+(OUTBOX_SYNC="always") from greenlets and OS threads, the hub kept free; a frozen owner fenced out
+by its lease.
 
 Each test reads the store directly (sqlite3, psycopg): what is there is what a restart, or
 another host, would find. What only one store does (a corrupt file, a full disk, PIDs; leases
@@ -24,7 +25,8 @@ from hermes_gevent import QueueFull, WebSocketClient
 
 from .conftest import Recorder, t
 from .stores import report_of
-from .support import TESTS, ServerProcess, free_port, wait_until
+from .support import TESTS, ServerProcess, free_port, last_json_line, run_script, wait_until
+from .test_hub import MAX_GAP_MS
 from .test_store import down_client, numbered
 
 SCRIPTS = TESTS / "scripts"
@@ -291,6 +293,34 @@ def test_always_from_an_os_thread_commits_before_returning(peer, make_client, ou
     peer.accept()
     assert peer.wait_messages(5) == [f"t-{i}" for i in range(5)]
     wait_until(lambda: outbox.texts("threads") == [], t(5), "the written messages to leave the store")
+
+
+# -- the hub ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["patched", "unpatched"])
+def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, outbox, server):
+    """64 greenlets send in "always" mode to the real server (count mode), each send waiting for
+    its commit, the rows deleted once written: a ticker greenlet that sleeps 1 ms never waits
+    longer than test_hub.py's bound between two ticks - the store works in its own thread, so
+    the hub never waits on SQLite or PostgreSQL, patched or not. In a process of its own, as
+    test_hub.py measures (this one's heap, pytest's, makes the garbage collector pause for tens of ms)."""
+    server.command(cmd="mode", count=True)
+    producers, per = 64, 200
+    args = [sys.executable, str(SCRIPTS / "outbox_ticker.py"), server.url, outbox.location, str(producers), str(per)]
+    out, _ = run_script(args + ([] if patched else ["unpatched"]), t(90))
+    report = last_json_line(out)
+    total = producers * per
+    print(f"\n{outbox.kind}, {'patched' if patched else 'unpatched'}: {total} durable sends from {producers} greenlets "
+          f"in {report['send_seconds']}s ({total / report['send_seconds']:,.0f} msg/s), delivered and deleted after "
+          f"{report['seconds']}s; {report['ticks']} ticks, largest gap {report['max_gap_ms']} ms (bound {MAX_GAP_MS} ms; "
+          f"largest garbage collection {report['max_gc_ms']} ms)")
+    assert report["connected"] and report["accepted"] == total and report["flushed"]
+    assert report["rows_left"] == 0 and report["undelivered"] == 0
+    assert report["ticks"] > 100
+    assert report["max_gap_ms"] < MAX_GAP_MS * max(1.0, t(1)), report
+    stats = server.tally(total, t(30))
+    assert (stats["distinct"], stats["dups"]) == (total, 0)
 
 
 # -- leases: a frozen owner -------------------------------------------------------------------------
