@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from .frames import Item
 
@@ -110,6 +110,15 @@ class AckWindow:
                 earliest = written_at + timeout
         self._earliest = earliest if not due else now  # resending rewrites their times
         return due
+
+    def discard(self, doomed: Callable[[Item], bool]) -> list[Item]:
+        """Forget, unacknowledged, the messages for which ``doomed(item)`` is true (another process
+        sends them now); return them."""
+        gone = [ack_id for ack_id, entry in self._entries.items() if doomed(entry[0])]
+        items = [self._entries.pop(ack_id)[0] for ack_id in gone]
+        if not self._entries:
+            self._earliest = None
+        return items
 
     def drain(self) -> list[Item]:
         """Every message still unacknowledged, oldest first; the window is empty afterwards."""

@@ -88,6 +88,7 @@ class Outbox:
         self._wakeup.start(self._drain_handoff)
         self._empty = gevent.event.Event()
         self._empty.set()
+        self._doomed: Optional[Callable[[Item], bool]] = None  # discard() of the batch in flight, due at take()
 
     # -- producers ---------------------------------------------------------
 
@@ -147,6 +148,9 @@ class Outbox:
         """The batch to write next: messages to resend first, then the unwritten rest of
         the last batch, else up to ``max_items``/``max_bytes`` queued messages (waiting
         up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch)."""
+        if self._doomed is not None:
+            doomed, self._doomed = self._doomed, None
+            self._inflight[:] = [item for item in self._inflight if not doomed(item)]
         if self._redo:
             # To resend: ahead of the unwritten rest of the last batch, which is ahead of the rest.
             ahead = self._ahead
@@ -208,17 +212,17 @@ class Outbox:
             self.wake()
 
     def discard(self, doomed: Callable[[Item], bool]) -> list[Item]:
-        """Remove every held message for which ``doomed(item)`` is true - queued, in flight (the
-        sender's batch list shrinks in place), to resend - and return them, oldest first. In the
-        hub, without waiting."""
+        """Remove every held message for which ``doomed(item)`` is true - queued, to resend - and
+        return them, oldest first. The batch in flight is the sender's: a write may be under way,
+        counting its items by position, so its doomed ones leave at the sender's next take(). In
+        the hub, without waiting."""
         self._drain_handoff()
         removed = [item for item in self._redo if doomed(item)]
-        removed += [item for item in self._inflight if doomed(item)]
         removed += [item for item in self._ahead if doomed(item)]
         self._redo = collections.deque(item for item in self._redo if not doomed(item))
-        self._inflight[:] = [item for item in self._inflight if not doomed(item)]
         self._ahead = collections.deque(item for item in self._ahead if not doomed(item))
         removed += self._rebuild_queue(lambda item: None if doomed(item) else item)
+        self._doomed = doomed
         if not len(self):
             self._empty.set()
         return removed

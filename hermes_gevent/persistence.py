@@ -57,6 +57,7 @@ def open_store(client: "WebSocketClient") -> Store:
             max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=client.log,
         )
     else:
+        client._redactor.learn(location.secrets)  # a driver's error may quote the password: never logged
         store = PostgresStore(
             location, identifier, durable=s.OUTBOX_SYNC == "always", max_size=s.MAX_QUEUE_SIZE,
             strategy=s.QUEUE_OVERFLOW_STRATEGY, timeout=s.CONNECT_TIMEOUT, log=client.log,
@@ -70,11 +71,21 @@ def open_store(client: "WebSocketClient") -> Store:
 
 
 def _drop_taken_over(client: "WebSocketClient", store: Store) -> None:
-    """This process's lease was taken over: every stored message it holds is another's to send."""
+    """This process's lease was taken over: every stored message it holds is another's to send -
+    but those whose rows it deleted and has yet to put back (memory holds their only copy: they
+    go back in under the new lease)."""
     outbox = client._outbox
     if client._store is not store or outbox is None:
         return
-    dropped = outbox.discard(lambda item: seq_of(item) is not None)
+    keep = store.unstored()
+
+    def theirs(item: Item) -> bool:
+        seq = seq_of(item)
+        return seq is not None and seq not in keep
+
+    dropped = outbox.discard(theirs)
+    if client._window is not None:
+        dropped += client._window.discard(theirs)  # never resent from here either
     client.messages_handed_over += len(dropped)
     if dropped:
         client.log.warning(f"{len(dropped)} message(s) held here are not sent: another process took them over")
@@ -176,9 +187,14 @@ def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[I
     client.outbox_errors += store.errors
     client._store = MemoryStore()
     if spilled.failed:
-        # Messages already in the file stay there (under a lease that will be found dead): kept.
-        lost_unacked = [item for item in unacked if seq_of(item) is None]
-        lost_queued = [item for item in queued if seq_of(item) is None]
+        # Messages already in the store stay there (under a lease that will be found dead): kept;
+        # but not those whose rows were deleted and never put back.
+        def lost(item: Item) -> bool:
+            seq = seq_of(item)
+            return seq is None or seq in spilled.unstored
+
+        lost_unacked = [item for item in unacked if lost(item)]
+        lost_queued = [item for item in queued if lost(item)]
         for item in lost_unacked:
             client.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
         for item in lost_queued:
@@ -227,8 +243,12 @@ def _take_committed(client: "WebSocketClient", commits: "collections.deque[tuple
             looks += 1
             if items:
                 outbox = client._outbox_or_create()
-                for item in items:
-                    outbox.put(item)
+                for i, item in enumerate(items):
+                    try:
+                        outbox.put(item)
+                    except QueueFull:  # "raise" and a full queue: nobody to raise to; a later claim takes them
+                        store.release(items[i:])
+                        break
                 taken = {seq_of(item) for item in items}
                 missing = [seq for seq in missing if seq not in taken]
             # Not visible: the COMMIT is still under way, or failed; or another client took them.

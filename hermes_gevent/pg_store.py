@@ -96,13 +96,16 @@ def insert_sql(table: str) -> str:
 
 
 def connect(conninfo: str, timeout: float) -> Any:
-    """A psycopg connection (autocommit: transactions are explicit) that notices a vanished server."""
+    """A psycopg connection (autocommit: transactions are explicit) that notices a vanished server,
+    and whose statements give up after ``timeout`` - a lock held by a migration included - so the
+    store's thread is never stuck behind one."""
     import psycopg
 
+    ms = max(1, int(timeout * 1000))
     return psycopg.connect(
         conninfo, autocommit=True, connect_timeout=max(1, math.ceil(timeout)), application_name="hermes_gevent",
         keepalives=1, keepalives_idle=max(1, int(timeout)), keepalives_interval=1, keepalives_count=3,
-        tcp_user_timeout=int(timeout * 1000),
+        tcp_user_timeout=ms, options=f"-c statement_timeout={ms} -c lock_timeout={ms}",
     )
 
 
@@ -194,7 +197,7 @@ class _Database:
     def _renew(self) -> None:
         cur = self.conn.execute(f"UPDATE {self.n['leases']} SET renewed_at = now() WHERE owner = %s", (self.owner,))
         if not cur.rowcount:
-            raise LeaseLost(f"owner {self.owner} has no lease")  # the transaction rolls back
+            raise LeaseLost(self.owner)  # the transaction rolls back
 
     def renew(self) -> None:
         with self._transaction():
@@ -205,6 +208,9 @@ class _Database:
             self.owner = owner_token()
             with self._transaction():
                 self._register()
+
+    def abandon(self) -> None:
+        self.owner = owner_token()  # registered by reconnect(), whose renewal finds it missing
 
     def _transaction(self) -> Any:
         if self.conn is None:
@@ -254,6 +260,12 @@ class _Database:
                 f"UPDATE {self.n['t']} SET owner = %s WHERE seq = ANY(%s) AND identifier = %s AND owner IS NULL "
                 "RETURNING seq, opcode, payload, ack_id", (self.owner, seqs, self.identifier)).fetchall()
         return _items(rows)
+
+    def release(self, seqs: list[int]) -> None:
+        """Ours no longer: held by nobody, for the next claim (of this process or another)."""
+        with self._transaction():
+            self.conn.execute(f"UPDATE {self.n['t']} SET owner = NULL WHERE seq = ANY(%s) AND owner = %s",
+                              (seqs, self.owner))
 
     def spill(self, items: list[Item], forget: list[int], restore: list[Item]) -> tuple[int, list[Item], list[Item], int]:
         with self._transaction():
@@ -341,8 +353,17 @@ class PostgresStore(SQLStore):
             return []
         try:
             return self._run(self._pg.take, seqs)  # type: ignore[no-any-return]
-        except LeaseLost:
-            self._lease_lost()
+        except LeaseLost as lost:
+            self._lease_lost(lost.owner)
         except self._pg.errors as exc:
             self._failure("could not read", exc)
         return []
+
+    def release(self, items: list[Item]) -> None:
+        """Taken, but with no room in the queue: back to nobody, for a later claim."""
+        seqs = [seq for seq in map(seq_of, items) if seq is not None]
+        if seqs and not self.failed and self._pool is not None:
+            try:
+                self._run(self._pg.release, seqs)
+            except self._pg.errors as exc:
+                self._failure("could not release", exc)  # held under this lease: spilled at stop

@@ -146,6 +146,7 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow,
                 bucket: Optional[TokenBucket] = None) -> bool:
     """Write again, oldest first, what is due in the window (within MAX_SEND_RATE); False when
     the connection failed."""
+    client._store.check_lease()  # taken over meanwhile: what it lost leaves the window first
     due = window.due(now())
     start = 0
     while start < len(due):

@@ -38,6 +38,10 @@ __all__ = ["Database", "LeaseLost", "SQLStore", "StoreClosed"]
 class LeaseLost(Exception):
     """The database no longer knows this owner's lease: another process took its messages over."""
 
+    def __init__(self, owner: Any) -> None:
+        super().__init__(f"the lease of owner {owner} is gone")
+        self.owner = owner  # the token the failing statement used (a newer one may have replaced it since)
+
 
 class StoreClosed(Exception):
     """The store was closed, or failed earlier: the call was not made."""
@@ -56,6 +60,7 @@ class Database(Protocol):
     def spill(self, items: list[Item], forget: list[int], restore: list[Item]) -> tuple[int, list[Item], list[Item], int]: ...
     def renew(self) -> None: ...
     def new_lease(self, lost: Any) -> None: ...  # a new owner token, unless ``lost`` is not the current one
+    def abandon(self) -> None: ...  # a new owner token, registered only once the database answers
     def reconnect(self) -> None: ...
     def in_this_thread(self) -> "Database": ...  # a connection of its own, for the calling OS thread
     def close(self) -> None: ...
@@ -110,6 +115,7 @@ class SQLStore(Store):
         self.leases_lost = 0
         #: Called (in the hub, without waiting) when the lease was found gone: drop what it covered.
         self.on_lease_lost: Callable[[], None] = lambda: None
+        self._abandoned = False  # the lease was given up while the database could not be asked
         #: Called (in a greenlet that may wait) when a failed store works again.
         self.on_recovered: Callable[[], None] = lambda: None
         #: Called for every failed read or write (metrics), from the thread that met it.
@@ -154,8 +160,8 @@ class SQLStore(Store):
         items: list[Item]
         try:
             items, dead = self._run(self._db.claim, limit, forgets)
-        except LeaseLost:
-            self._lease_lost()
+        except LeaseLost as lost:
+            self._lease_lost(lost.owner)
             return []
         except self._db.errors as exc:
             self._forgets[:0] = forgets  # not deleted: tried again
@@ -170,20 +176,36 @@ class SQLStore(Store):
     def check_lease(self) -> bool:
         """True when what this process holds may be sent: its lease is fresh, or the database
         renewed it now. False: it was taken over (``on_lease_lost`` has dropped what it covered).
-        A database that cannot be asked leaves the messages to be sent (at least once, never lost)."""
+
+        A database that cannot be asked: while the lease has not lapsed by this process's clock,
+        nobody can have taken it over, and what it holds goes out. Past that, another host may
+        hold it now: this process gives the lease up - drops the stored messages it holds (they
+        stay in the database, and are taken over, by it too, once the lease lapses there) - rather
+        than send them a second time."""
         began = time.monotonic()
-        if self.lease.fresh(began) or self._pool is None or self.failed:
+        if self.lease.fresh(began) or self._pool is None:
             return True
-        try:
-            self._run(self._db.renew)
-        except LeaseLost:
-            self._lease_lost()
-            return False
-        except self._db.errors as exc:
-            self._failure("could not renew the lease", exc)
+        if not self.failed:
+            try:
+                self._run(self._db.renew)
+            except LeaseLost as lost:
+                self._lease_lost(lost.owner)
+                return False
+            except self._db.errors as exc:
+                self._failure("could not renew the lease", exc)
+            else:
+                self.lease = self.lease.renewed(began)
+                return True
+        if not self.lease.lapsed(began) or self._abandoned:
             return True
-        self.lease = self.lease.renewed(began)
-        return True
+        self._abandoned = True
+        self.leases_lost += 1
+        self._log.warning(f"outbox {self.path}: this process's lease could not be renewed for {self.lease.timeout:g} s "
+                          "(the database does not answer); it gives the lease up: the messages it held are sent by "
+                          "whichever process takes them over once the database answers")
+        self.on_lease_lost()
+        self._run(self._db.abandon)  # no I/O: a new token, registered when the database answers
+        return False
 
     def append(self, items: list[Item]) -> list[Any]:
         commit = self._next
@@ -215,14 +237,19 @@ class SQLStore(Store):
                 own.close()
 
     def restore(self, items: list[Item]) -> None:
-        if self.failed:
-            return
         stored = [item for item in items if seq_of(item) is not None]
         if stored:
             seqs = {seq_of(item) for item in stored}
             self._forgets = [seq for seq in self._forgets if seq not in seqs]  # not deleted yet: keep them
+            # Their rows are gone: until a commit puts them back (kept across failures and lost
+            # leases), memory holds the only copy.
             self._restores.extend(stored)
-            self._work.set()
+            if not self.failed:
+                self._work.set()
+
+    def unstored(self) -> set[int]:
+        """Numbers of messages whose rows were deleted and are still to be put back."""
+        return {seq for seq in map(seq_of, self._restores) if seq is not None}
 
     def forget(self, items: list[Item]) -> None:
         seqs = [seq for seq in map(seq_of, items) if seq is not None]
@@ -237,15 +264,15 @@ class SQLStore(Store):
         if self._pool is None:
             return Spilled(failed=True)
         self._finish_commits()
-        if self.failed and self.reconnects:
-            self._reconnect(recover=False)  # still down: the spill below fails, and says so
+        if self.failed and self.reconnects and not self._reconnect(recover=False):
+            return Spilled(failed=True, unstored=self.unstored())  # still down
         forgets, self._forgets = self._forgets, []
         restores, self._restores = self._restores, []
         try:
             kept, refused, evicted, gone = self._run(self._db.spill, items, forgets, restores)
         except self._db.errors as exc:
             self._failure("could not keep the undelivered messages", exc)
-            return Spilled(failed=True)
+            return Spilled(failed=True, unstored={seq for seq in map(seq_of, restores) if seq is not None})
         if gone:
             self._log.warning(f"outbox {self.path}: {gone} message(s) held here were taken over by another process "
                               "while this one could not renew its lease; they are that process's to send now")
@@ -279,8 +306,9 @@ class SQLStore(Store):
 
     # -- the lease and failures -------------------------------------------------------------
 
-    def _lease_lost(self) -> None:
-        lost = self._db.owner
+    def _lease_lost(self, lost: Any) -> None:
+        if lost != self._db.owner:
+            return  # found gone by another call, already replaced: what it covered was dropped then
         self.leases_lost += 1
         self._log.warning(f"outbox {self.path}: this process's lease was taken over (it could not renew it for "
                           f"{self.lease.timeout:g} s); the messages it held are another process's to send now")
@@ -296,17 +324,18 @@ class SQLStore(Store):
 
     def _reconnect(self, recover: bool = True) -> bool:
         began = time.monotonic()
-        lost = False
+        lost: Optional[LeaseLost] = None
         try:
             self._run(self._db.reconnect)
-        except LeaseLost:
-            lost = True
+        except LeaseLost as exc:
+            lost = exc
         except self._db.errors:
             return False  # still down: logged once, when it went
         self.failed = False
+        self._abandoned = False
         self.durable = self._durable_wanted
-        if lost:
-            self._lease_lost()  # drops what the old lease covered, takes a new one (which may fail)
+        if lost is not None:
+            self._lease_lost(lost.owner)  # drops what the old lease covered, takes a new one (which may fail)
             if self.failed:
                 return False
         else:
@@ -348,6 +377,7 @@ class SQLStore(Store):
                     self.committed += len(commit.items)
             except Exception as exc:  # every waiter must wake, whatever went wrong
                 self._forgets[:0] = forgets  # not deleted: tried again
+                self._restores[:0] = restores  # not put back: tried again
                 if not self.failed and not isinstance(exc, StoreClosed):
                     self._failure("could not write", exc)
                 commit.error = exc
@@ -366,14 +396,15 @@ class SQLStore(Store):
         began = time.monotonic()
         try:
             results: list[Optional[Item]] = self._run(self._db.commit, items, forgets, restores)
-        except LeaseLost:
+        except LeaseLost as lost:
             # Nothing of this transaction was written: the rows it forgot are another's now; the
-            # new messages go in under a new lease.
-            self._lease_lost()
-            if not items:
+            # new messages, and those to put back (deleted by us: nobody else has them), go in
+            # under a new lease.
+            self._lease_lost(lost.owner)
+            if not items and not restores:
                 return []
             began = time.monotonic()
-            results = self._run(self._db.commit, items, [], [])
+            results = self._run(self._db.commit, items, [], restores)
         self.lease = self.lease.renewed(began)
         return results
 

@@ -178,7 +178,7 @@ class _Database:
         """LeaseLost (the transaction rolls back) when another process found our lease dead."""
         found = conn.execute("UPDATE owners SET renewed_at = ? WHERE owner = ?", (now, self.owner)).rowcount
         if not found:
-            raise LeaseLost(f"owner {self.owner} has no lease")
+            raise LeaseLost(self.owner)
 
     def renew(self) -> None:
         self._transaction(self._renew, time.time())
@@ -187,6 +187,9 @@ class _Database:
         if self.owner == lost:
             self.owner = random.getrandbits(62)
             self._transaction(self._register)
+
+    def abandon(self) -> None:
+        self.owner = random.getrandbits(62)  # the file failed: nothing more is written this run
 
     def reconnect(self) -> None:
         self.close()

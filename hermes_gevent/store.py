@@ -44,14 +44,16 @@ def stored_item(opcode: int, payload: bytes, ack_id: str, seq: int) -> Item:
 class Spilled:
     """What ``spill()`` did with the messages it was given: ``kept`` of them are in the store,
     ``refused`` (of them) and ``evicted`` (older ones from the store) were dropped to stay within
-    the bound; ``failed``: the store could not be written, none of them is kept."""
+    the bound; ``failed``: the store could not be written, none of them is kept - those with a
+    number stay where they are, but for ``unstored`` (numbers whose rows were deleted)."""
 
     def __init__(self, kept: int = 0, refused: Optional[list[Item]] = None, evicted: Optional[list[Item]] = None,
-                 failed: bool = False) -> None:
+                 failed: bool = False, unstored: Optional[set[int]] = None) -> None:
         self.kept = kept
         self.refused = refused or []
         self.evicted = evicted or []
         self.failed = failed
+        self.unstored = unstored or set()
 
 
 class Store:
@@ -85,6 +87,14 @@ class Store:
         """Before sending stored messages: False when this process's lease was taken over
         (``on_lease_lost`` dropped them already). Asks the store only when the lease is not fresh."""
         return True
+
+    def release(self, items: list[Item]) -> None:
+        """Taken over, but not to be sent by this process now: held by nobody again (soon)."""
+
+    def unstored(self) -> set[int]:
+        """Numbers of stored messages whose rows were deleted and are still to be put back (memory
+        holds their only copy)."""
+        return set()
 
     def take(self, seqs: list[int]) -> list[Item]:
         """Take over these messages if nobody holds them (rows committed by the app's own

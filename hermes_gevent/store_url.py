@@ -28,35 +28,45 @@ _TABLE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0
 
 class StoreLocation:
     """A checked outbox location: ``kind`` "sqlite" (``path``) or "postgres" (``conninfo``, a
-    libpq URL with its secrets; ``shown``, the same without them)."""
+    libpq URL with its secrets; ``shown``, the same without them; ``secrets``, the password as
+    written and as meant, for the log's redactor)."""
 
-    __slots__ = ("kind", "path", "conninfo", "shown", "table")
+    __slots__ = ("kind", "path", "conninfo", "shown", "table", "secrets")
 
     def __init__(self, kind: str, *, path: Optional[str] = None, conninfo: Optional[str] = None,
-                 shown: str, table: str) -> None:
+                 shown: str, table: str, secrets: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.path = path
         self.conninfo = conninfo
         self.shown = shown
         self.table = table
+        self.secrets = secrets
 
     def __repr__(self) -> str:
         return f"StoreLocation({self.kind!r}, {self.shown!r})"
+
+
+def _split_userinfo(url: str) -> tuple[str, Optional[str], Optional[str], str]:
+    """(scheme, user, password, the rest) of ``scheme://user:password@rest``. The user info ends
+    at the *last* @ (as SQLAlchemy reads it), so a password may hold / ? # @ : unencoded."""
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")
+    if at < 0:
+        return scheme, None, None, rest
+    user, colon, password = rest[:at].partition(":")
+    return scheme, user, password if colon else None, rest[at + 1:]
 
 
 def shown_url(url: Any) -> Any:
     """``url`` without its user's password (and a query's password=...), for repr, logs and status."""
     if not isinstance(url, str) or "://" not in url:
         return url
+    scheme, user, _, rest = _split_userinfo(url)
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(f"{scheme}://{rest}")
     except ValueError:
-        return url.split("://", 1)[0] + "://(unreadable URL)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hostport = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}@{hostport}" if user else hostport
+        return f"{scheme}://(unreadable URL)"
+    netloc = f"{user}@{parts.netloc}" if user else parts.netloc
     query = urllib.parse.urlencode(
         [(k, "***" if k.lower() == "password" else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
     )
@@ -117,15 +127,27 @@ def _from_url(url: Any, table: str) -> StoreLocation:
     if scheme not in POSTGRES_SCHEMES:
         raise ConfigError(f"OUTBOX_URL {shown!r}: the scheme must be one of "
                           f"{', '.join(s + '://' for s in POSTGRES_SCHEMES)} or sqlite:///.")
+    _, user, password, rest = _split_userinfo(url)
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(f"postgresql://{rest}")
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"OUTBOX_URL {shown!r} is malformed ({exc}).") from None
     if parts.fragment or not parts.path.strip("/") and not parts.hostname and not parts.query:
         raise ConfigError(f"OUTBOX_URL {shown!r} is malformed: it names no server or database.")
-    conninfo = urllib.parse.urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
+    # The user and password re-encoded for libpq, whatever they hold (as SQLAlchemy decodes them).
+    userinfo = ""
+    secrets: tuple[str, ...] = ()
+    if user is not None:
+        userinfo = urllib.parse.quote(urllib.parse.unquote(user), safe="")
+        if password is not None:
+            meant = urllib.parse.unquote(password)
+            userinfo += ":" + urllib.parse.quote(meant, safe="")
+            secrets = tuple({s for s in (password, meant, urllib.parse.quote(meant, safe="")) if s})
+        userinfo += "@"
+    conninfo = urllib.parse.urlunsplit(("postgresql", userinfo + parts.netloc, parts.path, parts.query, ""))
     host = parts.hostname or "localhost"
     port = parts.port or 5432
-    database = parts.path.lstrip("/") or (parts.username or "")
-    return StoreLocation("postgres", conninfo=conninfo, shown=f"postgresql://{host}:{port}/{database}", table=table)
+    database = parts.path.lstrip("/") or urllib.parse.unquote(user or "")
+    return StoreLocation("postgres", conninfo=conninfo, shown=f"postgresql://{host}:{port}/{database}", table=table,
+                         secrets=secrets)

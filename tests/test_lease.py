@@ -71,3 +71,17 @@ def test_bad_locations_are_config_errors_naming_the_settings(url, path, table, n
 def test_no_url_and_no_path_is_memory_only():
     assert locate(None, None) is None and locate("", "") is None
     assert locate(None, "/tmp/o.db").kind == "sqlite"
+
+
+@pytest.mark.parametrize("password", ["se/cret-Pw1", "se#cret-Pw1", "se?cret@Pw1", "p%zz-S3cret", "se:cret-Pw1"])
+def test_a_password_with_url_characters_never_shows_and_reaches_the_driver_whole(password):
+    url = f"postgresql://app:{password}@db:5433/orders"
+    location = locate(url, None)
+    assert location.shown == "postgresql://db:5433/orders"
+    assert password not in shown_url(url) and password in location.secrets
+    from urllib.parse import unquote, urlsplit
+    assert unquote(urlsplit(location.conninfo).password) == unquote(password)
+    assert password not in repr(location)
+    from hermes_gevent import WebSocketClient
+    client = WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url=url)
+    assert password not in repr(client.settings) and password not in str(client.status())

@@ -134,3 +134,20 @@ def test_the_batch_byte_budget_holds_for_messages_to_resend():
     box, _ = make()
     box.requeue_front([(2, b"x" * 400) for _ in range(10)])
     assert len(box.take(max_items=100, max_bytes=1000, timeout=0)) == 3
+
+
+def test_discard_leaves_the_batch_in_flight_alone_until_the_next_take():
+    """A write may be under way, settling its batch by position: discard() removes what it must
+    from the queue at once, and from the batch in flight only at the sender's next take()."""
+    outbox = Outbox(100, "drop_oldest", lambda item, reason: None)
+    for n in range(6):
+        outbox.put((1, f"m-{n}".encode(), "", n) if n % 2 else (1, f"m-{n}".encode()))
+    batch = outbox.take(3, 1 << 20, timeout=0)
+    assert [item[1] for item in batch] == [b"m-0", b"m-1", b"m-2"]
+    removed = outbox.discard(lambda item: len(item) > 3)  # the stored ones (with a number)
+    assert [item[1] for item in removed] == [b"m-3", b"m-5"]
+    assert [item[1] for item in batch] == [b"m-0", b"m-1", b"m-2"]  # untouched while it may be written
+    outbox.settle(batch, 1)  # m-0 written
+    assert [item[1] for item in outbox.take(10, 1 << 20, timeout=0)] == [b"m-2"]  # m-1 left with the take
+    outbox.ack()
+    assert [item[1] for item in outbox.take(10, 1 << 20, timeout=0)] == [b"m-4"]

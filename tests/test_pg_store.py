@@ -290,3 +290,65 @@ def test_flask_hermes_outbox_sql_prints_ddl_that_creates_the_tables_the_client_u
         assert client.status()["outbox_available"] is True
     finally:
         client.stop(t(2))
+
+
+# -- found in review: a put-back across an outage, a migration's lock -------------------------------------
+
+
+def store_for(url, **options):
+    from hermes_gevent.logs import ClientLog, Redactor
+    from hermes_gevent.pg_store import PostgresStore
+    from hermes_gevent.store_url import locate
+
+    settings = dict(durable=True, max_size=100, strategy="drop_oldest", timeout=t(2))
+    settings.update(options)
+    store = PostgresStore(locate(url, None), "store", log=ClientLog("store", Redactor()), **settings)
+    store.open()
+    return store
+
+
+def test_a_message_to_put_back_while_the_database_is_down_is_put_back_once_it_answers(pg_url, postgres):
+    """Written, its row deleted; then the server's TCP is found never to have acknowledged it: its
+    row must come back. The database is down at that moment: memory holds the only copy until it
+    answers, and a stop after that keeps it."""
+    store = store_for(pg_url)
+    try:
+        [item] = store.append([(1, b"order-42", "")])
+        store.forget([item])
+        wait_until(lambda: rows(postgres, pg_url, "store") == [], t(5), "the written row to be deleted")
+        postgres.kill()
+        store.restore([item])
+        wait_until(lambda: store.failed, t(10), "the commit carrying the put-back to fail")
+        postgres.start()
+        store.claim(100)  # the claim loop's reconnection
+        assert not store.failed
+        wait_until(lambda: rows(postgres, pg_url, "store") == [("order-42", store._db.owner)], t(5), "the put-back")
+        spilled = store.spill([item])
+        assert (spilled.kept, spilled.failed) == (1, False)
+        assert rows(postgres, pg_url, "store") == [("order-42", None)]
+    finally:
+        store.close()
+
+
+def test_a_migration_holding_the_outbox_locked_never_holds_a_send_longer_than_connect_timeout(pg_url, postgres,
+                                                                                             make_client, peer,
+                                                                                             monkeypatch):
+    import psycopg
+
+    monkeypatch.setattr(persistence, "CLAIM_EVERY", t(0.3))
+    client = make_client(connector=peer.connector, url=peer.url, identifier="locked", outbox_url=pg_url,
+                         outbox_sync="always", connect_timeout=t(1))
+    client.start()
+    assert client.send_message("before") and peer.wait_messages(1) == ["before"]
+    with psycopg.connect(pg_url) as migration:
+        migration.execute("LOCK TABLE hermes_outbox_leases IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        assert client.send_message("during")  # kept in memory: the commit gave up on the lock
+        assert time.monotonic() - began < t(1) + 1.0
+        assert client.status()["outbox_available"] is False
+        assert peer.wait_messages(2) == ["before", "during"]  # the WebSocket side goes on
+    wait_until(lambda: client.status()["outbox_available"], t(10), "the outbox to answer again")
+    peer.refuse()
+    peer.drop()
+    assert client.send_message("after")
+    assert ("after", client._store._db.owner) in rows(postgres, pg_url, "locked")  # durable again
