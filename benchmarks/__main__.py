@@ -27,17 +27,33 @@ other setting a user's; the "stop" spill at stop() and the reload at start() of 
 greenlet while "always" commits, beside the bound of the ticker test (tests/test_hub.py). A run
 that dropped, refused or lost a message fails its workload, as above.
 
+The PostgreSQL outbox (OUTBOX_URL), printed beside the file's figures, each with its target: the
+same "always" handlers (alternating with the file and memory only in each round) and the same
+spill and reload, each on a fresh table; the cost a transactional send (transaction=, a SQLAlchemy
+Connection on "postgresql+psycopg://") adds to the app's INSERT + commit, with and without it in
+the same run; and the takeover after a SIGKILL - a holder accepts messages ("always", its server
+down) and is killed, a live client of the same identifier delivers them - with a lease shortened so
+that every round takes seconds (reported as lease + claim period, and what came over the lease),
+then once with the production LEASE_TIMEOUT and CLAIM_EVERY (not with --quick). The takeover of
+the file (a dead PID, seen at the next claim) is measured beside it. The PostgreSQL server is
+--pg-url's, else a private cluster started for the run (tests/pgcluster.py, benchmarks/pgserver.py:
+127.0.0.1, a free port, fsync on) and removed after; without PostgreSQL installed they are skipped,
+with the reason printed.
+
     python -m benchmarks             # 5 rounds (a few minutes)
     python -m benchmarks --quick     # one short round: checks that everything runs
     python -m benchmarks --only outbox   # the outbox benchmarks alone, merged into the existing JSON
+    python -m benchmarks --only outbox --pg-url postgresql://user:pw@127.0.0.1:5432/db   # that server's
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -47,8 +63,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+from hermes_gevent import lease as hermes_lease
+from hermes_gevent import store as hermes_store
 from hermes_gevent.fairness import MAX_BUDGET
 
 HERE = Path(__file__).parent
@@ -87,7 +106,21 @@ TICKER_BOUND_MS = 50
 #: The sender's longest turn while the queue is above sender.BACKLOG_URGENT (fairness.MAX_BUDGET).
 CATCH_UP_MS = MAX_BUDGET * 1000
 #: the two sides of the "always" workload: the same handlers, with the file and in memory only
+#: (and a third, "postgres", the same handlers with OUTBOX_URL, when PostgreSQL is there)
 OUTBOX_SIDES = ("always", "memory")
+
+#: The PostgreSQL outbox (OUTBOX_URL): the targets of the issue. The counts are the file's.
+PG_ALWAYS_TARGET = 10_000  # msg/s delivered, OUTBOX_SYNC="always", 64 handler greenlets
+PG_SECONDS_TARGET = 2.0  # each of spill and reload of 100,000
+#: Transactional sends: transactions of each kind (with and without a send) per round.
+TXN_PAIRS = 1_000
+#: Takeover after a SIGKILL: messages the holder accepted (the default MAX_QUEUE_SIZE: one claim takes them all).
+TAKEOVER_COUNT = 10_000
+#: The shortened lease of the takeover rounds (s), with the production ratio of lease to claim period (25 / 5).
+TAKEOVER_LEASE, TAKEOVER_CLAIM = 2.5, 0.5
+TAKEOVER_LEASE_QUICK, TAKEOVER_CLAIM_QUICK = 1.0, 0.2
+#: The production settings (lease.LEASE_TIMEOUT; store.CLAIM_EVERY, the claim loop's period).
+PRODUCTION_LEASE, PRODUCTION_CLAIM = hermes_lease.LEASE_TIMEOUT, hermes_store.CLAIM_EVERY
 
 
 def main() -> int:
@@ -98,13 +131,20 @@ def main() -> int:
     parser.add_argument("--only", choices=["outbox"],
                         help="run these benchmarks alone and replace their part of the JSON at --output "
                              "(the rest of it stays as it was)")
+    parser.add_argument("--pg-url", help="the PostgreSQL outbox benchmarks on this database (postgresql://...: "
+                                         "they create tables of their own and drop them); default: a private "
+                                         "cluster started for the run")
+    parser.add_argument("--no-production-takeover", action="store_true",
+                        help=f"skip the takeover with the production lease (one run of "
+                             f"{PRODUCTION_LEASE:g}-{PRODUCTION_LEASE + PRODUCTION_CLAIM:g} s per store)")
     args = parser.parse_args()
     scale, rounds = (0.02, 1) if args.quick else (1.0, args.rounds)
+    production = not (args.quick or args.no_production_takeover)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still stops its servers (finally)
 
     ensure_node_deps()
     if args.only == "outbox":
-        return only_outbox(Path(args.output), scale, rounds, args.quick)
+        return only_outbox(Path(args.output), scale, rounds, args.quick, args.pg_url, production)
     sink, port = start_sink()
     url = f"ws://127.0.0.1:{port}"
     report: dict = {"machine": machine(), "rounds": rounds, "quick": args.quick, "workloads": {}}
@@ -131,7 +171,7 @@ def main() -> int:
         print(f"memory: {report['memory']['bytes_per_message']} bytes per queued 100-byte message "
               f"(target <= 250); queue op {report['memory']['op_ns_at_1k']} ns at 1k deep, "
               f"{report['memory']['op_ns_at_100k']} ns at 100k deep")
-        report["outbox"] = outbox_benchmarks(url, scale, rounds, args.quick)
+        report["outbox"] = outbox_benchmarks(url, scale, rounds, args.quick, args.pg_url, production)
         print_outbox(report["outbox"])
     finally:
         stop(sink)
@@ -275,8 +315,16 @@ def failures(report: dict) -> list[str]:
 
 
 def outbox_failures(outbox: dict) -> list[str]:
-    return [f"outbox {part}: {outbox[part]['failed']}" for part in ("always", "spill", "reload")
-            if part in outbox and outbox[part].get("failed")]
+    found = [f"outbox {part}: {outbox[part]['failed']}" for part in ("always", "spill", "reload")
+             if part in outbox and outbox[part].get("failed")]
+    found += [f"outbox takeover ({kind}): {row['failed']}" for kind, row in outbox.get("takeover", {}).items()
+              if row.get("failed")]
+    pg = outbox.get("postgres", {})
+    found += [f"outbox postgres {part}: {pg[part]['failed']}" for part in ("always", "spill", "reload", "txn")
+              if isinstance(pg.get(part), dict) and pg[part].get("failed")]
+    found += [f"outbox postgres takeover ({kind}): {row['failed']}" for kind, row in pg.get("takeover", {}).items()
+              if row.get("failed")]
+    return found
 
 
 def summarize(runs: dict[str, list[float]], unit: str, target: float) -> dict:
@@ -351,12 +399,13 @@ def print_enqueue(e: dict) -> None:
           f"median {e['raw_median_ns']} ns (ratio {e['ratio']:.3f}, target <= 0.2); 0 dropped")
 
 
-def only_outbox(output: Path, scale: float, rounds: int, quick: bool) -> int:
+def only_outbox(output: Path, scale: float, rounds: int, quick: bool, pg_url: str | None = None,
+                production: bool = False) -> int:
     """``--only outbox``: the outbox benchmarks alone; their part of the JSON at ``output`` is
     replaced, the rest kept (a full run's figures stay beside them)."""
     sink, port = start_sink()
     try:
-        outbox = outbox_benchmarks(f"ws://127.0.0.1:{port}", scale, rounds, quick)
+        outbox = outbox_benchmarks(f"ws://127.0.0.1:{port}", scale, rounds, quick, pg_url, production)
     finally:
         stop(sink)
     print_outbox(outbox)
@@ -370,50 +419,180 @@ def only_outbox(output: Path, scale: float, rounds: int, quick: bool) -> int:
     return 1 if failed else 0
 
 
-def outbox_benchmarks(url: str, scale: float, rounds: int, quick: bool) -> dict:
-    """The three figures of the outbox file, each file fresh in a directory of its own (on the
-    disk the system keeps temporary files on). The load average at the start is kept with them:
-    the figures are of a machine as busy as it was."""
-    directory = tempfile.mkdtemp(prefix="hermes-outbox-bench-")
+def outbox_benchmarks(url: str, scale: float, rounds: int, quick: bool, pg_url: str | None = None,
+                      production: bool = False) -> dict:
+    """The figures of the outbox file, each file fresh in a directory of its own (on the disk the
+    system keeps temporary files on), and beside them the PostgreSQL outbox's, each on a fresh
+    table (``pg_url``'s database, else a private cluster's). The load average at the start is kept
+    with them: the figures are of a machine as busy as it was."""
     load = [round(x, 2) for x in os.getloadavg()]
+    pg, reason = Postgres.open(pg_url)
+    directory = tempfile.mkdtemp(prefix="hermes-outbox-bench-")
+    spill_count = max(1000, int(OUTBOX_SPILL_COUNT * scale))
+    takeover_count = max(200, int(TAKEOVER_COUNT * scale))
+    short = (TAKEOVER_LEASE_QUICK, TAKEOVER_CLAIM_QUICK) if quick else (TAKEOVER_LEASE, TAKEOVER_CLAIM)
+    postgres: dict = {"skipped": reason} if pg is None else {"server": pg.info}
     try:
-        always = run_outbox_always(url, max(64 * 20, int(OUTBOX_ALWAYS_COUNT * scale)), rounds, directory)
-        spill, reload = run_spill_reload(url, max(1000, int(OUTBOX_SPILL_COUNT * scale)), rounds, directory)
+        always, pg_always = run_outbox_always(url, max(64 * 20, int(OUTBOX_ALWAYS_COUNT * scale)), rounds,
+                                              directory, pg)
+        spill, reload = run_spill_reload(url, spill_count, rounds, directory)
+        takeover = {"shortened": run_takeover(url, takeover_count, *short, rounds, directory)}
+        if pg is not None:
+            postgres["always"] = pg_always
+            postgres["spill"], postgres["reload"] = run_spill_reload(url, spill_count, rounds, directory, pg)
+            postgres["txn"] = run_txn(url, pg, max(50, int(TXN_PAIRS * scale)), rounds)
+            postgres["takeover"] = {"shortened": run_takeover(url, takeover_count, *short, rounds, directory, pg)}
+        if production:  # one run each: the production lease is 25 s
+            takeover["production"] = run_takeover(url, takeover_count, PRODUCTION_LEASE, PRODUCTION_CLAIM, 1,
+                                                  directory)
+            if pg is not None:
+                postgres["takeover"]["production"] = run_takeover(url, takeover_count, PRODUCTION_LEASE,
+                                                                  PRODUCTION_CLAIM, 1, directory, pg)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        if pg is not None:
+            pg.close()
     ticker = always.pop("ticker")
     return {"rounds": rounds, "quick": quick, "load_average_at_start": load, "directory": directory,
-            "always": always, "spill": spill, "reload": reload, "ticker": ticker}
+            "always": always, "spill": spill, "reload": reload, "ticker": ticker, "takeover": takeover,
+            "postgres": postgres}
 
 
-def run_outbox_always(url: str, count: int, rounds: int, directory: str) -> dict:
-    """64 handler greenlets, OUTBOX_SYNC="always" and memory only, alternating who goes first."""
-    runs: dict[str, list[float]] = {side: [] for side in OUTBOX_SIDES}
-    drops = {side: no_drops() for side in OUTBOX_SIDES}
-    gaps: dict[str, list[dict]] = {side: [] for side in OUTBOX_SIDES}
-    per_commit: list[float] = []
-    commits = errors = 0
+class Postgres:
+    """Where the PostgreSQL benchmarks run: ``url`` (--pg-url), or a private cluster that
+    benchmarks/pgserver.py runs for this harness (stopped by its PID in ``close()``). Every probe
+    gets a table of its own (``new_table``), dropped after it (``drop``)."""
+
+    def __init__(self, url: str, info: dict, server: subprocess.Popen | None = None) -> None:
+        self.url = url
+        self.info = info
+        self.server = server
+        self.run_id = uuid.uuid4().hex[:8]
+        self.tables = 0
+
+    @classmethod
+    def open(cls, url: str | None) -> tuple[Postgres | None, str | None]:
+        """(Postgres, None), or (None, why the PostgreSQL benchmarks are skipped)."""
+        try:
+            import psycopg
+        except ImportError:
+            return None, "psycopg is not installed (pip install 'hermes_gevent[postgres]')"
+        if url:
+            with psycopg.connect(url, connect_timeout=10) as conn:
+                version = conn.execute("SHOW server_version").fetchone()[0]
+            return cls(url, {"private": False, "version": version, "shown": shown_pg(url)}), None
+        server = subprocess.Popen([sys.executable, "-m", "benchmarks.pgserver"], cwd=HERE.parent,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            line = read_json_line(server, 120)
+        except BaseException:
+            stop(server)
+            raise
+        if "unavailable" in line:
+            server.wait(10)
+            return None, line["unavailable"]
+        info = {"private": True, "version": line["version"], "shown": shown_pg(line["url"]), "port": line["port"],
+                "data": line["data"], "initdb_seconds": line["initdb_seconds"], "fsync": True}
+        return cls(line["url"], info, server), None
+
+    def new_table(self, what: str) -> str:
+        self.tables += 1
+        return f"hb_{self.run_id}_{what}_{self.tables}"
+
+    def drop(self, table: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            for name in (table, f"{table}_leases", f"{table}_app"):
+                conn.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+    def lease_age(self, table: str, owner: str) -> float | None:
+        """Seconds since ``owner``'s lease was last renewed, on the database's clock (None: no lease)."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            row = conn.execute(f'SELECT extract(epoch FROM clock_timestamp() - renewed_at) FROM "{table}_leases" '
+                               "WHERE owner = %s", (owner,)).fetchone()
+        return float(row[0]) if row else None
+
+    def close(self) -> None:
+        if self.server is not None:
+            stop(self.server, 30)  # SIGTERM: the cluster is stopped and its directory removed
+            self.server.stdin.close()
+            self.server.stdout.close()
+
+
+def shown_pg(url: str) -> str:
+    """postgresql://host:port/db, without the user's password."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    return f"postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def read_json_line(proc: subprocess.Popen, timeout: float) -> dict:
+    """The next line ``proc`` writes to its stdout (a pipe), as JSON; RuntimeError if it exits or
+    says nothing within ``timeout``."""
+    import select
+
+    fd = proc.stdout.fileno()
+    data = getattr(proc, "_pending", b"")
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"{proc.args[2:4]} said nothing within {timeout:.0f} s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                proc.wait(10)
+                raise RuntimeError(f"{proc.args[2:4]} exited ({proc.returncode}) before its line")
+            data += chunk
+    line, _, proc._pending = data.partition(b"\n")  # type: ignore[attr-defined]
+    return json.loads(line)
+
+
+def run_outbox_always(url: str, count: int, rounds: int, directory: str,
+                      pg: Postgres | None = None) -> tuple[dict, dict | None]:
+    """64 handler greenlets: OUTBOX_SYNC="always" with the file, memory only, and (with ``pg``)
+    OUTBOX_SYNC="always" on PostgreSQL, alternating who goes first. The file's row, and PostgreSQL's."""
+    sides = OUTBOX_SIDES + (("postgres",) if pg is not None else ())
+    runs: dict[str, list[float]] = {side: [] for side in sides}
+    drops = {side: no_drops() for side in sides}
+    gaps: dict[str, list[dict]] = {side: [] for side in sides}
+    per_commit: dict[str, list[float]] = {"always": [], "postgres": []}
+    commits = {"always": 0, "postgres": 0}
+    errors = {side: 0 for side in sides}
     total = count
     for r in range(rounds):
-        for side in OUTBOX_SIDES[r % 2:] + OUTBOX_SIDES[: r % 2]:
-            path = os.path.join(directory, f"always-{r}.db") if side == "always" else "-"
-            result = outbox_probe("always", url, count, path)
+        first = r % len(sides)
+        for side in sides[first:] + sides[:first]:
+            if side == "postgres":
+                table = pg.new_table("always")
+                try:
+                    result = outbox_probe("always", url, count, pg.url, table)
+                finally:
+                    pg.drop(table)
+            else:
+                path = os.path.join(directory, f"always-{r}.db") if side == "always" else "-"
+                result = outbox_probe("always", url, count, path)
             total = result["count"]
             add_drops(drops[side], result)
-            errors += result["outbox_errors"]
+            errors[side] += result["outbox_errors"]
             gaps[side].append(result)
-            if side == "always" and result["commits"]:
-                commits += result["commits"]
-                per_commit.append(result["committed"] / result["commits"])
+            if side in commits and result["commits"]:
+                commits[side] += result["commits"]
+                per_commit[side].append(result["committed"] / result["commits"])
             if result["seconds"] is not None:
                 runs[side].append(total / result["seconds"])
-    reasons = [drop_failure({f"hermes ({side})": d for side, d in drops.items()})]
-    if errors:
-        reasons.append(f"the outbox file failed {errors} time(s) (outbox_errors)")
+    reasons = [drop_failure({f"hermes ({side})": drops[side] for side in OUTBOX_SIDES})]
+    if errors["always"] or errors["memory"]:
+        reasons.append(f"the outbox file failed {errors['always'] + errors['memory']} time(s) (outbox_errors)")
     failed = "; ".join(r for r in reasons if r) or None
-    sides = {side: {"median": statistics.median(values), "runs": [round(v, 1) for v in values]} if values else None
-             for side, values in runs.items()}
-    ratio = sides["always"]["median"] / sides["memory"]["median"] if not failed else None
+    summary = {side: {"median": statistics.median(values), "runs": [round(v, 1) for v in values]} if values else None
+               for side, values in runs.items()}
+    ratio = summary["always"]["median"] / summary["memory"]["median"] if not failed else None
     ticker = {
         "bound_ms": TICKER_BOUND_MS, "tick_ms": 1.0,
         "max_gap_ms": max((g["max_gap_ms"] for g in gaps["always"] if g["max_gap_ms"] is not None), default=None),
@@ -424,32 +603,66 @@ def run_outbox_always(url: str, count: int, rounds: int, directory: str) -> dict
                                  default=None),
     }
     ticker["met"] = ticker["max_gap_ms"] is not None and ticker["max_gap_ms"] < TICKER_BOUND_MS
-    return {
-        "unit": "msg/s", "count": total, "handlers": 64, "size": 100, "target": OUTBOX_ALWAYS_TARGET, **sides,
-        "ratio": ratio, "met": not failed and sides["always"] is not None
-        and sides["always"]["median"] >= OUTBOX_ALWAYS_TARGET,
-        "failed": failed, "dropped": drops, "outbox_errors": errors, "commits": commits,
-        "messages_per_commit": statistics.median(per_commit) if per_commit else None, "ticker": ticker,
+    file_row = {
+        "unit": "msg/s", "count": total, "handlers": 64, "size": 100, "target": OUTBOX_ALWAYS_TARGET,
+        "always": summary["always"], "memory": summary["memory"],
+        "ratio": ratio, "met": not failed and summary["always"] is not None
+        and summary["always"]["median"] >= OUTBOX_ALWAYS_TARGET,
+        "failed": failed, "dropped": {side: drops[side] for side in OUTBOX_SIDES},
+        "outbox_errors": errors["always"] + errors["memory"], "commits": commits["always"],
+        "messages_per_commit": statistics.median(per_commit["always"]) if per_commit["always"] else None,
+        "ticker": ticker,
     }
+    if pg is None:
+        return file_row, None
+    reasons = [drop_failure({"hermes (postgres)": drops["postgres"]})]
+    if errors["postgres"]:
+        reasons.append(f"the PostgreSQL outbox failed {errors['postgres']} time(s) (outbox_errors)")
+    pg_failed = "; ".join(r for r in reasons if r) or None
+    pg_side = summary["postgres"] if not pg_failed else None
+    pg_row = {
+        "unit": "msg/s", "count": total, "handlers": 64, "size": 100, "target": PG_ALWAYS_TARGET,
+        "postgres": pg_side, "memory": summary["memory"],
+        "ratio": pg_side["median"] / summary["memory"]["median"] if pg_side and summary["memory"] else None,
+        "ratio_to_file": pg_side["median"] / summary["always"]["median"] if pg_side and summary["always"] else None,
+        "met": pg_side is not None and pg_side["median"] >= PG_ALWAYS_TARGET,
+        "failed": pg_failed, "dropped": {"postgres": drops["postgres"]}, "outbox_errors": errors["postgres"],
+        "commits": commits["postgres"],
+        "messages_per_commit": statistics.median(per_commit["postgres"]) if per_commit["postgres"] else None,
+        "ticker_max_gap_ms": max((g["max_gap_ms"] for g in gaps["postgres"] if g["max_gap_ms"] is not None),
+                                 default=None),
+    }
+    return file_row, pg_row
 
 
-def run_spill_reload(url: str, count: int, rounds: int, directory: str) -> tuple[dict, dict]:
+def run_spill_reload(url: str, count: int, rounds: int, directory: str,
+                     pg: Postgres | None = None) -> tuple[dict, dict]:
     """OUTBOX_SYNC="stop": spill ``count`` messages at stop() with the server down, then take
-    them over in a new process, the server up; ``rounds`` times, each with a fresh file."""
+    them over in a new process, the server up; ``rounds`` times, each with a fresh file (or, with
+    ``pg``, a fresh PostgreSQL table)."""
     spills: list[dict] = []
     reloads: list[dict] = []
+    target = OUTBOX_SECONDS_TARGET if pg is None else PG_SECONDS_TARGET
     for r in range(rounds):
-        path = os.path.join(directory, f"stop-{r}.db")
-        spills.append(outbox_probe("spill", f"ws://127.0.0.1:{free_port()}/down", count, path))
-        reloads.append(outbox_probe("reload", url, count, path))
+        if pg is None:
+            where = [os.path.join(directory, f"stop-{r}.db")]
+        else:
+            where = [pg.url, pg.new_table("stop")]
+        try:
+            spills.append(outbox_probe("spill", f"ws://127.0.0.1:{free_port()}/down", count, *where))
+            reloads.append(outbox_probe("reload", url, count, *where))
+        finally:
+            if pg is not None:
+                pg.drop(where[1])
 
     def summary(results: list[dict], failed: str | None, **extra) -> dict:
         times = [r["seconds"] for r in results if r["seconds"] is not None]
         median = statistics.median(times) if times and not failed else None
-        return {"count": count, "max_queue_size": spills[0]["max_queue_size"], "target_seconds": OUTBOX_SECONDS_TARGET,
+        return {"count": count, "max_queue_size": spills[0]["max_queue_size"], "target_seconds": target,
                 "seconds": median, "runs": [round(t, 4) for t in times],
-                "met": median is not None and median < OUTBOX_SECONDS_TARGET, "failed": failed, **extra}
+                "met": median is not None and median < target, "failed": failed, **extra}
 
+    store = "the outbox file" if pg is None else "the PostgreSQL outbox"
     spill_drops, reload_drops = no_drops(), no_drops()
     for result in spills:
         add_drops(spill_drops, result)
@@ -458,7 +671,7 @@ def run_spill_reload(url: str, count: int, rounds: int, directory: str) -> tuple
     short = [r["spilled"] for r in spills if r["spilled"] != count or r["left_undelivered"]]
     reasons = [drop_failure({"hermes": spill_drops}),
                f"spilled {short} of {count:,}" if short else None,
-               "the outbox file failed" if any(r["outbox_errors"] for r in spills) else None]
+               f"{store} failed" if any(r["outbox_errors"] for r in spills) else None]
     spill = summary(spills, "; ".join(r for r in reasons if r) or None, dropped=spill_drops,
                     spilled=sum(r["spilled"] for r in spills), ticker_max_gap_ms=largest_gap(spills))
     short = [r["reloaded"] for r in reloads if r["reloaded"] != count]
@@ -466,7 +679,7 @@ def run_spill_reload(url: str, count: int, rounds: int, directory: str) -> tuple
     reasons = [drop_failure({"hermes": reload_drops}),
                f"took over {short} of {count:,}" if short else None,
                f"the server did not get all {count:,} in {undelivered} run(s)" if undelivered else None,
-               "the outbox file failed" if any(r["outbox_errors"] for r in reloads) else None]
+               f"{store} failed" if any(r["outbox_errors"] for r in reloads) else None]
     delivered = [r["delivered_seconds"] for r in reloads if r["delivered_seconds"] is not None]
     seen = [r["seen_seconds"] for r in reloads if r["seconds"] is not None]
     reload = summary(reloads, "; ".join(r for r in reasons if r) or None, dropped=reload_drops,
@@ -479,54 +692,276 @@ def run_spill_reload(url: str, count: int, rounds: int, directory: str) -> tuple
     return spill, reload
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank; None for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else None
+
+
+def run_txn(url: str, pg: Postgres, pairs: int, rounds: int) -> dict:
+    """The app's INSERT + commit on a SQLAlchemy Connection, with and without a transactional send
+    in it, ``pairs`` of each per round (benchmarks/outbox.py txn); percentiles over every round's
+    transactions pooled."""
+    if importlib.util.find_spec("sqlalchemy") is None:
+        return {"skipped": "SQLAlchemy is not installed (transaction= takes a SQLAlchemy Connection or Session)"}
+    results = []
+    for _ in range(rounds):
+        table = pg.new_table("txn")
+        try:
+            results.append(outbox_probe("txn", url, pairs, pg.url, table))
+        finally:
+            pg.drop(table)
+    drops = no_drops()
+    for result in results:
+        add_drops(drops, result)
+    plain = [ms for r in results for ms in r["plain_ms"]]
+    send = [ms for r in results for ms in r["send_ms"]]
+    undelivered = sum(1 for r in results if r["delivered_seconds"] is None)
+    reasons = [drop_failure({"hermes": drops}),
+               f"the server did not get every message sent in a transaction in {undelivered} run(s)"
+               if undelivered else None,
+               "the PostgreSQL outbox failed" if any(r["outbox_errors"] for r in results) else None]
+    failed = "; ".join(r for r in reasons if r) or None
+    sides = {name: {"p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99),
+                    "max_ms": max(values, default=None), "transactions": len(values),
+                    "runs_p50_ms": [percentile(r[f"{name}_ms"], 0.5) for r in results]}
+             for name, values in (("plain", plain), ("send", send))}
+    return {
+        "pairs_per_round": pairs, "rounds": rounds, "warmup_pairs": results[0]["warmup"] if results else None,
+        "without_send": sides["plain"], "with_send": sides["send"],
+        "added_p50_ms": sides["send"]["p50_ms"] - sides["plain"]["p50_ms"] if plain and send else None,
+        "added_p99_ms": sides["send"]["p99_ms"] - sides["plain"]["p99_ms"] if plain and send else None,
+        "delivered": sum(r["sent_in_transactions"] for r in results if r["delivered_seconds"] is not None),
+        "ticker_max_gap_ms": largest_gap(results),
+        "target": None, "failed": failed, "dropped": drops,
+    }
+
+
+def run_takeover(url: str, count: int, lease_s: float, claim_s: float, rounds: int, directory: str,
+                 pg: Postgres | None = None) -> dict:
+    """A live client of the identifier (benchmarks/outbox.py takeover) is up; a holder accepts
+    ``count`` messages with OUTBOX_SYNC="always", its server down, and is SIGKILLed by its PID as
+    soon as they are accepted (its lease renewed by its last commit, as a process killed while busy);
+    the time from the kill until the server has all ``count`` from the live client. Both processes run
+    with LEASE_TIMEOUT ``lease_s`` and CLAIM_EVERY ``claim_s``. With ``pg``, the holder's lease age
+    at the kill is read from the database (the lease lapses ``lease_s`` after its last renewal);
+    the file's (SQLite) holder is seen dead by its PID at the live client's next claim."""
+    runs: list[dict] = []
+    drops = no_drops()
+    errors = 0
+    reasons: list[str] = []
+    for r in range(rounds):
+        if pg is None:
+            table = "-"
+            where = os.path.join(directory, f"takeover-{r}-{lease_s:g}.db")
+        else:
+            table = pg.new_table("takeover")
+            where = pg.url
+        args = [str(count), where, table, repr(lease_s), repr(claim_s)]
+        live = holder = None
+        try:
+            live = probe_process("takeover", url, *args)
+            read_json_line(live, 60)  # connected, its first claim done
+            # The holder's start (and so the kill, right after its last commit renewed its lease)
+            # falls at a random point of the live client's claim period: otherwise the phase is the
+            # same in every round (a process's start-up takes as long each time), not random.
+            time.sleep(random.uniform(0, claim_s))
+            holder = probe_process("hold", f"ws://127.0.0.1:{free_port()}/down", *args)
+            held = read_json_line(holder, 120)
+            holder.kill()  # SIGKILL, by its PID
+            killed_at = time.monotonic()
+            holder.wait(10)
+            run = {"accepted": held["accepted"], "accept_seconds": held["accept_seconds"]}
+            add_drops(drops, held)
+            errors += held["outbox_errors"]
+            age = None
+            if pg is not None:
+                asked = time.monotonic()
+                age = pg.lease_age(table, held["owner"])
+                if age is not None:  # as it was at the kill
+                    age -= (asked + time.monotonic()) / 2 - killed_at
+            result = read_json_line(live, lease_s + claim_s + 90)
+            live.wait(30)
+            add_drops(drops, result)
+            errors += result["outbox_errors"]
+            run["reloaded"] = result["reloaded"]
+            if held["accepted"] != count:
+                reasons.append(f"the holder accepted {held['accepted']:,} of {count:,}")
+            if result["done_at"] is None:
+                reasons.append(f"the live client's server did not get all {count:,} "
+                               f"({result['reloaded']:,} taken over)")
+            else:
+                run["seconds"] = result["done_at"] - killed_at
+                if result["claim_began_at"] is not None:
+                    began, ended = result["claim_began_at"], result["claim_ended_at"]
+                    lapsed_at = killed_at + lease_s - (age or 0.0) if pg is not None else killed_at
+                    run.update(waited_for_claim_seconds=began - lapsed_at, claim_seconds=ended - began,
+                               delivery_seconds=result["done_at"] - ended, claims_that_took=result["claims_that_took"])
+                if pg is not None:
+                    run.update(over_lease_seconds=run["seconds"] - lease_s,
+                               lease_age_at_kill_ms=round(age * 1000, 1) if age is not None else None)
+            runs.append(run)
+        finally:
+            for proc in (holder, live):
+                if proc is not None:
+                    stop(proc)
+                    proc.stdout.close()
+            if pg is not None:
+                pg.drop(table)
+    if errors:
+        reasons.append(f"the outbox failed {errors} time(s) (outbox_errors)")
+    failure = drop_failure({"hermes": drops})
+    failed = "; ".join(sorted(set(reasons)) + ([failure] if failure else [])) or None
+    times = [run["seconds"] for run in runs if "seconds" in run]
+
+    def median_of(key: str) -> float | None:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    production = (lease_s, claim_s) == (PRODUCTION_LEASE, PRODUCTION_CLAIM)
+    return {
+        "store": "postgres" if pg is not None else "file", "count": count, "rounds": rounds,
+        "lease_timeout": lease_s, "claim_every": claim_s, "production": production,
+        # PostgreSQL: lapsed lease + the wait for the next claim; the file: the dead PID at the next claim
+        "bound_seconds": lease_s + claim_s if pg is not None else claim_s,
+        "seconds": statistics.median(times) if times and not failed else None,
+        "max_seconds": max(times) if times else None, "runs_seconds": [round(t, 3) for t in times],
+        "over_lease_seconds": median_of("over_lease_seconds") if pg is not None else None,
+        "waited_for_claim_seconds": median_of("waited_for_claim_seconds"), "claim_seconds": median_of("claim_seconds"),
+        "delivery_seconds": median_of("delivery_seconds"), "lease_age_at_kill_ms": median_of("lease_age_at_kill_ms"),
+        "holder_accept_seconds": median_of("accept_seconds"), "runs": runs, "failed": failed, "dropped": drops,
+    }
+
+
 def largest_gap(results: list[dict]) -> float | None:
     """The largest gap a 1 ms ticker saw in any of these runs (ms)."""
     return max((r["ticker_max_gap_ms"] for r in results if r["ticker_max_gap_ms"] is not None), default=None)
 
 
-def outbox_probe(what: str, url: str, count: int, path: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.outbox", what, url, str(count), path], cwd=HERE.parent,
-                         capture_output=True, text=True, timeout=300)
+def outbox_probe(what: str, url: str, count: int, path: str, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.outbox", what, url, str(count), path, *extra],
+                         cwd=HERE.parent, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise RuntimeError(f"outbox {what} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def probe_process(what: str, url: str, *args: str) -> subprocess.Popen:
+    """benchmarks/outbox.py ``what`` running beside the harness; its stdout is read with read_json_line."""
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.outbox", what, url, *args], cwd=HERE.parent,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+
+
 def print_outbox(o: dict) -> None:
     load = ", ".join(f"{x:.2f}" for x in o["load_average_at_start"])
-    print(f"outbox file (load average {load} at the start; files in {os.path.dirname(o['directory'])}):")
-    a = o["always"]
-    if a["failed"]:
-        print(f"  \"always\": FAILED — {a['failed']}", flush=True)
+    pg = o.get("postgres", {})
+    server = pg.get("server")
+    if server is None:
+        where = f"PostgreSQL skipped: {pg.get('skipped', 'not run')}"
+    elif server["private"]:
+        where = (f"PostgreSQL {server['version'].split()[0]}: a private cluster on {server['shown'].split('//')[1]}, "
+                 f"data in {server['data'].split('/hermes-pg-')[0]}, fsync on")
     else:
-        print(f"  \"always\", {a['handlers']} handler greenlets, {a['size']} B, defaults: "
-              f"{a['always']['median']:>9,.0f} msg/s delivered  memory only {a['memory']['median']:>9,.0f}  "
-              f"x{a['ratio']:.2f} of memory  target >= {a['target']:,} msg/s: {'met' if a['met'] else 'NOT met'}; "
-              f"{a['messages_per_commit']:.1f} messages per commit; 0 dropped", flush=True)
-    for part, what in (("spill", "spill at stop(), server down"), ("reload", "reload from start(), all taken over")):
-        row = o[part]
+        where = f"PostgreSQL {server['version'].split()[0]}: {server['shown']} (--pg-url)"
+    print(f"outbox (load average {load} at the start; files in {os.path.dirname(o['directory'])}; {where}):")
+    a, pa = o["always"], pg.get("always")
+    memory = (f" (memory only: {a['memory']['median']:,.0f} msg/s)" if a["memory"] else "")
+    print(f"  \"always\", {a['handlers']} handler greenlets, {a['size']} B, defaults{memory}:", flush=True)
+    rows = [("SQLite file", a, "always")] + ([("PostgreSQL", pa, "postgres")] if pa else [])
+    for label, row, side in rows:
         if row["failed"]:
-            print(f"  \"stop\" {what}: FAILED — {row['failed']}", flush=True)
+            print(f"    {label:<14}FAILED — {row['failed']}", flush=True)
             continue
-        extra = (f", the server had them all after {row['delivered_seconds']:.3f} s"
-                 if part == "reload" and row["delivered_seconds"] is not None else "")
-        gap = row["ticker_max_gap_ms"]
-        if gap is not None:
-            # The queue is full of them: the sender works up to its catch-up budget before yielding
-            # (fairness.MAX_BUDGET), by design - waiting would let new messages evict them.
-            extra += (f" (a 1 ms ticker's largest gap meanwhile {gap:.1f} ms; with the queue this full the "
-                      f"sender's catch-up budget is {CATCH_UP_MS:g} ms: {'within' if gap < CATCH_UP_MS + 10 else 'OVER'})")
-        queue = (f"MAX_QUEUE_SIZE raised to {row['max_queue_size']:,} for this figure"
-                 if row["max_queue_size"] > DEFAULT_QUEUE_SIZE else "default MAX_QUEUE_SIZE")
-        print(f"  \"stop\" {what}: {row['count']:,} messages in {row['seconds']:.3f} s{extra}  target < "
-              f"{row['target_seconds']:g} s: {'met' if row['met'] else 'NOT met'}; {queue}; 0 dropped", flush=True)
+        print(f"    {label:<14}{row[side]['median']:>9,.0f} msg/s delivered  x{row['ratio']:.2f} of memory  "
+              f"target >= {row['target']:,} msg/s: {'met' if row['met'] else 'NOT met'}; "
+              f"{row['messages_per_commit']:.1f} messages per commit; 0 dropped", flush=True)
+    for part, what in (("spill", "spill at stop(), server down"), ("reload", "reload from start(), all taken over")):
+        queue = (f"MAX_QUEUE_SIZE raised to {o[part]['max_queue_size']:,} for this figure"
+                 if o[part]["max_queue_size"] > DEFAULT_QUEUE_SIZE else "default MAX_QUEUE_SIZE")
+        print(f"  \"stop\" {what}, {o[part]['count']:,} messages ({queue}):", flush=True)
+        for label, row in [("SQLite file", o[part])] + ([("PostgreSQL", pg[part])] if part in pg else []):
+            if row["failed"]:
+                print(f"    {label:<14}FAILED — {row['failed']}", flush=True)
+                continue
+            extra = (f", the server had them all after {row['delivered_seconds']:.3f} s"
+                     if part == "reload" and row["delivered_seconds"] is not None else "")
+            gap = row["ticker_max_gap_ms"]
+            if gap is not None:
+                # The queue is full of them: the sender works up to its catch-up budget before yielding
+                # (fairness.MAX_BUDGET), by design - waiting would let new messages evict them.
+                extra += (f" (a 1 ms ticker's largest gap meanwhile {gap:.1f} ms; with the queue this full the "
+                          f"sender's catch-up budget is {CATCH_UP_MS:g} ms: "
+                          f"{'within' if gap < CATCH_UP_MS + 10 else 'OVER'})")
+            print(f"    {label:<14}{row['seconds']:.3f} s{extra}  target < {row['target_seconds']:g} s: "
+                  f"{'met' if row['met'] else 'NOT met'}; 0 dropped", flush=True)
+    txn = pg.get("txn")
+    if txn is not None:
+        print_txn(txn)
+    print_takeover(o.get("takeover", {}), pg.get("takeover", {}))
     t = o["ticker"]
     if t["max_gap_ms"] is not None:
         memory = (f"; memory only, same handlers: {t['memory_max_gap_ms']:.1f} ms"
                   if t["memory_max_gap_ms"] is not None else "")
+        postgres = (f"; PostgreSQL \"always\": {pa['ticker_max_gap_ms']:.1f} ms"
+                    if pa and pa.get("ticker_max_gap_ms") is not None else "")
         print(f"  hub ticker ({t['tick_ms']:g} ms sleeps) while \"always\" commits: largest gap "
               f"{t['max_gap_ms']:.1f} ms (p99 {t['p99_gap_ms']:.1f} ms)  bound {t['bound_ms']} ms (the ticker "
-              f"test's): {'met' if t['met'] else 'NOT met'}{memory}", flush=True)
+              f"test's): {'met' if t['met'] else 'NOT met'}{memory}{postgres}", flush=True)
+
+
+def print_txn(txn: dict) -> None:
+    head = ("  transactional send, PostgreSQL only (send_message(msg, transaction=conn), a SQLAlchemy Connection on "
+            "postgresql+psycopg://): the app's INSERT + commit")
+    if "skipped" in txn:
+        print(f"{head}: skipped ({txn['skipped']})", flush=True)
+        return
+    if txn["failed"]:
+        print(f"{head}: FAILED — {txn['failed']}", flush=True)
+        return
+    w, s = txn["without_send"], txn["with_send"]
+    print(f"{head}, {w['transactions']:,} of each kind ({txn['rounds']} x {txn['pairs_per_round']:,}, alternating):",
+          flush=True)
+    print(f"    {'without a send':<16}p50 {w['p50_ms']:6.2f} ms  p99 {w['p99_ms']:6.2f} ms", flush=True)
+    print(f"    {'with a send':<16}p50 {s['p50_ms']:6.2f} ms  p99 {s['p99_ms']:6.2f} ms   added: p50 "
+          f"{txn['added_p50_ms']:+.2f} ms, p99 {txn['added_p99_ms']:+.2f} ms  (no target: reported); all "
+          f"{txn['delivered']:,} sent in transactions delivered after their commits, 0 dropped", flush=True)
+
+
+def print_takeover(file: dict, pg: dict) -> None:
+    count = next((row["count"] for row in [*file.values(), *pg.values()]), None)
+    if count is None:
+        return
+    print(f"  takeover after SIGKILL: a holder accepted {count:,} (\"always\", its server down) and was SIGKILLed; "
+          f"a live client of its identifier, kill -> the server has all {count:,}:", flush=True)
+    for kind in ("shortened", "production"):
+        for label, row in (("SQLite file", file.get(kind)), ("PostgreSQL", pg.get(kind))):
+            if row is None:
+                continue
+            settings = (f"{'production' if row['production'] else 'SHORTENED'} LEASE_TIMEOUT {row['lease_timeout']:g} s,"
+                        f" CLAIM_EVERY {row['claim_every']:g} s")
+            if row["failed"]:
+                print(f"    {label:<14}{settings}: FAILED — {row['failed']}", flush=True)
+                continue
+            of = f"median of {row['rounds']}, max {row['max_seconds']:.2f} s" if row["rounds"] > 1 else "one run"
+            parts = (f"waited for the next claim {row['waited_for_claim_seconds']:.2f} s + claim "
+                     f"{row['claim_seconds'] * 1000:.0f} ms + delivery {row['delivery_seconds'] * 1000:.0f} ms"
+                     if row["claim_seconds"] is not None else "")
+            if row["store"] == "postgres":
+                print(f"    {label:<14}{settings}: {row['seconds']:.2f} s ({of}); bound lease + claim = "
+                      f"{row['bound_seconds']:g} s: {'within' if row['seconds'] <= row['bound_seconds'] else 'OVER'}; "
+                      f"over the lease {row['over_lease_seconds']:.2f} s = {parts} (the lease was "
+                      f"{row['lease_age_at_kill_ms']:.0f} ms old at the kill); 0 dropped", flush=True)
+            else:
+                print(f"    {label:<14}{settings}: {row['seconds']:.2f} s ({of}); the dead PID is seen at the next "
+                      f"claim, bound CLAIM_EVERY = {row['bound_seconds']:g} s: "
+                      f"{'within' if row['seconds'] <= row['bound_seconds'] else 'OVER'}; {parts}; 0 dropped",
+                      flush=True)
+    short = pg.get("shortened")
+    if short and not short["failed"] and "production" not in pg:
+        extra = short["claim_seconds"] + short["delivery_seconds"]
+        print(f"    (production lease not measured in this run: with LEASE_TIMEOUT {PRODUCTION_LEASE:g} s and "
+              f"CLAIM_EVERY {PRODUCTION_CLAIM:g} s the same path takes {PRODUCTION_LEASE:g} s + up to "
+              f"{PRODUCTION_CLAIM:g} s for the next claim + {extra * 1000:.0f} ms measured above)", flush=True)
 
 
 def probe(*args: str) -> dict:
@@ -694,11 +1129,11 @@ def start_sink(port: int = 0, prefix: list[str] | None = None):
     return proc, int(line.split()[1])
 
 
-def stop(proc) -> None:
+def stop(proc, timeout: float = 5) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(5)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)

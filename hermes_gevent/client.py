@@ -324,7 +324,7 @@ class WebSocketClient(BaseClient):
         sqlite = location is not None and location.kind == "sqlite"
         snapshot["outbox_path"] = location.path if location is not None and sqlite else None
         # scheme://host:port/database: never the password
-        snapshot["outbox_url"] = location.shown if location is not None and not sqlite else None
+        snapshot["outbox_url"] = location.shown if location is not None and (self.settings.OUTBOX_URL or not sqlite) else None
         snapshot["outbox_sync"] = self.settings.OUTBOX_SYNC if location is not None else None
         snapshot["outbox_available"] = self._store.available
         snapshot["outbox_errors"] = self.outbox_errors + self._store.errors

@@ -2,16 +2,23 @@
 
 It does check what every run must report: the messages each peer dropped (none, for
 hermes with its default queue: --quick never sends more than it holds), the Flask
-app's delivery lag, and the outbox file's three figures (OUTBOX_SYNC="always" beside memory
-only, the spill and the reload, the ticker's gap beside its bound)."""
+app's delivery lag, the outbox file's figures (OUTBOX_SYNC="always" beside memory
+only, the spill and the reload, the ticker's gap beside its bound, the takeover of a
+SIGKILLed holder), and the PostgreSQL outbox's beside them (the same, the cost of a
+transactional send, the takeover by lease) - on the session's cluster (the postgres/pg_url
+fixtures) through --pg-url; without PostgreSQL, the reason they were skipped. The private
+cluster the benchmarks start on their own (benchmarks/pgserver.py) is checked apart."""
 
 import json
+import os
 import shutil
+import signal
 import sys
 
+import gevent.subprocess
 import pytest
 
-from .support import run_script, t
+from .support import TESTS, run_script, t
 from .test_hub import MAX_GAP_MS
 
 WORKLOADS = ["one-way 100 B", "one-way 1 KiB", "one-way 64 KiB", "one-way 64 KiB bytes", "receive 100 B", "echo 100 B"]
@@ -20,9 +27,14 @@ PEERS = {"raw", "websockets", "hermes", "hermes-pure"}
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="the benchmark server runs on Node.js (node not found)")
-def test_every_benchmark_runs(tmp_path):
+def test_every_benchmark_runs(tmp_path, request):
+    try:
+        pg_url = request.getfixturevalue("pg_url")  # a fresh database of the session's cluster
+    except pytest.skip.Exception:
+        pg_url = None  # PostgreSQL is not installed: the run says why it skips those
     output = tmp_path / "bench.json"
-    text, _ = run_script([sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)], t(300))
+    text, _ = run_script([sys.executable, "-m", "benchmarks", "--quick", "--output", str(output),
+                          *(["--pg-url", pg_url] if pg_url else [])], t(300))
     for name in WORKLOADS:
         assert name in text
     report = json.loads(output.read_text())
@@ -48,6 +60,7 @@ def test_every_benchmark_runs(tmp_path):
     assert report["metrics"]["on_ns"] > 0 and report["metrics"]["off_ns"] > 0  # the probe ran (no timing asserts)
     assert report["recovery"]["seconds"] > 0
     check_outbox(report["outbox"], text)
+    check_postgres(report["outbox"]["postgres"], text, pg_url, request)
     flask = report["flask"]
     if "skipped" not in flask:
         assert flask["plain_rps"] > 0 and flask["send_rps"] > 0
@@ -82,3 +95,77 @@ def check_outbox(outbox, text):
     ticker = outbox["ticker"]
     assert ticker["bound_ms"] == MAX_GAP_MS  # the bound the ticker test holds the hub to, printed beside the gap
     assert isinstance(ticker["max_gap_ms"], (int, float))
+    takeover = outbox["takeover"]
+    assert set(takeover) == {"shortened"}  # --quick: no run with the production lease (25 s)
+    check_takeover(takeover["shortened"], "file")
+    assert "takeover after SIGKILL" in text
+
+
+def check_takeover(row, store):
+    assert row["failed"] is None, row["failed"]
+    assert row["store"] == store and row["production"] is False and row["rounds"] == 1
+    assert row["lease_timeout"] < 25 and row["bound_seconds"] > 0
+    assert row["dropped"]["messages"] == 0 and row["seconds"] > 0
+    (run,) = row["runs"]
+    assert run["accepted"] == run["reloaded"] == row["count"]  # the holder's, every one taken over by the live client
+    assert {"waited_for_claim_seconds", "claim_seconds", "delivery_seconds"} <= set(run)
+
+
+def check_postgres(pg, text, pg_url, request):
+    """The PostgreSQL figures beside the file's, on --pg-url's database; none of their timings is checked."""
+    if pg_url is None:
+        assert set(pg) == {"skipped"} and pg["skipped"] in text
+        return
+    assert pg["server"]["private"] is False and pg["server"]["shown"].startswith("postgresql://127.0.0.1:")
+    assert "PostgreSQL" in text and "transactional send" in text and "(--pg-url)" in text
+    always = pg["always"]
+    assert always["failed"] is None, always["failed"]
+    assert always["target"] == 10_000 and isinstance(always["met"], bool)
+    assert always["postgres"]["median"] > 0 and always["ratio"] > 0 and always["ratio_to_file"] > 0
+    assert always["dropped"]["postgres"]["messages"] == 0 and always["dropped"]["postgres"]["runs"] == 1
+    assert always["commits"] > 0 and always["messages_per_commit"] >= 1 and always["outbox_errors"] == 0
+    for part in ("spill", "reload"):
+        row = pg[part]
+        assert row["failed"] is None, (part, row["failed"])
+        assert row["dropped"]["messages"] == 0 and row["seconds"] > 0 and row["target_seconds"] == 2.0
+    assert pg["spill"]["spilled"] == pg["spill"]["count"] and pg["reload"]["reloaded"] == pg["reload"]["count"]
+    assert pg["reload"]["delivered_seconds"] is not None
+    txn = pg["txn"]
+    assert txn["failed"] is None, txn["failed"]
+    assert txn["dropped"]["messages"] == 0 and txn["target"] is None
+    for side in ("without_send", "with_send"):
+        assert txn[side]["transactions"] == txn["pairs_per_round"]
+        assert txn[side]["p99_ms"] >= txn[side]["p50_ms"] > 0
+    assert isinstance(txn["added_p50_ms"], float) and isinstance(txn["added_p99_ms"], float)
+    assert txn["delivered"] == txn["pairs_per_round"] + txn["warmup_pairs"]  # every transactional send went out
+    assert set(pg["takeover"]) == {"shortened"}
+    check_takeover(pg["takeover"]["shortened"], "postgres")
+    assert pg["takeover"]["shortened"]["lease_age_at_kill_ms"] is not None
+    # every table the benchmarks made in the database is dropped again
+    postgres = request.getfixturevalue("postgres")
+    assert postgres.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'hb\\_%'", url=pg_url) == []
+
+
+def test_the_benchmarks_private_postgresql_cluster_starts_and_goes(postgres):
+    """``python -m benchmarks`` without --pg-url: benchmarks/pgserver.py runs a cluster of its own,
+    says where, and removes it when told to go (SIGTERM by its PID) - or when its stdin closes."""
+    for how in ("sigterm", "stdin"):
+        proc = gevent.subprocess.Popen([sys.executable, "-m", "benchmarks.pgserver"], cwd=str(TESTS.parent),
+                                       stdin=gevent.subprocess.PIPE, stdout=gevent.subprocess.PIPE)
+        try:
+            with gevent.Timeout(t(60)):
+                line = json.loads(proc.stdout.readline())
+            assert "unavailable" not in line, line  # the postgres fixture did start one
+            assert line["url"].startswith("postgresql://hermes:") and "@127.0.0.1:" in line["url"]
+            data = line["data"]
+            assert postgres.execute("SHOW fsync", url=line["url"]) == [("on",)]
+            if how == "sigterm":
+                proc.send_signal(signal.SIGTERM)
+            else:
+                proc.stdin.close()
+            assert proc.wait(t(30)) == 0
+            assert not os.path.exists(os.path.dirname(os.path.dirname(data)))  # the cluster's directory
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(t(5))

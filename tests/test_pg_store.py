@@ -94,6 +94,8 @@ def test_the_password_never_reaches_repr_status_logs_or_errors(pg_url, make_clie
 def test_sqlalchemy_and_sqlite_urls_are_accepted(tmp_path, pg_url):
     sqlite = WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url=f"sqlite:///{tmp_path}/o.db")
     assert sqlite.settings.outbox_location().path == f"{tmp_path}/o.db"  # four slashes: absolute
+    assert (sqlite.status()["outbox_url"], sqlite.status()["outbox_path"]) == (f"sqlite:///{tmp_path}/o.db",
+                                                                             f"{tmp_path}/o.db")
     assert WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url="sqlite:///o.db").settings.outbox_location().path == "o.db"
     for scheme in ("postgres", "postgresql+psycopg"):
         client = WebSocketClient(url="ws://127.0.0.1:1/ws", outbox_url=pg_url.replace("postgresql", scheme, 1))
