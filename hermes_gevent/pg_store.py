@@ -308,7 +308,7 @@ class _Database:
         if restore:
             self.conn.execute(
                 f"INSERT INTO {self.n['t']} (seq, identifier, owner, opcode, payload, ack_id) "
-                "SELECT s, %s, %s, o, p, a FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[], %s::text[]) "
+                "SELECT s, %s, %s, o, p, a FROM unnest(%s::bigint[], %s::smallint[], %b::bytea[], %s::text[]) "
                 "AS u(s, o, p, a) ON CONFLICT (seq) DO NOTHING",
                 (self.identifier, self.owner, [seq_of(i) for i in restore], [i[0] for i in restore],
                  [i[1] for i in restore], [i[2] for i in restore]))  # type: ignore[misc]  # stored: 4 fields
@@ -321,7 +321,7 @@ class _Database:
         # numbers returned are the items' in order.
         seqs = sorted(row[0] for row in self.conn.execute(
             f"INSERT INTO {self.n['t']} (identifier, owner, opcode, payload, ack_id) "
-            "SELECT %s, %s, o, p, a FROM unnest(%s::smallint[], %s::bytea[], %s::text[]) WITH ORDINALITY "
+            "SELECT %s, %s, o, p, a FROM unnest(%s::smallint[], %b::bytea[], %s::text[]) WITH ORDINALITY "
             "AS u(o, p, a, ord) ORDER BY ord RETURNING seq",
             (self.identifier, owner, [item[0] for item in items], [item[1] for item in items], acks)))
         return [stored_item(item[0], item[1], ack, seq) for item, ack, seq in zip(items, acks, seqs)]
