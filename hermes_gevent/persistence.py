@@ -24,7 +24,7 @@ import gevent
 from .errors import ConfigError, QueueFull
 from .frames import Item
 from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
-from .pg_store import PostgresStore
+from .pg_store import PostgresStore, ensure_schema
 from .sqlite_store import SQLiteStore
 from .store import CLAIM_EVERY, MemoryStore, Store, seq_of
 from . import transactional
@@ -37,6 +37,8 @@ __all__ = ["claim_loop", "open_store", "send_durably", "send_in_transaction", "s
 #: After a Connection's commit event (it fires before the COMMIT), how long the client looks for
 #: the rows (at most CONNECT_TIMEOUT): the first look at once, then every 1, 2, 4... ms, up to this.
 _LOOK_EVERY_MAX = 0.05
+#: (conninfo, table) whose tables this process made sure of, for clients not started yet.
+_schemas_ready: set[tuple[Any, str]] = set()
 
 
 def store_identifier(client: "WebSocketClient") -> str:
@@ -214,6 +216,15 @@ def send_in_transaction(client: "WebSocketClient", item: Item, transaction: Any)
     location = client.settings.outbox_location()
     if location is None or location.kind != "postgres":
         raise ConfigError("transaction= needs OUTBOX_URL to name the PostgreSQL database the transaction is on.")
+    key = (location.conninfo, location.table)
+    if not isinstance(client._store, PostgresStore) and key not in _schemas_ready:
+        # Never started (its start() creates the tables): an INSERT into a missing table would
+        # abort the app's transaction.
+        if on_thread_of(client._home_hub):
+            gevent.get_hub().threadpool.apply(ensure_schema, (location, client.settings.CONNECT_TIMEOUT))
+        else:
+            ensure_schema(location, client.settings.CONNECT_TIMEOUT)  # an OS thread of the app's: it may wait
+        _schemas_ready.add(key)
     transactional.enlist(transaction, location, store_identifier(client), item,
                          functools.partial(_committed, client, client._home_hub))
     return True

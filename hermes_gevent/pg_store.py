@@ -37,7 +37,8 @@ from .sql_store import Database, LeaseLost, SQLStore
 from .store import seq_of, stored_item
 from .store_url import StoreLocation
 
-__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "insert_sql", "quoted_names", "require", "schema_sql"]
+__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "ensure_schema", "insert_sql", "quoted_names", "require",
+           "schema_sql"]
 
 EXTRA = "hermes_gevent[postgres]"
 #: SQLSTATEs that no reconnection will cure: a wrong password or role, a missing database,
@@ -86,6 +87,21 @@ CREATE TABLE IF NOT EXISTS {n['leases']} (
     renewed_at timestamptz NOT NULL DEFAULT now()
 );
 """
+
+
+def ensure_schema(location: StoreLocation, timeout: float) -> None:
+    """Create the tables if they are missing, on a short connection of its own (blocking: call it
+    from a thread, never from the hub). For a transactional send before the client first started."""
+    assert location.conninfo is not None
+    try:
+        with connect(location.conninfo, timeout) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (quoted_names(location.table)["t"],))
+            conn.execute(schema_sql(location.table))
+    except BaseException as exc:
+        error = config_error(exc, location.shown)
+        if error is not None:
+            raise error from None
+        raise
 
 
 def insert_sql(table: str) -> str:

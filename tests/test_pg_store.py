@@ -354,3 +354,16 @@ def test_a_migration_holding_the_outbox_locked_never_holds_a_send_longer_than_co
     peer.drop()
     assert client.send_message("after")
     assert ("after", client._store._db.owner) in rows(postgres, pg_url, "locked")  # durable again
+
+
+def test_a_client_never_started_creates_the_table_for_a_transactional_send_and_sends_it_at_start(pg_url, postgres,
+                                                                                                 make_client, peer):
+    engine = orders_engine(pg_url)
+    client = make_client(connector=peer.connector, url=peer.url, identifier="later", outbox_url=pg_url)
+    with engine.connect() as conn:  # a fresh database: no outbox table yet, and the client never started
+        conn.execute(sqlalchemy.text("INSERT INTO orders (item) VALUES ('early')"))
+        assert client.send_message({"order": "early"}, transaction=conn)
+        conn.commit()
+    assert rows(postgres, pg_url, "later") == [('{"order":"early"}', None)]  # held by nobody
+    client.start()
+    assert peer.wait_messages(1, t(5)) == ['{"order":"early"}']
