@@ -124,16 +124,27 @@ class Ticker:
                 "p99_gap_ms": round(gaps[int(len(gaps) * 0.99)] * 1000, 2)}
 
 
+class SinkDone:
+    """The client's on_message: the sink's "done <count> ..." reply, when (CLOCK_MONOTONIC), and an
+    event set by it."""
+
+    def __init__(self) -> None:
+        self.event = gevent.event.Event()
+        self.replies: list[str] = []
+        self.at: list[float] = []
+
+    def __call__(self, msg) -> None:
+        if isinstance(msg, str) and msg.startswith("done"):
+            self.at.append(time.monotonic())
+            self.replies.append(msg)
+            self.event.set()
+
+
 def always(url: str, count: int, path: str, table: str | None = None) -> dict:
     per_handler = count // HANDLERS
     total = per_handler * HANDLERS
-    done = gevent.event.Event()
-    replies: list[str] = []
-
-    def on_message(msg):
-        if isinstance(msg, str) and msg.startswith("done"):
-            replies.append(msg)
-            done.set()
+    sink = SinkDone()
+    done, replies, on_message = sink.event, sink.replies, sink
 
     options = store_options(path, table)
     if options:
@@ -226,13 +237,8 @@ def spill(url: str, count: int, path: str, table: str | None = None) -> dict:
 
 
 def reload(url: str, count: int, path: str, table: str | None = None) -> dict:
-    done = gevent.event.Event()
-    replies: list[str] = []
-
-    def on_message(msg):
-        if isinstance(msg, str) and msg.startswith("done"):
-            replies.append(msg)
-            done.set()
+    sink = SinkDone()
+    done, replies, on_message = sink.event, sink.replies, sink
 
     client = TimedClient(url=f"{url}/sink?expect={count}", max_queue_size=queue_size(count),
                          on_message=on_message, **store_options(path, table))
@@ -263,13 +269,8 @@ def txn(url: str, count: int, pg_url: str, table: str | None = None) -> dict:
     import sqlalchemy
 
     table = table or "hermes_outbox"
-    done = gevent.event.Event()
-    replies: list[str] = []
-
-    def on_message(msg):
-        if isinstance(msg, str) and msg.startswith("done"):
-            replies.append(msg)
-            done.set()
+    sink = SinkDone()
+    done, replies, on_message = sink.event, sink.replies, sink
 
     total = WARMUP + count
     client = WebSocketClient(url=f"{url}/sink?expect={total}", on_message=on_message,
@@ -357,15 +358,8 @@ def hold(url: str, count: int, pg_url: str, table: str, lease_timeout: float, cl
 def takeover(url: str, count: int, pg_url: str, table: str, lease_timeout: float, claim_every: float) -> dict:
     """The live client: its claims (start, end) and the server's "done", on CLOCK_MONOTONIC."""
     set_lease(lease_timeout, claim_every)
-    done = gevent.event.Event()
-    replies: list[str] = []
-    done_at: list[float] = []
-
-    def on_message(msg):
-        if isinstance(msg, str) and msg.startswith("done"):
-            done_at.append(time.monotonic())
-            replies.append(msg)
-            done.set()
+    sink = SinkDone()
+    done, replies, done_at, on_message = sink.event, sink.replies, sink.at, sink
 
     client = TimedClient(url=f"{url}/sink?expect={count}", identifier=TAKEOVER_IDENTIFIER, on_message=on_message,
                          max_queue_size=queue_size(count), **store_options(pg_url, table))
