@@ -37,7 +37,7 @@ from .sql_store import Database, LeaseLost, SQLStore
 from .store import seq_of, stored_item
 from .store_url import StoreLocation
 
-__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "ensure_schema", "insert_sql", "quoted_names", "require",
+__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "create_schema", "ensure_schema", "insert_sql", "quoted_names", "require",
            "schema_sql"]
 
 EXTRA = "hermes_gevent[postgres]"
@@ -89,14 +89,20 @@ CREATE TABLE IF NOT EXISTS {n['leases']} (
 """
 
 
+def create_schema(conn: Any, table: str) -> None:
+    """The tables, if missing, in ``conn``'s transaction: one process at a time (an advisory lock),
+    as CREATE ... IF NOT EXISTS races otherwise."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (quoted_names(table)["t"],))
+    conn.execute(schema_sql(table))
+
+
 def ensure_schema(location: StoreLocation, timeout: float) -> None:
     """Create the tables if they are missing, on a short connection of its own (blocking: call it
     from a thread, never from the hub). For a transactional send before the client first started."""
     assert location.conninfo is not None
     try:
         with connect(location.conninfo, timeout) as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (quoted_names(location.table)["t"],))
-            conn.execute(schema_sql(location.table))
+            create_schema(conn, location.table)
     except BaseException as exc:
         error = config_error(exc, location.shown)
         if error is not None:
@@ -164,9 +170,7 @@ class _Database:
         try:
             self.conn = connect(self.location.conninfo, self.timeout)
             with self.conn.transaction():
-                # One process at a time creates the schema (CREATE ... IF NOT EXISTS races otherwise).
-                self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.n["t"],))
-                self.conn.execute(schema_sql(self.location.table))
+                create_schema(self.conn, self.location.table)
                 self._register()
                 # Rows of a token that has no lease (a process that died between the two) belong to nobody.
                 self.conn.execute(
