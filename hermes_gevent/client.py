@@ -47,7 +47,8 @@ from .reader import read_loop
 from .retry import Retry, describe
 from .sender import send_loop
 from .session import Session, now
-from .store import MemoryStore, Store
+from .memory_store import MemoryStore
+from .store import Store
 from .supervisor import supervise
 
 __all__ = ["all_clients", "CLOSE_WAIT", "Connector", "LOOP_RESTART_DELAY", "State", "WebSocketClient"]

@@ -26,7 +26,8 @@ from .frames import Item
 from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
 from .pg_store import PostgresStore, ensure_schema
 from .sqlite_store import SQLiteStore
-from .store import CLAIM_EVERY, MemoryStore, Store, seq_of
+from .memory_store import MemoryStore
+from .store import CLAIM_EVERY, Store, seq_of
 from . import transactional
 
 if TYPE_CHECKING:

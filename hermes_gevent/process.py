@@ -16,7 +16,7 @@ import gevent.monkey
 
 from .lifecycle import State
 from .logs import ClientLog
-from .store import MemoryStore
+from .memory_store import MemoryStore
 
 if TYPE_CHECKING:
     from .client import WebSocketClient

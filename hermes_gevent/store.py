@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from .frames import Item
 from .lease import RENEW_EVERY
 
-__all__ = ["CLAIM_EVERY", "MemoryStore", "Spilled", "Store", "seq_of", "stored_item"]
+__all__ = ["CLAIM_EVERY", "Spilled", "Store", "seq_of", "stored_item"]
 
 #: Seconds between two claims: a live client renews its lease and takes over the messages of
 #: a process whose lease lapsed (lease.LEASE_TIMEOUT) within this period.
@@ -123,7 +123,3 @@ class Store:
 
     def close(self) -> None:
         """Let go of the store (after spill)."""
-
-
-class MemoryStore(Store):
-    """Nothing outlives the process: today's behaviour without OUTBOX_PATH."""
