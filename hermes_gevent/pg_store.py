@@ -33,7 +33,8 @@ from .frames import Item
 from .lease import owner_token
 from . import lease
 from .logs import ClientLog
-from .sql_store import Database, LeaseLost, SQLStore
+from .sql_database import Database, LeaseLost
+from .sql_store import SQLStore
 from .store import seq_of, stored_item
 from .store_url import StoreLocation
 
@@ -369,7 +370,7 @@ class PostgresStore(SQLStore):
         self._pg = db
 
     def take(self, seqs: list[int]) -> list[Item]:
-        if self.failed or self._pool is None or not seqs:
+        if self.failed or not self._thread.running or not seqs:
             return []
         try:
             return self._run(self._pg.take, seqs)  # type: ignore[no-any-return]
@@ -382,7 +383,7 @@ class PostgresStore(SQLStore):
     def release(self, items: list[Item]) -> None:
         """Taken, but with no room in the queue: back to nobody, for a later claim."""
         seqs = [seq for seq in map(seq_of, items) if seq is not None]
-        if seqs and not self.failed and self._pool is not None:
+        if seqs and not self.failed and self._thread.running:
             try:
                 self._run(self._pg.release, seqs)
             except self._pg.errors as exc:

@@ -1,10 +1,10 @@
 """The gevent side of a store kept in a database (SQLite: sqlite_store.py, PostgreSQL: pg_store.py).
 
-A ``Database`` holds the SQL of one store: a handful of transactions, each run whole in the
-store's own thread. ``SQLStore`` is what the client talks to, in its hub:
+A ``Database`` (sql_database.py) holds the SQL of one store: a handful of transactions, each
+run whole in the store's own thread. ``SQLStore`` is what the client talks to, in its hub:
 
-- every call into the database runs in one thread of its own (a gevent ``ThreadPool(1)``): the
-  hub never waits on a disk or a database server, and one connection serves the calls in order;
+- every call into the database runs in one thread of its own (``DatabaseThread``, sql_database.py):
+  the hub never waits on a disk or a database server, and one connection serves the calls in order;
 - ``append`` joins the commit being prepared (a group commit: while one transaction runs, the
   next one fills) and waits for it - at most ``wait_limit`` seconds, after which its caller keeps
   the message in memory (a database that hangs never holds a request longer than that);
@@ -21,56 +21,18 @@ store's own thread. ``SQLStore`` is what the client talks to, in its hub:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import gevent
 import gevent.event
-import gevent.threadpool
 
 from .frames import Item
 from .lease import Lease
 from .logs import ClientLog
+from .sql_database import Database, DatabaseThread, LeaseLost, StoreClosed
 from .store import Spilled, Store, seq_of
 
 __all__ = ["Database", "LeaseLost", "SQLStore", "StoreClosed"]
-
-
-class LeaseLost(Exception):
-    """The database no longer knows this owner's lease: another process took its messages over."""
-
-    def __init__(self, owner: Any) -> None:
-        super().__init__(f"the lease of owner {owner} is gone")
-        self.owner = owner  # the token the failing statement used (a newer one may have replaced it since)
-
-
-class StoreClosed(Exception):
-    """The store was closed, or failed earlier: the call was not made."""
-
-
-class Database(Protocol):
-    """The SQL of one store. Every method runs in the store's thread and may raise
-    ``LeaseLost`` (where it renews the lease) or the driver's errors (``errors``)."""
-
-    errors: tuple[type[BaseException], ...]
-    owner: Any
-
-    def open(self) -> list[str]: ...  # create the schema, register the lease; warnings to log
-    def commit(self, items: list[Item], forget: list[int], restore: list[Item]) -> list[Optional[Item]]: ...
-    def claim(self, limit: int, forget: list[int]) -> tuple[list[Item], int]: ...
-    def spill(self, items: list[Item], forget: list[int], restore: list[Item]) -> tuple[int, list[Item], list[Item], int]: ...
-    def renew(self) -> None: ...
-    def new_lease(self, lost: Any) -> None: ...  # a new owner token, unless ``lost`` is not the current one
-    def abandon(self) -> None: ...  # a new owner token, registered only once the database answers
-    def reconnect(self) -> None: ...
-    def in_this_thread(self) -> "Database": ...  # a connection of its own, for the calling OS thread
-    def close(self) -> None: ...
-
-
-def _captured(work: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-    try:
-        return True, work(*args)
-    except BaseException as exc:  # noqa: B036 - handed back to the greenlet that waits for it
-        return False, exc
 
 
 class _Commit:
@@ -87,7 +49,8 @@ class _Commit:
 
 
 class SQLStore(Store):
-    """A store whose messages live in a database; see the module docstring."""
+    """A store whose messages live in a database; see the module docstring. Each database's
+    store (SQLiteStore, PostgresStore) adds ``take`` and ``release`` (transaction= rows)."""
 
     #: True: after a failure, every claim tries the database again (PostgreSQL); False: the store
     #: stays off until the next start (SQLite: a full disk does not empty itself).
@@ -101,7 +64,7 @@ class SQLStore(Store):
         self._log = log
         self._db = db
         self._wait_limit = wait_limit
-        self._pool: Optional[gevent.threadpool.ThreadPool] = None
+        self._thread = DatabaseThread()
         self._next = _Commit()
         self._forgets: list[int] = []
         self._restores: list[Item] = []  # forgotten, then requeued: to put back
@@ -127,15 +90,14 @@ class SQLStore(Store):
     # -- the run --------------------------------------------------------------------------
 
     def open(self) -> None:
-        self._pool = gevent.threadpool.ThreadPool(1)
+        self._thread.start()
         began = time.monotonic()
         warnings: list[str] = []
         try:
             warnings = self._run(self._db.open)
         except BaseException as exc:
             if not (self.reconnects and isinstance(exc, self._db.errors)):
-                self._pool.kill()
-                self._pool = None
+                self._thread.stop()
                 raise
             self._failure("could not connect", exc)  # a server that is down: every claim tries again
         else:
@@ -150,7 +112,7 @@ class SQLStore(Store):
         return not self.failed
 
     def claim(self, limit: int) -> list[Item]:
-        if self._pool is None:
+        if not self._thread.running:
             return []
         if self.failed:
             if not self.reconnects or not self._reconnect():
@@ -183,7 +145,7 @@ class SQLStore(Store):
         stay in the database, and are taken over, by it too, once the lease lapses there) - rather
         than send them a second time."""
         began = time.monotonic()
-        if self.lease.fresh(began) or self._pool is None:
+        if self.lease.fresh(began) or not self._thread.running:
             return True
         if not self.failed:
             try:
@@ -261,7 +223,7 @@ class SQLStore(Store):
                 self._work.set()
 
     def spill(self, items: list[Item]) -> Spilled:
-        if self._pool is None:
+        if not self._thread.running:
             return Spilled(failed=True)
         self._finish_commits()
         if self.failed and self.reconnects and not self._reconnect(recover=False):
@@ -285,24 +247,11 @@ class SQLStore(Store):
         if self._committer is not None:
             self._committer.kill(block=False)
             self._committer = None
-        pool = self._pool
-        if pool is not None:
-            self._pool = None
-            try:
-                pool.apply(_captured, (self._db.close,))
-            finally:
-                pool.kill()
+        self._thread.stop(last=self._db.close)
 
     def _run(self, work: Callable[..., Any], *args: Any) -> Any:
-        """``work(*args)`` in the store's thread; this greenlet waits, the hub does not. Its
-        exception is raised here (gevent's pool would also print it to stderr)."""
-        pool = self._pool
-        if pool is None:
-            raise StoreClosed("the outbox is closed")
-        ok, value = pool.apply(_captured, (work, *args))
-        if not ok:
-            raise value
-        return value
+        """``work(*args)`` in the store's thread (``DatabaseThread.run``): this greenlet waits."""
+        return self._thread.run(work, *args)
 
     # -- the lease and failures -------------------------------------------------------------
 
@@ -369,7 +318,7 @@ class SQLStore(Store):
                     return
                 continue
             try:
-                if self.failed or self._pool is None:
+                if self.failed or not self._thread.running:
                     raise StoreClosed("the outbox failed earlier")
                 commit.results = self._commit(commit.items, forgets, restores)
                 if commit.items:

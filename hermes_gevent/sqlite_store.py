@@ -28,7 +28,8 @@ from . import lease
 from .errors import ConfigError
 from .frames import Item
 from .logs import ClientLog
-from .sql_store import Database, LeaseLost, SQLStore
+from .sql_database import Database, LeaseLost
+from .sql_store import SQLStore
 from .store import seq_of, stored_item
 
 __all__ = ["BUSY_TIMEOUT", "SQLiteStore"]
@@ -342,3 +343,12 @@ class SQLiteStore(SQLStore):
                  log: ClientLog) -> None:
         db = _Database(path, identifier, random.getrandbits(62), max_size, strategy)
         super().__init__(db, durable=durable, log=log, where=path, wait_limit=None)
+
+    def take(self, seqs: list[int]) -> list[Item]:
+        """Nothing to take: the app's transactions never write to an SQLite outbox (transaction=
+        is PostgreSQL's)."""
+        return []
+
+    def release(self, items: list[Item]) -> None:
+        """Nothing was taken (``take``), so nothing to release: what a claim took is held until
+        it is forgotten or spilled."""
