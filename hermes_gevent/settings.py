@@ -28,34 +28,86 @@ OVERFLOW_STRATEGIES = ("drop_oldest", "drop_newest", "raise")
 class Defaults:
     """Every setting and its default (see the README's Settings table)."""
 
+    #: Consecutive failed attempts before giving up; ``None``: never give up.
     DEFAULT_RETRY_LIMIT: ClassVar[Optional[int]] = 500
+    #: First backoff delay, seconds.
     DEFAULT_RETRY_DELAY: ClassVar[float] = 3
+    #: Backoff cap, seconds.
     MAX_RETRY_DELAY: ClassVar[float] = 30
+    #: Each delay is shortened by a random fraction up to this; 0 = exact delays.
     RETRY_JITTER: ClassVar[float] = 0.5
+    #: Outgoing messages held at most.
     MAX_QUEUE_SIZE: ClassVar[int] = 10000
+    #: ``drop_oldest``, ``drop_newest`` or ``raise``.
     QUEUE_OVERFLOW_STRATEGY: ClassVar[str] = "drop_oldest"
+    #: ``stop()``'s default budget: flush, close, wait for the loops.
     MAX_THREAD_WAIT_TIME: ClassVar[float] = 10
+    #: Seconds between health checks.
     HEALTH_CHECK_INTERVAL: ClassVar[float] = 60
+    #: TCP + TLS + HTTP upgrade, together.
     CONNECT_TIMEOUT: ClassVar[float] = 10
+    #: Seconds between client pings.
     PING_INTERVAL: ClassVar[float] = 20
+    #: No frame at all within this after a ping: the connection is dead.
     PING_TIMEOUT: ClassVar[float] = 10
+    #: A connection must stay up this long before ``retry_count`` resets.
     MIN_UPTIME: ClassVar[float] = 5
+    #: Largest message accepted, incoming and outgoing (16 MiB).
     MAX_MESSAGE_SIZE: ClassVar[int] = 16 * 2**20
+    #: ``None``: acknowledgements off. Seconds: at-least-once delivery with server acknowledgements
+    #: (see :doc:`guarantees`); a message unacknowledged this long on a live connection is sent
+    #: again.
     ACK_TIMEOUT: ClassVar[Optional[float]] = None
+    #: With acknowledgements on, the most messages written but not yet acknowledged; at the limit
+    #: the sender waits and messages stay queued.
     MAX_UNACKED: ClassVar[int] = 1000
+    #: With acknowledgements on, the key of a message's id in the JSON object sent.
     ACK_ID_KEY: ClassVar[str] = "id"
-    #: Where undelivered messages outlive the process: None (memory only), postgresql://...
-    #: (every host), sqlite:///path (this host). See store_url.py.
+    #: ``None``: messages live in memory only (unless ``OUTBOX_PATH``).
+    #: ``postgresql://user:password@host:port/db`` (also ``postgres://`` and SQLAlchemy's
+    #: ``postgresql+psycopg://``, so ``SQLALCHEMY_DATABASE_URI`` can be reused as it is): an outbox
+    #: table shared by every host (see :doc:`guarantees`; needs ``pip install
+    #: 'hermes_gevent[postgres]'``, else a ``ConfigError`` naming the extra).
+    #: ``sqlite:///relative/path`` or ``sqlite:////absolute/path``, as SQLAlchemy writes them: the
+    #: SQLite outbox file. Another scheme, a malformed URL, or both ``OUTBOX_URL`` and
+    #: ``OUTBOX_PATH`` set: a ``ConfigError`` naming them. The password never reaches a log line,
+    #: ``status()``, an exception or ``repr(settings)``.
     OUTBOX_URL: ClassVar[Optional[str]] = None
+    #: A file path: an SQLite outbox file that survives restarts and crashes, shared by the
+    #: processes of a host (see :doc:`guarantees`); a directory or a path that cannot be opened is a
+    #: ``ConfigError`` at ``start()``.
     OUTBOX_PATH: ClassVar[Optional[str]] = None
+    #: With an outbox: ``"stop"`` keeps in it what ``stop()`` cannot deliver; ``"always"`` makes
+    #: ``send_message`` return only once the message is committed to it.
     OUTBOX_SYNC: ClassVar[str] = "stop"
+    #: With PostgreSQL: the table (``schema.table`` allowed) and, beside it, ``<table>_leases``;
+    #: created if missing. ``flask hermes outbox-sql`` prints the DDL for apps whose migrations
+    #: (Alembic) own the schema.
     OUTBOX_TABLE: ClassVar[str] = "hermes_outbox"
-    #: True: from the environment (https_proxy, http_proxy, all_proxy, no_proxy); None or
-    #: False: never; a URL: that proxy (http://, socks5://, socks5h://, socks4://). See proxy.py.
+    #: ``True``: from the environment (``https_proxy`` for ``wss://``, ``http_proxy`` for ``ws://``,
+    #: then ``all_proxy``; ``no_proxy`` honoured; see :doc:`networks`). ``None`` or ``False``:
+    #: never. A URL: that proxy — ``http://[user:password@]host:port`` (HTTP CONNECT),
+    #: ``socks5://``, ``socks5h://``, ``socks4://`` (SOCKS needs ``pip install
+    #: 'hermes_gevent[socks]'``). In a Flask config the strings ``"true"``, ``"false"``, ``"none"``,
+    #: ``"off"``, ``""``… mean ``True`` and ``None``, not a proxy host.
     PROXY: ClassVar[Union[bool, str, None]] = True
+    #: ``None``: no limit. Messages per second: the sender never writes data messages faster (a
+    #: token bucket: a burst of up to one second's worth, then this rate; resends count, pings and
+    #: pongs do not); the queue absorbs what comes faster, with ``QUEUE_OVERFLOW_STRATEGY`` as
+    #: usual. **A server's limit is per host, and every worker of the host has its own client**:
+    #: with ``workers = 4``, set a quarter of it.
     MAX_SEND_RATE: ClassVar[Optional[float]] = None
+    #: Subprotocols to offer in the upgrade (``Sec-WebSocket-Protocol``), most preferred first: a
+    #: list of tokens (a bare string is a ``ConfigError``). The one the server chose is
+    #: ``status()["subprotocol"]``; a server that chooses none is accepted (``None``); one that
+    #: chooses a subprotocol we did not offer fails the handshake (``SubprotocolMismatch``) and is
+    #: **not retried** (the two sides' configurations disagree: retrying changes nothing until one
+    #: changes; ``reconnect()`` tries again).
     SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
-    #: Prometheus metrics (the hermes_gevent[metrics] extra); see metrics.py.
+    #: ``True``: record Prometheus metrics (see :doc:`operations`). Needs the
+    #: ``hermes_gevent[metrics]`` extra (prometheus_client); without it, ``True`` is a
+    #: ``ConfigError`` naming the extra. Anything but ``True``/``False`` is a ``ConfigError``. Off,
+    #: the client never imports prometheus_client.
     METRICS: ClassVar[bool] = False
 
 
