@@ -32,6 +32,7 @@ class MyClient(WebSocketClient):
 def main():
     client = MyClient.instance()          # one instance per class per process
     client.start()                        # returns at once; idempotent
+    client.wait_until_connected(10)       # a script that stops soon waits: stop() flushes only while connected
     client.send_message({"receiver_id": "server", "data": {"operation": "ping"}})
     print(client.status())
     return client.stop()                  # flush, close with 1000, return how many were left undelivered
