@@ -192,11 +192,18 @@ def pg_url(postgres):
         postgres.drop_database(url.rsplit("/", 1)[1])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def outbox(request, tmp_path):
-    """Each outbox store in turn (tests/stores.py): an SQLite file, a fresh PostgreSQL database."""
-    from .stores import PostgresOutbox, SQLiteOutbox
+    """Each outbox store in turn (tests/stores.py): memory only, an SQLite file, a fresh PostgreSQL
+    database. A test of what a store keeps outside the process is skipped for the memory store,
+    with its reason: ``@kept_outside_memory("why")`` (test_store_contract.py)."""
+    from .stores import MemoryOutbox, PostgresOutbox, SQLiteOutbox
 
+    if request.param == "memory":
+        reason = getattr(request.function, "memory_skip_reason", None)
+        if reason is not None:
+            pytest.skip(f"memory store: {reason}")
+        return MemoryOutbox()
     if request.param == "sqlite":
         return SQLiteOutbox(str(tmp_path / "outbox.db"))
     return PostgresOutbox(request.getfixturevalue("postgres"), request.getfixturevalue("pg_url"))

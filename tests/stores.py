@@ -1,6 +1,10 @@
 """The outbox stores as the shared contract tests see them (test_store_contract.py): one object
-per store kind with the client options that select it, and the store's content read directly -
-with sqlite3 from the file, with psycopg from the table - as another process or host would."""
+per store kind with the client options that select it, the store's content read directly -
+with sqlite3 from the file, with psycopg from the table - as another process or host would, and
+``store(identifier)``: the store object itself (hermes_gevent.store.Store), opened.
+
+``keeps``: the store keeps messages outside the process (SQLite, PostgreSQL); the memory store
+does not - nothing is found outside the process, and nothing survives ``stop()``."""
 
 import json
 import sqlite3
@@ -16,8 +20,43 @@ def report_of(proc, timeout=20):
     return json.loads(line)
 
 
+def _log():
+    from hermes_gevent.logs import ClientLog, Redactor
+
+    return ClientLog("contract", Redactor())
+
+
+class MemoryOutbox:
+    """No OUTBOX_URL, no OUTBOX_PATH: the queue is all there is."""
+
+    kind = "memory"
+    keeps = False
+
+    def __init__(self) -> None:
+        self.url = None
+        self.location = None
+        self.options = {}
+
+    def rows(self, identifier):
+        return []  # nothing outside the process to read
+
+    def leases(self, identifier):
+        return {}
+
+    def texts(self, identifier):
+        return []
+
+    def store(self, identifier, durable=False, max_size=100, strategy="drop_oldest"):
+        from hermes_gevent.memory_store import MemoryStore
+
+        store = MemoryStore()
+        store.open()
+        return store
+
+
 class SQLiteOutbox:
     kind = "sqlite"
+    keeps = True
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -40,6 +79,13 @@ class SQLiteOutbox:
     def texts(self, identifier):
         return [text for text, _ in self.rows(identifier)]
 
+    def store(self, identifier, durable=False, max_size=100, strategy="drop_oldest"):
+        from hermes_gevent.sqlite_store import SQLiteStore
+
+        store = SQLiteStore(self.path, identifier, durable=durable, max_size=max_size, strategy=strategy, log=_log())
+        store.open()
+        return store
+
 
 class PostgresOutbox(SQLiteOutbox):
     kind = "postgres"
@@ -58,3 +104,12 @@ class PostgresOutbox(SQLiteOutbox):
     def leases(self, identifier):
         return dict(self.cluster.execute("SELECT owner, pid FROM hermes_outbox_leases WHERE identifier = %s",
                                          (identifier,), url=self.url))
+
+    def store(self, identifier, durable=False, max_size=100, strategy="drop_oldest"):
+        from hermes_gevent.pg_store import PostgresStore
+        from hermes_gevent.store_url import locate
+
+        store = PostgresStore(locate(self.url, None), identifier, durable=durable, max_size=max_size,
+                              strategy=strategy, timeout=t(5), log=_log())
+        store.open()
+        return store

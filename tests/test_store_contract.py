@@ -1,8 +1,17 @@
-"""The contract every outbox store keeps, run against each (SQLite file, PostgreSQL table: the
-``outbox`` fixture, tests/stores.py): spill at stop and reload at start, in order; identifiers;
+"""The contract every outbox store keeps (hermes_gevent/store.py), run against each - memory
+only, SQLite file, PostgreSQL table: the ``outbox`` fixture, tests/stores.py.
+
+Every store, memory included: the interface (``Store`` is abstract, each store implements all
+of it); claim at start; spill at stop and claim at the next start (the memory store keeps
+nothing: its spill fails, so the client counts every undelivered message as dropped); append
+(durable stores commit it; the memory store is never durable, and refuses); and, through a
+client, that each message left at stop is kept or counted as dropped, never both, never neither.
+
+The durable stores only: spill at stop and reload at start, in order; identifiers;
 acknowledgements; the bound MAX_QUEUE_SIZE with the overflow strategies; durable sends
 (OUTBOX_SYNC="always") from greenlets and OS threads, the hub kept free; a frozen owner fenced out
-by its lease.
+by its lease. Each of these is marked ``@kept_outside_memory(reason)``: skipped for the memory
+store, with the reason.
 
 Each test reads the store directly (sqlite3, psycopg): what is there is what a restart, or
 another host, would find. What only one store does (a corrupt file, a full disk, PIDs; leases
@@ -22,6 +31,7 @@ import pytest
 import hermes_gevent.lease as lease
 import hermes_gevent.persistence as persistence
 from hermes_gevent import QueueFull, WebSocketClient
+from hermes_gevent.store import Store, seq_of
 
 from .conftest import Recorder, t
 from .stores import report_of
@@ -32,9 +42,200 @@ from .test_store import down_client, numbered
 SCRIPTS = TESTS / "scripts"
 
 
+def kept_outside_memory(reason):
+    """A test of what a store keeps outside the process: the ``outbox`` fixture (conftest.py)
+    skips it for the memory store, reporting ``reason``."""
+
+    def mark(test):
+        test.memory_skip_reason = reason
+        return test
+
+    return mark
+
+
+# -- every store, memory included: the interface ---------------------------------------------------------
+
+
+def test_store_is_abstract_and_every_store_implements_all_of_it(outbox):
+    with pytest.raises(TypeError, match="abstract"):
+        Store()
+    assert Store.__abstractmethods__ == {
+        "available", "open", "claim", "check_lease", "release", "unstored", "take", "append",
+        "append_from_thread", "restore", "forget", "spill", "close",
+    }
+    store = outbox.store("interface")
+    try:
+        assert isinstance(store, Store) and not type(store).__abstractmethods__
+        assert (store.path is not None) == outbox.keeps  # None: memory only (the client forgets nothing)
+        assert (store.durable, store.errors) == (False, 0)
+        assert store.available is (True if outbox.keeps else None)  # status()["outbox_available"]
+        for callback in (store.on_lease_lost, store.on_recovered, store.on_error):
+            assert callable(callback)
+    finally:
+        store.spill([])
+        store.close()
+
+
+def test_a_store_that_kept_nothing_claims_nothing_takes_nothing_and_its_lease_holds(outbox):
+    store = outbox.store("empty")
+    try:
+        assert store.claim(100) == []
+        assert store.check_lease() is True
+        assert store.unstored() == set()
+        assert store.take([1, 2, 3]) == []
+        store.forget([(1, b"never-stored", "")])  # no number: nothing to forget, never raises
+        store.restore([(1, b"never-stored", "")])
+        store.release([])
+        assert store.unstored() == set() and store.claim(100) == []
+    finally:
+        store.spill([])
+        store.close()
+
+
+def test_what_spill_keeps_the_next_store_of_the_identifier_claims_oldest_first(outbox):
+    """The durable stores keep every spilled message, held by nobody, for the next claim. The
+    memory store keeps none: spill fails (the client counts them as dropped), nothing survives."""
+    items = [(1, f"s-{i}".encode(), "") for i in range(3)]  # text frames held in memory only: no number
+    first = outbox.store("spilled")
+    try:
+        spilled = first.spill(items)
+    finally:
+        first.close()
+    if outbox.keeps:
+        assert (spilled.kept, spilled.failed, spilled.refused, spilled.evicted) == (3, False, [], [])
+    else:
+        assert (spilled.kept, spilled.failed, spilled.refused, spilled.evicted, spilled.unstored) == \
+            (0, True, [], [], set())
+    assert outbox.rows("spilled") == ([(f"s-{i}", None) for i in range(3)] if outbox.keeps else [])
+
+    second = outbox.store("spilled")
+    third = None
+    try:
+        claimed = second.claim(100)
+        assert [item[:3] for item in claimed] == (items if outbox.keeps else [])
+        seqs = [seq_of(item) for item in claimed]
+        assert None not in seqs and seqs == sorted(set(seqs))  # numbered, oldest first
+        assert second.claim(100) == []  # held by this store now: not claimed twice
+        third = outbox.store("spilled")
+        assert third.claim(100) == []  # nor by another one while this one's lease lives
+    finally:
+        for store in (second, third):
+            if store is not None:
+                store.spill([])
+                store.close()
+
+
+def test_append_commits_each_message_to_a_durable_store_and_the_memory_store_refuses(outbox):
+    items = [(1, f"a-{i}".encode(), "") for i in range(3)]
+    store = outbox.store("appended", durable=True)
+    try:
+        if not outbox.keeps:
+            assert store.durable is False  # so the client never appends (OUTBOX_SYNC="always" queues in memory)
+            with pytest.raises(NotImplementedError):
+                store.append(items)
+            with pytest.raises(NotImplementedError):
+                store.append_from_thread(items)
+            return
+        assert store.durable is True
+        stored = store.append(items)
+        assert [item[:3] for item in stored] == items  # each one stored, in order: none refused, none failed
+        assert outbox.texts("appended") == ["a-0", "a-1", "a-2"]  # committed: another connection sees them
+        (owner, _), = outbox.leases("appended").items()
+        assert {o for _, o in outbox.rows("appended")} == {owner}  # held by this process
+        store.forget(stored[:1])  # delivered: gone with the next write, never waiting for it
+        wait_until(lambda: outbox.texts("appended") == ["a-1", "a-2"], t(5), "the forgotten row to go")
+        pool = gevent.threadpool.ThreadPool(1)
+        try:
+            [late] = pool.apply(store.append_from_thread, ([(1, b"a-3", "")],))  # an app's OS thread
+        finally:
+            pool.kill()
+        assert late[:3] == (1, b"a-3", "") and seq_of(late) > seq_of(stored[-1])
+        store.spill([])
+        assert outbox.rows("appended") == [("a-1", None), ("a-2", None), ("a-3", None)]  # released
+    finally:
+        store.close()
+
+
+# -- every store, memory included: through a client ---------------------------------------------------
+
+
+def test_stop_while_down_each_message_left_is_kept_or_counted_as_dropped(peer, make_client, outbox):
+    """What stop() leaves undelivered is either kept (spilled: the next start sends it first) or
+    counted as dropped ("stopped") - never both, never neither. The memory store keeps nothing:
+    all of it is dropped, and the next start sends only what it is given."""
+    drops = Recorder()
+    first = down_client(make_client, peer, identifier="either", **outbox.options, on_drop=drops)
+    old = [f"old-{i}" for i in range(5)]
+    for text in old:
+        assert first.send_message(text)
+    status = first.status()
+    assert (status["outbox_available"], status["outbox_errors"]) == (True if outbox.keeps else None, 0)
+    undelivered = first.stop(timeout=t(0.5))
+    status = first.status()
+    if outbox.keeps:
+        assert (undelivered, status["messages_spilled"], status["messages_dropped"]) == (0, 5, 0)
+        assert status["drops_by_reason"] == {} and drops.calls == []
+    else:
+        assert (undelivered, status["messages_spilled"], status["messages_dropped"]) == (5, 0, 5)
+        assert status["drops_by_reason"] == {"stopped": 5}
+        assert drops.wait(5) == [(text, "stopped") for text in old]
+    assert outbox.texts("either") == (old if outbox.keeps else [])
+
+    peer.accept()
+    second = make_client(connector=peer.connector, url=peer.url, identifier="either", **outbox.options)
+    second.start()
+    assert second.send_message("new-0")
+    expected = (old if outbox.keeps else []) + ["new-0"]
+    assert peer.wait_messages(len(expected)) == expected
+    assert second.flush(t(5)) and second.status()["messages_reloaded"] == (5 if outbox.keeps else 0)
+    assert second.send_message("end") and peer.wait_messages(len(expected) + 1) == [*expected, "end"]
+
+
+def test_with_acknowledgements_the_unacknowledged_left_at_stop_are_kept_or_counted_as_unacked(peer, make_client,
+                                                                                             outbox):
+    drops = Recorder()
+    client = make_client(connector=peer.connector, url=peer.url, identifier="unacked", **outbox.options,
+                         ack_timeout=t(30), max_unacked=5, on_drop=drops)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    for n in range(8):
+        assert client.send_message({"n": n})
+    peer.wait_messages(5)  # never acknowledged; the other three wait for room in the window
+    undelivered = client.stop(timeout=t(0.3))
+    status = client.status()
+    if outbox.keeps:
+        assert (undelivered, status["messages_spilled"], status["messages_dropped"]) == (0, 8, 0)
+        assert numbered(outbox.texts("unacked")) == list(range(8)) and drops.calls == []
+    else:
+        assert (undelivered, status["messages_spilled"], status["messages_dropped"]) == (8, 0, 8)
+        assert status["drops_by_reason"] == {"unacked": 5, "stopped": 3}
+        dropped = drops.wait(8)
+        assert [reason for _, reason in dropped] == ["unacked"] * 5 + ["stopped"] * 3
+        assert numbered(text for text, _ in dropped) == list(range(8))
+
+
+def test_always_returns_once_the_message_is_kept_and_without_a_store_queues_in_memory(peer, make_client, outbox):
+    drops = Recorder()
+    client = down_client(make_client, peer, identifier="sync", **outbox.options, outbox_sync="always",
+                         on_drop=drops)
+    sent = []
+    for i in range(3):
+        assert client.send_message(f"m-{i}")
+        sent.append(f"m-{i}")
+        assert outbox.texts("sync") == (sent if outbox.keeps else [])
+    assert client.queue_size == 3
+    assert client.status()["outbox_sync"] == ("always" if outbox.keeps else None)
+    undelivered = client.stop(timeout=0)
+    assert (undelivered, client.status()["messages_spilled"]) == ((0, 3) if outbox.keeps else (3, 0))
+    if not outbox.keeps:
+        assert drops.wait(3) == [(text, "stopped") for text in sent]
+
+
 # -- "stop": spill at stop, reload at start ----------------------------------------------------------
 
 
+@kept_outside_memory(
+    "nothing is spilled at stop (see test_stop_while_down_each_message_left_is_kept_or_counted_as_dropped)")
 def test_stop_while_down_spills_and_the_next_start_sends_them_first_in_order(peer, make_client, outbox):
     drops = Recorder()
     first = down_client(make_client, peer, identifier="orders", **outbox.options, on_drop=drops)
@@ -71,6 +272,7 @@ def test_stop_while_down_spills_and_the_next_start_sends_them_first_in_order(pee
 
 
 @pytest.mark.parametrize("sync", ["stop", "always"])
+@kept_outside_memory("nothing is kept from one run to the next")
 def test_restarts_while_the_server_stays_down_keep_each_message_once_in_order(sync, peer, make_client, outbox):
     """Deploy after deploy with the server down: each run takes over the kept messages, is given
     new ones, and stops; the store holds each message once, oldest first."""
@@ -91,6 +293,7 @@ def test_restarts_while_the_server_stays_down_keep_each_message_once_in_order(sy
     assert last.flush(t(5)) and peer.messages == [*expected, "end"]
 
 
+@kept_outside_memory("the identifier names what a store keeps for a later start; nothing is kept")
 def test_without_an_identifier_the_class_name_is_the_identifier(peer, make_client, outbox, monkeypatch):
     monkeypatch.delenv("HERMES_WS_IDENTIFIER", raising=False)
 
@@ -115,6 +318,9 @@ def test_without_an_identifier_the_class_name_is_the_identifier(peer, make_clien
     assert peer.wait_messages(3)[1:] == ["order-0", "order-1"]
 
 
+@kept_outside_memory(
+    "nothing is spilled: the unacknowledged are counted as dropped (see test_with_acknowledgements_"
+    "the_unacknowledged_left_at_stop_are_kept_or_counted_as_unacked)")
 def test_with_acknowledgements_the_unacknowledged_are_spilled_too_and_resent_first(peer, make_client, outbox):
     first = make_client(connector=peer.connector, url=peer.url, identifier="acks", **outbox.options,
                         ack_timeout=t(30), max_unacked=5)
@@ -152,6 +358,7 @@ def test_with_acknowledgements_the_unacknowledged_are_spilled_too_and_resent_fir
     ("drop_newest", ["a-0", "a-1", "a-2", "b-0", "b-1"], ["b-2", "b-3", "b-4"]),
     ("raise", ["a-0", "a-1", "a-2", "b-0", "b-1"], ["b-2", "b-3", "b-4"]),
 ])
+@kept_outside_memory("no store to bound: MAX_QUEUE_SIZE bounds the queue alone (test_queue.py)")
 def test_at_spill_the_file_holds_at_most_max_queue_size_per_identifier(strategy, kept, dropped, peer, make_client,
                                                                        outbox):
     bounded = dict(outbox.options, max_queue_size=5, queue_overflow_strategy=strategy)
@@ -190,6 +397,9 @@ def test_at_spill_the_file_holds_at_most_max_queue_size_per_identifier(strategy,
 # -- "always": durable sends ---------------------------------------------------------------------------
 
 
+@kept_outside_memory(
+    'OUTBOX_SYNC="always" needs a store to commit to (see test_always_returns_once_the_message_'
+    'is_kept_and_without_a_store_queues_in_memory)')
 def test_always_send_returns_true_once_the_message_is_in_the_file(peer, make_client, outbox):
     client = down_client(make_client, peer, identifier="durable", **outbox.options, outbox_sync="always")
     for i in range(20):
@@ -220,6 +430,7 @@ def test_always_send_returns_true_once_the_message_is_in_the_file(peer, make_cli
     wait_until(lambda: outbox.texts("durable") == [], t(5), "the written messages to leave the store")
 
 
+@kept_outside_memory("no store for an acknowledged message to leave")
 def test_always_with_acknowledgements_a_message_leaves_the_file_once_acknowledged(peer, make_client, outbox):
     client = make_client(connector=peer.connector, url=peer.url, identifier="acked", **outbox.options,
                          outbox_sync="always", ack_timeout=t(30))
@@ -240,6 +451,7 @@ def test_always_with_acknowledgements_a_message_leaves_the_file_once_acknowledge
 
 
 @pytest.mark.parametrize("strategy", ["drop_newest", "raise"])
+@kept_outside_memory("no store, shared by the identifier's processes, to be full")
 def test_always_refuses_the_newest_when_the_file_holds_max_queue_size_for_the_identifier(strategy, peer,
                                                                                          make_client, outbox):
     bounded = dict(outbox.options, identifier="full", outbox_sync="always", max_queue_size=3,
@@ -267,6 +479,7 @@ def test_always_refuses_the_newest_when_the_file_holds_max_queue_size_for_the_id
     assert peer.wait_messages(4)[-1] == "o-1"
 
 
+@kept_outside_memory("no store to keep the newest in")
 def test_always_with_drop_oldest_the_file_keeps_the_newest(peer, make_client, outbox):
     drops = Recorder()
     client = down_client(make_client, peer, identifier="newest", **outbox.options, outbox_sync="always",
@@ -278,6 +491,7 @@ def test_always_with_drop_oldest_the_file_keeps_the_newest(peer, make_client, ou
     assert peer.wait_messages(3) == ["m-2", "m-3", "m-4"]
 
 
+@kept_outside_memory("no store to commit to")
 def test_always_from_an_os_thread_commits_before_returning(peer, make_client, outbox):
     client = down_client(make_client, peer, identifier="threads", **outbox.options, outbox_sync="always")
     pool = gevent.threadpool.ThreadPool(1)
@@ -299,6 +513,7 @@ def test_always_from_an_os_thread_commits_before_returning(peer, make_client, ou
 
 
 @pytest.mark.parametrize("patched", [True, False], ids=["patched", "unpatched"])
+@kept_outside_memory("no durable sends: nothing is committed, nothing for the hub to wait on")
 def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, outbox, server):
     """64 greenlets send in "always" mode to the real server (count mode), each send waiting for
     its commit, the rows deleted once written: a ticker greenlet that sleeps 1 ms never waits
@@ -326,6 +541,7 @@ def test_the_hub_keeps_ticking_while_64_greenlets_send_durably(patched, outbox, 
 # -- leases: a frozen owner -------------------------------------------------------------------------
 
 
+@kept_outside_memory("no lease: nothing is held for another process to take over")
 def test_a_frozen_owner_is_taken_over_and_once_woken_sends_nothing_it_lost(outbox, procs, make_client, peer,
                                                                            monkeypatch):
     lease_s, claim_every = t(3.0), t(0.3)
