@@ -177,7 +177,7 @@ def always(url: str, count: int, path: str, table: str | None = None) -> dict:
         result["seconds"] = time.perf_counter() - start
         assert replies and replies[0].startswith(f"done {total} "), replies
     result.update(ticker.stop())
-    store = client._store
+    store = client.run.store
     result["commits"] = getattr(store, "commits", None)
     result["committed"] = getattr(store, "committed", None)
     status = client.status()  # before stop(): stop() counts what it discards as drops of its own
@@ -248,11 +248,11 @@ def reload(url: str, count: int, path: str, table: str | None = None) -> dict:
     began = time.perf_counter()
     client.start()
     deadline = began + 30
-    while client.messages_reloaded < count and time.perf_counter() < deadline:
+    while client.counters.messages_reloaded < count and time.perf_counter() < deadline:
         gevent.sleep(0.0005)
     seen = time.perf_counter() - began
     delivered = None
-    if client.messages_reloaded == count and done.wait(60):
+    if client.counters.messages_reloaded == count and done.wait(60):
         delivered = time.perf_counter() - began
         assert replies[0].startswith(f"done {count} "), replies
     gaps = ticker.stop()
@@ -348,7 +348,7 @@ def hold(url: str, count: int, pg_url: str, table: str, lease_timeout: float, cl
     began = time.perf_counter()
     gevent.joinall([gevent.spawn(handler, first) for first in range(0, count, per_handler)])
     status = client.status()
-    print(json.dumps({"pid": os.getpid(), "owner": client._store._db.owner, "accepted": accepted[0],
+    print(json.dumps({"pid": os.getpid(), "owner": client.run.store._db.owner, "accepted": accepted[0],
                       "accept_seconds": time.perf_counter() - began, "dropped": status["messages_dropped"],
                       "drops_by_reason": status["drops_by_reason"], "outbox_errors": status["outbox_errors"]}),
           flush=True)
@@ -364,7 +364,7 @@ def takeover(url: str, count: int, pg_url: str, table: str, lease_timeout: float
     client = TimedClient(url=f"{url}/sink?expect={count}", identifier=TAKEOVER_IDENTIFIER, on_message=on_message,
                          max_queue_size=queue_size(count), **store_options(pg_url, table))
     client.start()
-    store = client._store
+    store = client.run.store
     claims: list[tuple[float, float, int]] = []  # (began, ended, messages taken), monotonic
     claim = store.claim
 
@@ -376,7 +376,7 @@ def takeover(url: str, count: int, pg_url: str, table: str, lease_timeout: float
 
     store.claim = timed_claim  # the claim loop calls store.claim(limit): its next call is timed
     assert client.wait_until_connected(10)
-    client._store_ready.wait(10)
+    client.run.store_ready.wait(10)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
     deadline = lease_timeout + claim_every + 60
     result = {"count": count, "lease_timeout": lease_timeout, "claim_every": claim_every, "done_at": None}

@@ -43,7 +43,7 @@ def memory(count: int) -> dict:
     tracemalloc.stop()
     per_message = (after - before) / count
 
-    outbox = client._outbox_or_create()
+    outbox = client.run.outbox_or_create()
     timings = {}
     for depth in (1_000, 100_000):
         while len(outbox) > depth:

@@ -188,7 +188,8 @@ class BaseClient(Defaults):
         if hook is not None:
             hook(*args)
 
-    def _mark_connected_now(self) -> None:
+    def mark_connected(self) -> None:
+        """Record that a connection succeeded just now (the default last_connected_at reads it)."""
         self._last_connected_at = datetime.now(timezone.utc)
 
 

@@ -29,7 +29,6 @@ from . import metrics, pg_store, transport
 from .base import BaseClient
 from .client import WebSocketClient
 from .connection import Connection
-from .supervisor import open_connection
 from .frames import CLOSE_NORMAL, Pong
 from .logs import env_flag, redact_url
 from .settings import Settings
@@ -217,7 +216,7 @@ def _check(timeout: Optional[float]) -> None:
     shown = redact_url(url)
     began = time.monotonic()
     try:
-        conn = open_connection(client, timeout)
+        conn = client.open_connection(timeout)
     except Exception as exc:
         raise click.ClickException(f"handshake with {shown} failed: {client.log.redact(str(exc)) or type(exc).__name__}")
     handshake_ms = (time.monotonic() - began) * 1000

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import metrics
-from .process import all_clients
+from .client import all_clients
 
 __all__ = ["EXIT_MARGIN", "child_exit", "post_worker_init", "worker_exit"]
 

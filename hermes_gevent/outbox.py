@@ -70,7 +70,7 @@ class Outbox:
     def __init__(self, maxsize: int, strategy: str, on_drop: DropSink, hub: Optional[gevent.hub.Hub] = None) -> None:
         self.maxsize = maxsize
         self.strategy = strategy
-        self._on_drop = on_drop
+        self.on_drop = on_drop
         self._hub = hub or gevent.get_hub()
         self._hub_root = _thread_root(self._hub)  # the main greenlet of the hub's thread
         self._queue: Queue[Optional[Item]] = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
@@ -108,9 +108,9 @@ class Outbox:
                 raise self._full()
             oldest = self._pop_oldest() if self.strategy == "drop_oldest" else None
             if oldest is None:
-                self._on_drop(item, DROP_OVERFLOW)
+                self.on_drop(item, DROP_OVERFLOW)
                 return False
-            self._on_drop(oldest, DROP_OVERFLOW)
+            self.on_drop(oldest, DROP_OVERFLOW)
         self._queue.put_nowait(item)
         self._empty.clear()
         return True
@@ -138,7 +138,7 @@ class Outbox:
         while handoff:
             item, must_drop = handoff.popleft()
             if must_drop or (self.strategy == "raise" and self._queued_here() >= self.maxsize):
-                self._on_drop(item, DROP_OVERFLOW)
+                self.on_drop(item, DROP_OVERFLOW)
                 continue
             self._put_local(item, in_drain=True)
 

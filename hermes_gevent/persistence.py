@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Optional
 
 import gevent
 
@@ -25,15 +25,15 @@ from .errors import ConfigError, QueueFull
 from .frames import Item
 from .outbox import DROP_OVERFLOW, DROP_STOPPED, DROP_UNACKED, in_hub, on_thread_of
 from .pg_store import PostgresStore, ensure_schema
+from .run import App, Greenlet, Run
+from .settings import Settings
 from .sqlite_store import SQLiteStore
 from .memory_store import MemoryStore
 from .store import CLAIM_EVERY, Store, seq_of
 from . import transactional
 
-if TYPE_CHECKING:
-    from .client import WebSocketClient
-
-__all__ = ["claim_loop", "open_store", "send_durably", "send_in_transaction", "spill_at_stop", "store_identifier"]
+__all__ = ["claim_loop", "Commits", "leave_unsent", "open_store", "send_durably", "send_in_transaction", "spill_at_stop",
+           "store_identifier", "store_status"]
 
 #: After a Connection's commit event (it fires before the COMMIT), how long the client looks for
 #: the rows (at most CONNECT_TIMEOUT): the first look at once, then every 1, 2, 4... ms, up to this.
@@ -42,43 +42,55 @@ _LOOK_EVERY_MAX = 0.05
 _schemas_ready: set[tuple[Any, str]] = set()
 
 
-def store_identifier(client: "WebSocketClient") -> str:
-    return str(client.identifier() or type(client).__name__)
+def store_status(settings: Settings) -> dict[str, Any]:
+    """Where the store is, as status() shows it: the path, or scheme://host:port/database (never the
+    password); ``outbox_errors`` of the stores closed already is added by the caller."""
+    location = settings.outbox_location()
+    sqlite = location is not None and location.kind == "sqlite"
+    return {
+        "outbox_path": location.path if location is not None and sqlite else None,
+        "outbox_url": location.shown if location is not None and (settings.OUTBOX_URL or not sqlite) else None,
+        "outbox_sync": settings.OUTBOX_SYNC if location is not None else None,
+    }
 
 
-def open_store(client: "WebSocketClient") -> Store:
-    """The store for one run: PostgreSQL or SQLite as OUTBOX_URL/OUTBOX_PATH say, else memory only."""
-    s = client.settings
+def store_identifier(app: App) -> str:
+    return str(app.identifier() or type(app).__name__)
+
+
+def open_store(run: Run) -> Store:
+    """The store for ``run``: PostgreSQL or SQLite as OUTBOX_URL/OUTBOX_PATH say, else memory only."""
+    s = run.settings
     location = s.outbox_location()
     if location is None:
         return MemoryStore()
-    identifier = store_identifier(client)
+    identifier = store_identifier(run.app)
     store: SQLiteStore | PostgresStore
     if location.kind == "sqlite":
         store = SQLiteStore(
             str(location.path), identifier, durable=s.OUTBOX_SYNC == "always",
-            max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=client.log,
+            max_size=s.MAX_QUEUE_SIZE, strategy=s.QUEUE_OVERFLOW_STRATEGY, log=run.log,
         )
     else:
-        client._redactor.learn(location.secrets)  # a driver's error may quote the password: never logged
+        run.redactor.learn(location.secrets)  # a driver's error may quote the password: never logged
         store = PostgresStore(
             location, identifier, durable=s.OUTBOX_SYNC == "always", max_size=s.MAX_QUEUE_SIZE,
-            strategy=s.QUEUE_OVERFLOW_STRATEGY, timeout=s.CONNECT_TIMEOUT, log=client.log,
+            strategy=s.QUEUE_OVERFLOW_STRATEGY, timeout=s.CONNECT_TIMEOUT, log=run.log,
         )
-    store.on_lease_lost = functools.partial(_drop_taken_over, client, store)
-    store.on_recovered = functools.partial(_write_back, client, store)
-    if client._metrics is not None:
-        store.on_error = client._metrics.outbox_error
+    store.on_lease_lost = functools.partial(_drop_taken_over, run, store)
+    store.on_recovered = functools.partial(_write_back, run, store)
+    if run.metrics is not None:
+        store.on_error = run.metrics.outbox_error
     store.open()
     return store
 
 
-def _drop_taken_over(client: "WebSocketClient", store: Store) -> None:
+def _drop_taken_over(run: Run, store: Store) -> None:
     """This process's lease was taken over: every stored message it holds is another's to send -
     but those whose rows it deleted and has yet to put back (memory holds their only copy: they
     go back in under the new lease)."""
-    outbox = client._outbox
-    if client._store is not store or outbox is None:
+    outbox = run.outbox
+    if run.store is not store or outbox is None:
         return
     keep = store.unstored()
 
@@ -87,18 +99,18 @@ def _drop_taken_over(client: "WebSocketClient", store: Store) -> None:
         return seq is not None and seq not in keep
 
     dropped = outbox.discard(theirs)
-    if client._window is not None:
-        dropped += client._window.discard(theirs)  # never resent from here either
-    client.messages_handed_over += len(dropped)
+    if run.window is not None:
+        dropped += run.window.discard(theirs)  # never resent from here either
+    run.counters.messages_handed_over += len(dropped)
     if dropped:
-        client.log.warning(f"{len(dropped)} message(s) held here are not sent: another process took them over")
+        run.log.warning(f"{len(dropped)} message(s) held here are not sent: another process took them over")
 
 
-def _write_back(client: "WebSocketClient", store: Store) -> None:
+def _write_back(run: Run, store: Store) -> None:
     """The store answers again: what was accepted meanwhile (memory only) goes into it, so a
     crash from now on loses nothing (OUTBOX_SYNC="always"; with "stop" it is spilled at stop)."""
-    outbox = client._outbox
-    if client._store is not store or outbox is None or not store.durable:
+    outbox = run.outbox
+    if run.store is not store or outbox is None or not store.durable:
         return
     waiting = [item for item in outbox.held() if seq_of(item) is None]
     if not waiting:
@@ -108,57 +120,56 @@ def _write_back(client: "WebSocketClient", store: Store) -> None:
     still = {id(item) for item in outbox.held()}
     store.forget([result for key, result in stored.items() if key not in still])  # sent meanwhile
     outbox.replace(lambda item: stored.get(id(item)))
-    client.log.info(f"{len(stored)} message(s) kept in memory while {store.path} was down are in it again")
+    run.log.info(f"{len(stored)} message(s) kept in memory while {store.path} was down are in it again")
 
 
-def claim_loop(client: "WebSocketClient", generation: int) -> None:
-    store = client._store
-    ready = client._store_ready  # this run's (a forked parent's copy of this loop must not set the child's)
-    limit = client.settings.MAX_QUEUE_SIZE  # the first claim: all of them, ahead of anything sent since start()
+def claim_loop(run: Run) -> None:
+    store = run.store
+    limit = run.settings.MAX_QUEUE_SIZE  # the first claim: all of them, ahead of anything sent since start()
     try:
         if store.path is None:
             return
-        while client._current(generation):
+        while run.active:
             items = store.claim(limit)
-            if items and client._current(generation):
-                client._outbox_or_create().requeue_front(items)
-                client.messages_reloaded += len(items)
-                client.log.info(f"took over {len(items)} message(s) kept in {store.path}; they go out first")
-            ready.set()
+            if items and run.active:
+                run.outbox_or_create().requeue_front(items)
+                run.counters.messages_reloaded += len(items)
+                run.log.info(f"took over {len(items)} message(s) kept in {store.path}; they go out first")
+            run.store_ready.set()
             gevent.sleep(CLAIM_EVERY)
             # Later claims (a process that died) take what the queue has room for.
-            limit = client.settings.MAX_QUEUE_SIZE - len(client._outbox_or_create())
+            limit = run.settings.MAX_QUEUE_SIZE - len(run.outbox_or_create())
     finally:
-        ready.set()  # the sender never waits on a claim that will not come
+        run.store_ready.set()  # the sender never waits on a claim that will not come
 
 
-def send_durably(client: "WebSocketClient", item: Item) -> bool:
+def send_durably(run: Run, item: Item) -> bool:
     """OUTBOX_SYNC="always": queue ``item`` once it is committed to the store."""
-    outbox = client._outbox_or_create()
-    store = client._store
-    s = client.settings
+    outbox = run.outbox_or_create()
+    store = run.store
+    s = run.settings
     if in_hub():
-        gevent.spawn(_send_durably_later, client, item)  # the hub never waits on a commit
+        gevent.spawn(_send_durably_later, run, item)  # the hub never waits on a commit
         return True
     if s.QUEUE_OVERFLOW_STRATEGY != "drop_oldest" and len(outbox) >= s.MAX_QUEUE_SIZE:
         return outbox.put(item)  # full: refused (or QueueFull) as without a store, no disk touched
-    if on_thread_of(client._home_hub):
+    if on_thread_of(run.hub):
         result = store.append([item])[0]
     else:
         result = store.append_from_thread([item])[0]
     if result is None:  # the store's bound, over every process of this identifier
         if s.QUEUE_OVERFLOW_STRATEGY == "raise":
             raise QueueFull(f"outbox is full (MAX_QUEUE_SIZE={s.MAX_QUEUE_SIZE} for this identifier)")
-        client.drops.count(item, DROP_OVERFLOW)
+        run.drops.count(item, DROP_OVERFLOW)
         return False
-    if client._outbox is not outbox:
+    if run.outbox is not outbox:
         # stop() closed the queue meanwhile, after the commit under way (it waits for that one):
         # a committed message is in the store, left for the next start like the queue; one that
         # was not committed is refused. Never queued where no run will send it.
         if isinstance(result, BaseException):
-            client.drops.count(item, DROP_STOPPED)
+            run.drops.count(item, DROP_STOPPED)
             return False
-        client.messages_spilled += 1
+        run.counters.messages_spilled += 1
         return True
     if isinstance(result, BaseException):
         return outbox.put(item)  # the store failed (logged once, counted): memory only
@@ -169,26 +180,38 @@ def send_durably(client: "WebSocketClient", item: Item) -> bool:
         raise
 
 
-def _send_durably_later(client: "WebSocketClient", item: Item) -> None:
+def _send_durably_later(run: Run, item: Item) -> None:
     try:
-        if client._store.durable:
-            send_durably(client, item)
-        elif client.lifecycle.ended:
-            client.drops.count(item, DROP_STOPPED)  # stop() ran before this greenlet did
+        if run.store.durable:
+            send_durably(run, item)
+        elif run.lifecycle.ended or not run.active:
+            run.drops.count(item, DROP_STOPPED)  # stop() ran before this greenlet did
         else:
-            client._outbox_or_create().put(item)  # the store failed meanwhile: memory only
+            run.outbox_or_create().put(item)  # the store failed meanwhile: memory only
     except QueueFull:
-        client.drops.count(item, DROP_OVERFLOW)  # nobody to raise to: counted as the other strategies are
+        run.drops.count(item, DROP_OVERFLOW)  # nobody to raise to: counted as the other strategies are
 
 
-def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[Item]) -> int:
+def leave_unsent(run: Run) -> int:
+    """What stop() leaves undelivered - unacknowledged messages (oldest), then the queue - is
+    kept in the store, or counted as dropped; returns how many were neither delivered nor kept."""
+    unacked = run.window.drain() if run.window is not None else []
+    run.acks_changed.set()  # a flush() waiting on them returns (False: they were not acknowledged)
+    outbox = run.outbox
+    remaining = outbox.close() if outbox is not None else []
+    run.outbox = None
+    return spill_at_stop(run, unacked, remaining)
+
+
+def spill_at_stop(run: Run, unacked: list[Item], queued: list[Item]) -> int:
     """Keep what stop() leaves undelivered in the store; count the rest as dropped.
     Returns how many were neither delivered nor kept."""
-    store = client._store
+    store = run.store
+    counters = run.counters
     spilled = store.spill(unacked + queued)
     store.close()
-    client.outbox_errors += store.errors
-    client._store = MemoryStore()
+    counters.outbox_errors += store.errors
+    run.store = MemoryStore()
     if spilled.failed:
         # Messages already in the store stay there (under a lease that will be found dead): kept;
         # but not those whose rows were deleted and never put back.
@@ -199,73 +222,82 @@ def spill_at_stop(client: "WebSocketClient", unacked: list[Item], queued: list[I
         lost_unacked = [item for item in unacked if lost(item)]
         lost_queued = [item for item in queued if lost(item)]
         for item in lost_unacked:
-            client.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
+            run.drops.count(item, DROP_UNACKED, log=False)  # stop() logs the total once
         for item in lost_queued:
-            client.drops.count(item, DROP_STOPPED, log=False)
-        client.messages_spilled += len(unacked) + len(queued) - len(lost_unacked) - len(lost_queued)
+            run.drops.count(item, DROP_STOPPED, log=False)
+        counters.messages_spilled += len(unacked) + len(queued) - len(lost_unacked) - len(lost_queued)
         return len(lost_unacked) + len(lost_queued)
-    client.messages_spilled += spilled.kept
+    counters.messages_spilled += spilled.kept
     for item in spilled.evicted + spilled.refused:
-        client.drops.count(item, DROP_OVERFLOW, log=False)
+        run.drops.count(item, DROP_OVERFLOW, log=False)
     if spilled.kept:
-        client.log.info(f"{spilled.kept} undelivered message(s) kept in {store.path} for the next start")
+        run.log.info(f"{spilled.kept} undelivered message(s) kept in {store.path} for the next start")
     return len(spilled.refused)
 
 
-def send_in_transaction(client: "WebSocketClient", item: Item, transaction: Any) -> bool:
+class Commits:
+    """Rows of the app's transactions that committed, taken and queued in commit order by one
+    greenlet into the run that is current then (``current_run``)."""
+
+    def __init__(self, current_run: Callable[[], Run]) -> None:
+        self.current_run = current_run
+        self.pending: collections.deque[tuple[list[int], bool]] = collections.deque()
+        self.taker: Optional[Greenlet] = None
+
+    def committed(self, hub: Any, seqs: list[int], confirmed: bool) -> None:
+        """A transaction that wrote rows committed (or is committing): take them, in commit order."""
+        if not on_thread_of(hub):
+            hub.loop.run_callback_threadsafe(self.committed, hub, seqs, confirmed)
+            return
+        self.pending.append((seqs, confirmed))
+        if self.taker is None or self.taker.dead:
+            self.taker = gevent.spawn(self._take)
+
+    def _take(self) -> None:
+        commits = self.pending
+        while commits:
+            seqs, confirmed = commits[0]
+            run = self.current_run()
+            store = run.store
+            missing = seqs
+            deadline = time.monotonic() + run.settings.CONNECT_TIMEOUT
+            pause = 0.001
+            looks = 0
+            while missing and run.lifecycle.running and isinstance(store, PostgresStore) and run.store is store:
+                items = store.take(missing)
+                looks += 1
+                if items:
+                    outbox = run.outbox_or_create()
+                    for i, item in enumerate(items):
+                        try:
+                            outbox.put(item)
+                        except QueueFull:  # "raise" and a full queue: nobody to raise to; a later claim takes them
+                            store.release(items[i:])
+                            break
+                    taken = {seq_of(item) for item in items}
+                    missing = [seq for seq in missing if seq not in taken]
+                # Not visible: the COMMIT is still under way, or failed; or another client took them.
+                if not missing or (confirmed and looks >= 2) or time.monotonic() + pause > deadline:
+                    break
+                gevent.sleep(pause)
+                pause = min(pause * 2, _LOOK_EVERY_MAX)
+            commits.popleft()
+
+
+def send_in_transaction(run: Run, commits: Commits, item: Item, transaction: Any) -> bool:
     """send_message(msg, transaction=T): the row goes in through T; it is sent once T commits."""
-    location = client.settings.outbox_location()
+    location = run.settings.outbox_location()
     if location is None or location.kind != "postgres":
         raise ConfigError("transaction= needs OUTBOX_URL to name the PostgreSQL database the transaction is on.")
     key = (location.conninfo, location.table)
-    if not isinstance(client._store, PostgresStore) and key not in _schemas_ready:
+    if not isinstance(run.store, PostgresStore) and key not in _schemas_ready:
         # Never started (its start() creates the tables): an INSERT into a missing table would
         # abort the app's transaction.
-        if on_thread_of(client._home_hub):
-            gevent.get_hub().threadpool.apply(ensure_schema, (location, client.settings.CONNECT_TIMEOUT))
+        if on_thread_of(run.hub):
+            gevent.get_hub().threadpool.apply(ensure_schema, (location, run.settings.CONNECT_TIMEOUT))
         else:
-            ensure_schema(location, client.settings.CONNECT_TIMEOUT)  # an OS thread of the app's: it may wait
+            ensure_schema(location, run.settings.CONNECT_TIMEOUT)  # an OS thread of the app's: it may wait
         _schemas_ready.add(key)
-    transactional.enlist(transaction, location, store_identifier(client), item,
-                         functools.partial(_committed, client, client._home_hub))
+    transactional.enlist(transaction, location, store_identifier(run.app), item,
+                         functools.partial(commits.committed, run.hub))
     return True
-
-
-def _committed(client: "WebSocketClient", hub: Any, seqs: list[int], confirmed: bool) -> None:
-    """A transaction that wrote rows committed (or is committing): take them, in commit order."""
-    if not on_thread_of(hub):
-        hub.loop.run_callback_threadsafe(_committed, client, hub, seqs, confirmed)
-        return
-    commits = client._commits
-    commits.append((seqs, confirmed))
-    if client._commit_taker is None or client._commit_taker.dead:
-        client._commit_taker = gevent.spawn(_take_committed, client, commits)
-
-
-def _take_committed(client: "WebSocketClient", commits: "collections.deque[tuple[list[int], bool]]") -> None:
-    while commits:
-        seqs, confirmed = commits[0]
-        store = client._store
-        missing = seqs
-        deadline = time.monotonic() + client.settings.CONNECT_TIMEOUT
-        pause = 0.001
-        looks = 0
-        while missing and client.lifecycle.running and isinstance(store, PostgresStore) and client._store is store:
-            items = store.take(missing)
-            looks += 1
-            if items:
-                outbox = client._outbox_or_create()
-                for i, item in enumerate(items):
-                    try:
-                        outbox.put(item)
-                    except QueueFull:  # "raise" and a full queue: nobody to raise to; a later claim takes them
-                        store.release(items[i:])
-                        break
-                taken = {seq_of(item) for item in items}
-                missing = [seq for seq in missing if seq not in taken]
-            # Not visible: the COMMIT is still under way, or failed; or another client took them.
-            if not missing or (confirmed and looks >= 2) or time.monotonic() + pause > deadline:
-                break
-            gevent.sleep(pause)
-            pause = min(pause * 2, _LOOK_EVERY_MAX)
-        commits.popleft()

@@ -10,29 +10,35 @@ from __future__ import annotations
 import atexit
 import os
 import weakref
-from typing import TYPE_CHECKING
+from typing import Optional, Protocol
 
 import gevent.monkey
 
-from .lifecycle import State
+from .lifecycle import Lifecycle
 from .logs import ClientLog
-from .memory_store import MemoryStore
 
-if TYPE_CHECKING:
-    from .client import WebSocketClient
+__all__ = ["all_clients", "ProcessClient", "register", "warn_if_unpatched"]
 
-__all__ = ["all_clients", "register", "reset_in_child", "warn_if_unpatched"]
+
+class ProcessClient(Protocol):
+    """What the process asks of each client it knows."""
+
+    lifecycle: Lifecycle
+
+    def stop(self, timeout: Optional[float] = None) -> int: ...
+    def reset_in_child(self) -> None: ...
+
 
 _warned_unpatched = False
-_all_clients: "weakref.WeakSet[WebSocketClient]" = weakref.WeakSet()
+_all_clients: "weakref.WeakSet[ProcessClient]" = weakref.WeakSet()
 
 
-def register(client: "WebSocketClient") -> None:
+def register(client: ProcessClient) -> None:
     _all_clients.add(client)
 
 
-def all_clients() -> list["WebSocketClient"]:
-    """Every client alive in this process (for server hooks)."""
+def all_clients() -> list[ProcessClient]:
+    """Every client alive in this process."""
     return list(_all_clients)
 
 
@@ -47,34 +53,9 @@ def warn_if_unpatched(log: ClientLog) -> None:
         )
 
 
-def reset_in_child(client: "WebSocketClient") -> None:
-    """In a forked child: hold nothing of the parent's, and start fresh when used."""
-    was_waiting = client.lifecycle.running or client.lifecycle.pending
-    session = client._session
-    if session is not None:
-        session.conn.aborted = True  # never write on the parent's connection
-        try:
-            session.conn.sock.close()  # our copy of the descriptor only; the parent keeps its own
-        except OSError:
-            pass
-    # The parent's greenlets were copied too: orphan them (they see a stale session
-    # and an empty outbox); they are killed lazily if they ever run.
-    client._orphans = list(client._loops.values())
-    client._outbox = None  # queued messages are the parent's to send
-    # The parent's store (its thread, its SQLite connection) is never touched here, nor closed.
-    client._orphan_stores.append(client._store)
-    client._store = MemoryStore()
-    client._commits.clear()  # the parent's transactions, the parent's to take
-    client._commit_taker = None
-    client._new_id.reseed()  # the parent's id sequence is the parent's
-    client._reset_run()
-    client._reset_counters()
-    client.lifecycle.reset(State.PENDING if was_waiting else State.IDLE)
-
-
 def _reset_after_fork() -> None:
     for client in list(_all_clients):
-        reset_in_child(client)
+        client.reset_in_child()
 
 
 def _stop_all_at_exit() -> None:

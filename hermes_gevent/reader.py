@@ -10,7 +10,6 @@ fails the session with the protocol's reason. It shares the hub fairly
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import gevent
 
@@ -18,10 +17,8 @@ from . import frames
 from .connection import Connection
 from .errors import ProtocolError
 from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floor
+from .run import Run
 from .session import Session, now
-
-if TYPE_CHECKING:
-    from .client import WebSocketClient
 
 __all__ = ["CLOSE_WRITE_TIMEOUT", "COALESCE_BELOW", "COALESCE_IF_WAITED_UNDER", "COALESCE_PAUSE", "read_loop",
     "read_session"]
@@ -38,21 +35,21 @@ COALESCE_PAUSE = 0.0005
 CLOSE_WRITE_TIMEOUT = 1.0
 
 
-def read_loop(client: "WebSocketClient", generation: int) -> None:
-    inbox = client._reader_inbox
-    while client._current(generation):
+def read_loop(run: Run) -> None:
+    inbox = run.reader_inbox
+    while run.active:
         session = inbox.get()
-        if session.alive and client._current(generation):
-            read_session(client, session)
+        if session.alive and run.active:
+            read_session(run, session)
 
 
-def read_session(client: "WebSocketClient", session: Session) -> None:
+def read_session(run: Run, session: Session) -> None:
     conn = session.conn
     protocol = conn.protocol
     process = protocol.process
-    on_message = client._on_data if client._window is None else client._on_data_with_acks
-
-    metrics = client._metrics
+    on_message = run.on_data if run.window is None else run.on_data_with_acks
+    counters = run.counters
+    metrics = run.metrics
 
     def on_control(event: frames.Event) -> None:
         if metrics is not None and isinstance(event, frames.Pong):
@@ -83,13 +80,13 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
             waited = False
             found_waiting = read_at - asked_at < COALESCE_IF_WAITED_UNDER
         quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
-        client._debug_bodies = client.log.logger.isEnabledFor(logging.DEBUG)
-        received = client.messages_received
+        run.debug_bodies = run.log.logger.isEnabledFor(logging.DEBUG)
+        received = counters.messages_received
         session.handler_since = read_at  # the handlers run inside process()
         process(on_message, on_control)
         session.handler_since = None
-        if client.messages_received != received:
-            client._last_message_at = read_at
+        if counters.messages_received != received:
+            counters.last_message_at = read_at
         if protocol.failure is not None:
             break
         if waited:
@@ -103,20 +100,20 @@ def read_session(client: "WebSocketClient", session: Session) -> None:
         else:
             # recv() does not yield while data is waiting: read on, within the budget (fairness.py).
             take_turn(turns)
-    _ended(client, session, conn)
+    _ended(run, session, conn)
 
 
-def _ended(client: "WebSocketClient", session: Session, conn: Connection) -> None:
+def _ended(run: Run, session: Session, conn: Connection) -> None:
     """The protocol says the connection ended: send what it owes (the echo of the server's
     close, or our close after a violation), log why, and fail the session with the reason."""
     protocol = conn.protocol
     failure = protocol.failure
     assert failure is not None
     if isinstance(failure, ProtocolError):
-        client.log.warning(f"protocol error from the server: {failure}")
+        run.log.warning(f"protocol error from the server: {failure}")
     elif protocol.close_received is not None:
         close = protocol.close_received
-        client.log.info(f"server closed the connection with code {close.code} {close.reason}".rstrip())
+        run.log.info(f"server closed the connection with code {close.code} {close.reason}".rstrip())
     if isinstance(failure, ProtocolError):  # a peer that breaks the protocol must not hold us
         gevent.with_timeout(CLOSE_WRITE_TIMEOUT, conn.send_pending, timeout_value=False)
     elif protocol.has_data_to_send:  # the echo of the server's close, after any message being written

@@ -14,7 +14,7 @@ Pings, pongs and close frames do not count.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import gevent
 
@@ -23,10 +23,8 @@ from .connection import Connection, WriteFailed
 from .fairness import Turns, take_turn, timer_floor
 from .frames import Item
 from .ratelimit import TokenBucket
+from .run import Run
 from .session import Session, now
-
-if TYPE_CHECKING:
-    from .client import WebSocketClient
 
 __all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE"]
 
@@ -41,27 +39,28 @@ BACKLOG_URGENT = 0.25
 SLOW_WRITE = 0.05
 
 
-def send_loop(client: "WebSocketClient", generation: int) -> None:
-    outbox = client._outbox_or_create()
-    inbox = client._sender_inbox
-    window = client._window
-    backlog_urgent = client.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
-    bucket = client._send_bucket
-    metrics = client._metrics  # None: metrics off
-    client._store_ready.wait()  # messages kept from an earlier run go out before newer ones
-    while client._current(generation):
+def send_loop(run: Run) -> None:
+    outbox = run.outbox_or_create()
+    inbox = run.sender_inbox
+    window = run.window
+    backlog_urgent = run.settings.MAX_QUEUE_SIZE * BACKLOG_URGENT
+    bucket = run.send_bucket
+    metrics = run.metrics  # None: metrics off
+    counters = run.counters
+    run.store_ready.wait()  # messages kept from an earlier run go out before newer ones
+    while run.active:
         session = inbox.get()
         conn = session.conn
         turns = conn.write_turns
-        while session.alive and client._current(generation):
+        while session.alive and run.active:
             limit, timeout = MAX_BATCH_ITEMS, None
             if window is not None:
                 # Acknowledgements on: what the server has not confirmed goes first (all of it
                 # on a new connection, the overdue on a live one), and at most MAX_UNACKED wait.
-                if not _resend_due(client, session, window, bucket):
+                if not _resend_due(run, session, window, bucket):
                     break
                 if not window.room:
-                    _wait_for_acks(client, session, window)
+                    _wait_for_acks(run, session, window)
                     turns.turned(now())
                     continue
                 limit = min(limit, window.room)
@@ -80,7 +79,7 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 break  # the batch stays in flight and goes out first on the next session
             if not batch:
                 continue  # woken without a message (a resend is due, or the session ended)
-            if not client._store.check_lease():
+            if not run.store.check_lease():
                 continue  # taken over while this process was frozen: what it lost left the batch
             if window is not None:
                 # A batch left in flight by a failed write may be larger than the window's room
@@ -93,13 +92,13 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                 # (a failure, a kill at a yield inside it), the window resends them in order.
                 began = now()
                 window.written(writing, began)
-                client.messages_sent += outbox.settle(batch, len(writing))
+                counters.messages_sent += outbox.settle(batch, len(writing))
                 if metrics is not None:
                     metrics.written(len(writing), len(outbox))
                 if not _write_owned(session, window, writing, began):
                     break
-                if client._store.path is not None:
-                    client._delivered([item for item in writing if not item[2]])  # type: ignore[misc]  # kept without an id
+                if run.store.path is not None:
+                    run.delivered([item for item in writing if not item[2]])  # type: ignore[misc]  # kept without an id
             else:
                 # A batch left in flight by a failed write may be larger than the tokens available.
                 sending = batch if len(batch) <= limit else batch[:limit]
@@ -111,15 +110,15 @@ def send_loop(client: "WebSocketClient", generation: int) -> None:
                     # What reached the kernel is the ledger's to judge (see Session.fail); where
                     # acknowledgements cannot be tracked, the whole batch goes again.
                     handed = exc.handed if conn.tracks_acks else 0
-                    client._delivered(sending[:handed])
-                    client.messages_sent += outbox.settle(batch, handed)
+                    run.delivered(sending[:handed])
+                    counters.messages_sent += outbox.settle(batch, handed)
                     if metrics is not None:
                         metrics.written(handed, len(outbox))
                     _fail(session, conn, exc)
                     break
-                client._delivered(sending)  # before settle(), which empties the batch
+                run.delivered(sending)  # before settle(), which empties the batch
                 written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
-                client.messages_sent += written
+                counters.messages_sent += written
                 if metrics is not None:
                     metrics.written(written, len(outbox))
             # A full queue never blocks take(), nor a draining socket send(): let the
@@ -142,11 +141,11 @@ def _tokens(session: Session, bucket: TokenBucket, turns: Turns) -> int:
     return 0
 
 
-def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow,
+def _resend_due(run: Run, session: Session, window: AckWindow,
                 bucket: Optional[TokenBucket] = None) -> bool:
     """Write again, oldest first, what is due in the window (within MAX_SEND_RATE); False when
     the connection failed."""
-    client._store.check_lease()  # taken over meanwhile: what it lost leaves the window first
+    run.store.check_lease()  # taken over meanwhile: what it lost leaves the window first
     due = window.due(now())
     start = 0
     while start < len(due):
@@ -168,9 +167,9 @@ def _resend_due(client: "WebSocketClient", session: Session, window: AckWindow,
             bucket.take(len(chunk), began)
         if not _write_owned(session, window, chunk, began):
             return False  # the window has them all: due again on the next connection
-        client.messages_resent += len(chunk)
-        if client._metrics is not None:
-            client._metrics.resent(len(chunk))
+        run.counters.messages_resent += len(chunk)
+        if run.metrics is not None:
+            run.metrics.resent(len(chunk))
         take_turn(session.conn.write_turns)
     return session.alive
 
@@ -190,15 +189,15 @@ def _write_owned(session: Session, window: AckWindow, items: list[Item], began: 
     return True
 
 
-def _wait_for_acks(client: "WebSocketClient", session: Session, window: AckWindow) -> None:
+def _wait_for_acks(run: Run, session: Session, window: AckWindow) -> None:
     """MAX_UNACKED messages wait for acknowledgements: wait for one, for the next resend, or
     for the connection to end - messages stay queued meanwhile."""
-    client._acks_changed.clear()
+    run.acks_changed.clear()
     if window.room:
         return
     due_at = window.next_due()
     timeout = None if due_at is None else max(0.0, due_at - now())
-    waitables: list[Any] = [client._acks_changed, session.lost]
+    waitables: list[Any] = [run.acks_changed, session.lost]
     gevent.wait(waitables, count=1, timeout=timeout)
 
 

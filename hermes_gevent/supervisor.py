@@ -10,7 +10,7 @@ moves are the Lifecycle's (lifecycle.py); this module only obeys them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 from urllib.parse import quote
 
 import gevent
@@ -20,130 +20,130 @@ from .errors import ConnectionClosed, PingTimeout
 from .frames import CLOSE_ABNORMAL
 from .headers import check_headers, handshake_headers
 from .lifecycle import State
-from .logs import redact_url, secrets_in
+from .logs import ClientLog, Redactor, redact_url, secrets_in
 from .proxy import basic_credentials, proxy_for
 from .retry import describe
+from .run import App, Run
 from .session import Session, now
-from .transport import parse_ws_url, ssl_context_for
-
-if TYPE_CHECKING:
-    from .client import WebSocketClient
+from .settings import Settings
+from .transport import Connector, parse_ws_url, ssl_context_for
 
 __all__ = ["open_connection", "supervise"]
 
 
-def supervise(client: "WebSocketClient", generation: int) -> None:
-    life = client.lifecycle
-    while client._current(generation) and not life.ended:
-        client._wake.clear()  # set by stop() and reconnect(): act now
+def supervise(run: Run) -> None:
+    life = run.lifecycle
+    while run.active and not life.ended:
+        run.wake.clear()  # set by stop() and reconnect(): act now
         if life.gave_up:
-            client._wake.wait()
+            run.wake.wait()
             continue
         life.move(State.CONNECTING)
         try:
-            session = _connect_once(client)
+            session = _connect_once(run)
         except Exception as exc:  # every failure is classified; none kills the loop
-            if not client._current(generation) or life.ended:
+            if not run.active or life.ended:
                 return
-            _after_failure(client, exc, uptime=None)
+            _after_failure(run, exc, uptime=None)
             continue
-        if not client._current(generation) or life.ended:
+        if not run.active or life.ended:
             session.conn.abort()
             return
-        _run_session(client, session, generation)
-        if not client._current(generation) or life.ended:
+        _run_session(run, session)
+        if not run.active or life.ended:
             return
         error = session.error or ConnectionClosed(CLOSE_ABNORMAL, "connection lost")
-        _after_failure(client, error, uptime=now() - session.opened_at)
+        _after_failure(run, error, uptime=now() - session.opened_at)
 
 
-def open_connection(client: "WebSocketClient", timeout: Optional[float] = None) -> Connection:
-    """One attempt, through the client's connector, with the URL and headers read anew
+def open_connection(app: App, settings: Settings, connector: Connector, redactor: Redactor, log: ClientLog,
+                    timeout: Optional[float] = None) -> Connection:
+    """One attempt, through ``connector``, with the URL and headers read anew from ``app``
     (the supervisor's attempts, and ``flask hermes check``)."""
-    url = client.url()
-    headers = client.headers()
+    url = app.url()
+    headers = app.headers()
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
-    client._redactor.learn(secrets_in(url, headers))
-    headers = handshake_headers(headers, client.origin(), client.settings.SUBPROTOCOLS)
+    redactor.learn(secrets_in(url, headers))
+    headers = handshake_headers(headers, app.origin(), settings.SUBPROTOCOLS)
     host, port, secure = parse_ws_url(url)
-    proxy = proxy_for(client.settings.PROXY, host, port, secure)  # the environment read anew, too
+    proxy = proxy_for(settings.PROXY, host, port, secure)  # the environment read anew, too
     if proxy is None:
-        client.proxy_in_use = None
-        client.log.info(f"connecting to {redact_url(url)}")
+        app.proxy_in_use = None
+        log.info(f"connecting to {redact_url(url)}")
     else:
         credentials = basic_credentials(proxy)
         if credentials is not None and proxy.password:
             # the password as given and as it would appear in a URL or a header
-            client._redactor.learn(s for s in {proxy.password, quote(proxy.password, safe=""), credentials,
-                                               credentials.split()[-1]} if len(s) >= 4)
-        client.proxy_in_use = proxy.display
-        client.log.info(f"connecting to {redact_url(url)} through proxy {proxy.display}")
-    client.log.debug(f"upgrade headers: {sorted(headers)}")
-    timeout = client.settings.CONNECT_TIMEOUT if timeout is None else timeout
-    ssl_context = ssl_context_for(client.ssl_context, client.ca_file)
-    size = client.settings.MAX_MESSAGE_SIZE
+            redactor.learn(s for s in {proxy.password, quote(proxy.password, safe=""), credentials,
+                                       credentials.split()[-1]} if len(s) >= 4)
+        app.proxy_in_use = proxy.display
+        log.info(f"connecting to {redact_url(url)} through proxy {proxy.display}")
+    log.debug(f"upgrade headers: {sorted(headers)}")
+    timeout = settings.CONNECT_TIMEOUT if timeout is None else timeout
+    ssl_context = ssl_context_for(app.ssl_context, app.ca_file)
+    size = settings.MAX_MESSAGE_SIZE
     if proxy is None:  # a connector that knows nothing of proxies (a test's in-process one) still works
-        return client._connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context)
-    return client._connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context,
-                             proxy=proxy.url)
+        return connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context)
+    return connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context,
+                     proxy=proxy.url)
 
 
-def _connect_once(client: "WebSocketClient") -> Session:
+def _connect_once(run: Run) -> Session:
     # With acknowledgements the window resends what the server never confirmed: no need to ask
     # the kernel which writes it left unacknowledged.
-    requeue = client._requeue_unacknowledged if client._window is None else None
-    if client._metrics is None:
-        return Session(open_connection(client), requeue)
+    requeue = run.requeue_unacknowledged if run.window is None else None
     began = now()
-    conn = open_connection(client)
-    client._metrics.connect_took(now() - began)
+    conn = open_connection(run.app, run.settings, run.connector, run.redactor, run.log)
+    if run.metrics is not None:
+        run.metrics.connect_took(now() - began)
     return Session(conn, requeue)
 
 
-def _run_session(client: "WebSocketClient", session: Session, generation: int) -> None:
+def _run_session(run: Run, session: Session) -> None:
     """Publish a live session, watch it until it is lost, then unpublish it."""
-    if client._metrics is not None:
-        client._metrics.opened(client._has_connected)
-    if client._has_connected:
-        client.reconnects += 1
-    client._has_connected = True
-    client._mark_connected_now()
-    client._session = session
-    client.lifecycle.move(State.OPEN)
-    client._connected_event.set()
-    client.log.info(f"connected to {redact_url(client._safe_url())}")
-    client._safe_hook(client.on_open)
-    client._reader_inbox.put(session)
-    client._sender_inbox.put(session)
+    counters = run.counters
+    if run.metrics is not None:
+        run.metrics.opened(counters.has_connected)
+    if counters.has_connected:
+        counters.reconnects += 1
+    counters.has_connected = True
+    run.app.mark_connected()
+    run.session = session
+    run.lifecycle.move(State.OPEN)
+    run.connected.set()
+    run.log.info(f"connected to {redact_url(run.safe_url())}")
+    run.call_hook(run.app.on_open)
+    run.reader_inbox.put(session)
+    run.sender_inbox.put(session)
     try:
-        _watch(client, session)
+        _watch(run, session)
     finally:
         session.fail(session.error or ConnectionClosed(CLOSE_ABNORMAL, "connection lost"))
-        if client._window is not None and generation == client._generation:
-            client._window.connection_lost()  # what it carried goes again first, on the next one
-        if client._outbox is not None:
-            client._outbox.wake()  # the sender may be waiting for a message on the dead session
-        if generation == client._generation:
-            client._connected_event.clear()
+        if run.window is not None and run.active:
+            run.window.connection_lost()  # what it carried goes again first, on the next one
+        if run.outbox is not None:
+            run.outbox.wake()  # the sender may be waiting for a message on the dead session
+        if run.active:
+            run.connected.clear()
     error = session.error
     code = getattr(error, "code", CLOSE_ABNORMAL)
-    if client._metrics is not None:
-        client._metrics.lost(code if isinstance(code, int) else CLOSE_ABNORMAL)  # once per connection
-    if generation != client._generation:
+    if run.metrics is not None:
+        run.metrics.lost(code if isinstance(code, int) else CLOSE_ABNORMAL)  # once per connection
+    if not run.active:
         return
     reason = getattr(error, "reason", "") or str(error)
-    if not client.lifecycle.ended:
-        client.log.warning(f"connection lost: {describe(error) if error else 'unknown'}")
-    client._safe_hook(client.on_close, code, reason)
+    if not run.lifecycle.ended:
+        run.log.warning(f"connection lost: {describe(error) if error else 'unknown'}")
+    run.call_hook(run.app.on_close, code, reason)
 
 
-def _watch(client: "WebSocketClient", session: Session) -> None:
+def _watch(run: Run, session: Session) -> None:
     """Ping every PING_INTERVAL; declare the connection dead after PING_TIMEOUT of silence."""
-    interval, ping_timeout = client.settings.PING_INTERVAL, client.settings.PING_TIMEOUT
+    interval, ping_timeout = run.settings.PING_INTERVAL, run.settings.PING_TIMEOUT
     next_ping = session.opened_at + interval
     # Through stop() too: its flush may take seconds (MAX_SEND_RATE, acknowledgements), and the
     # link is still watched meanwhile; stop() itself ends the session.
-    while session.alive and client.lifecycle.state is not State.STOPPED:
+    while session.alive and run.lifecycle.state is not State.STOPPED:
         current = now()
         sent = session.ping_sent_at
         if sent is not None and session.last_frame_at < sent and current - sent >= ping_timeout:
@@ -155,7 +155,7 @@ def _watch(client: "WebSocketClient", session: Session) -> None:
             # link again PING_TIMEOUT from now instead of killing a healthy connection.
             if session.slow_handler_warned != busy_since:
                 session.slow_handler_warned = busy_since
-                client.log.warning(
+                run.log.warning(
                     f"handle_message has been running for {current - busy_since:.1f}s: reading and pong "
                     "replies are paused (hand long work to a greenlet or HERMES_HANDLER_POOL_SIZE)"
                 )
@@ -179,30 +179,30 @@ def _send_ping(session: Session) -> None:
         session.fail(ConnectionClosed(CLOSE_ABNORMAL, "ping could not be written"))
 
 
-def _after_failure(client: "WebSocketClient", exc: BaseException, *, uptime: Optional[float]) -> None:
+def _after_failure(run: Run, exc: BaseException, *, uptime: Optional[float]) -> None:
     """What follows a failed attempt (``uptime`` None) or a lost connection: the Retry
     value decides; wait for the delay unless stop() or reconnect() asks to act now."""
     if uptime is not None:
-        client._retry = client._retry.after_connection(uptime)  # a success resets the count, act-now or not
-    client._safe_hook(client.on_error, exc)
-    life = client.lifecycle
-    if client._wake.is_set() or life.ended:
+        run.retry = run.retry.after_connection(uptime)  # a success resets the count, act-now or not
+    run.call_hook(run.app.on_error, exc)
+    life = run.lifecycle
+    if run.wake.is_set() or life.ended:
         return
-    retryable = client.should_retry(exc)  # the application's code: it may yield
-    if client._wake.is_set() or life.ended:
+    retryable = run.app.should_retry(exc)  # the application's code: it may yield
+    if run.wake.is_set() or life.ended:
         return
-    decision = client._retry.next(exc, retryable=retryable, uptime=uptime, rng=client._random)
-    client._retry = decision.retry
+    decision = run.retry.next(exc, retryable=retryable, uptime=uptime, rng=run.random)
+    run.retry = decision.retry
     if decision.give_up is not None:
         life.move(State.GAVE_UP)
-        client.log.error(f"{decision.give_up}; call reconnect() to try again")
-        client._safe_hook(client.on_give_up, exc)
+        run.log.error(f"{decision.give_up}; call reconnect() to try again")
+        run.call_hook(run.app.on_give_up, exc)
         return
     delay = decision.delay or 0.0
-    if not client._retry.lived(uptime) and not isinstance(exc, ConnectionClosed):
-        client.log.warning(f"connection attempt failed: {describe(exc)}")
-    limit_text = client.settings.DEFAULT_RETRY_LIMIT or "unlimited"
+    if not run.retry.lived(uptime) and not isinstance(exc, ConnectionClosed):
+        run.log.warning(f"connection attempt failed: {describe(exc)}")
+    limit_text = run.settings.DEFAULT_RETRY_LIMIT or "unlimited"
     why = f"; {decision.note}" if decision.note else ""  # the server's own ask, logged once, here
-    client.log.warning(f"reconnecting in {delay:.1f}s (attempt {client._retry.failures + 1}/{limit_text}{why})")
+    run.log.warning(f"reconnecting in {delay:.1f}s (attempt {run.retry.failures + 1}/{limit_text}{why})")
     life.move(State.BACKING_OFF)
-    client._wake.wait(delay)
+    run.wake.wait(delay)

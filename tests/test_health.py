@@ -47,7 +47,7 @@ def test_a_loop_that_dies_is_logged_and_restarted(server, make_client, caplog_he
     client = make_client(url=server.url)
     client.start()
     assert client.wait_until_connected(t(5))
-    sender = client._loops["sender"]
+    sender = client.run.loops["sender"]
     sender.kill(RuntimeError("simulated crash"), block=True)
     assert client.status()["send_thread_alive"] is False
     wait_until(lambda: client.status()["send_thread_alive"] and client.connected, t(5), "the restart")

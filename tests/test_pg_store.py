@@ -269,7 +269,7 @@ def test_the_database_stopped_under_a_steady_producer_loses_nothing_and_is_durab
     peer.refuse()
     peer.drop()
     assert client.send_message("durable again")
-    assert ("durable again", client._store._db.owner) in rows(postgres, pg_url, "outage")
+    assert ("durable again", client.run.store._db.owner) in rows(postgres, pg_url, "outage")
 
 
 # -- migrations -------------------------------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_a_migration_holding_the_outbox_locked_never_holds_a_send_longer_than_co
     peer.refuse()
     peer.drop()
     assert client.send_message("after")
-    assert ("after", client._store._db.owner) in rows(postgres, pg_url, "locked")  # durable again
+    assert ("after", client.run.store._db.owner) in rows(postgres, pg_url, "locked")  # durable again
 
 
 def test_a_client_never_started_creates_the_table_for_a_transactional_send_and_sends_it_at_start(pg_url, postgres,

@@ -274,7 +274,7 @@ def test_a_durable_send_waiting_for_a_commit_when_stop_begins_is_kept_or_refused
     drops = Recorder()
     client = down_client(make_client, peer, identifier="racing", outbox_path=path, outbox_sync="always",
                          on_drop=drops)
-    committer = client._store
+    committer = client.run.store
     with closing(sqlite3.connect(path, timeout=t(10), isolation_level=None)) as blocker:
         blocker.execute("BEGIN IMMEDIATE")  # the store's next commit waits for this lock, in its thread
         try:
@@ -338,7 +338,7 @@ def test_a_process_killed_with_sigkill_loses_nothing_another_takes_its_messages_
     assert peer.wait_messages(201) == [f"h-{i}" for i in range(200)] + ["mine"]
     assert client.status()["messages_reloaded"] == 200
     assert "1 process(es) with this identifier are gone" in log_watch.wait("are gone").getMessage()
-    assert list(leases(path, "shared")) == [client._store._db.owner]
+    assert list(leases(path, "shared")) == [client.run.store._db.owner]
     wait_until(lambda: texts(path, "shared") == [], t(5), "the delivered messages to leave the file")
 
 
@@ -351,7 +351,7 @@ def test_a_live_process_keeps_its_messages_a_hung_one_loses_them_after_lease_tim
     holder, report = start_holder(procs, path, 50, claim_every=lease_s / 10)  # renews ten times per lease
     client = make_client(connector=peer.connector, url=peer.url, identifier="shared", outbox_path=path)
     client.start()
-    mine = client._store._db.owner
+    mine = client.run.store._db.owner
     assert client.send_message("mine") and peer.wait_messages(1) == ["mine"]
 
     # Alive and renewing: claims go on past the time its lease would have expired unrenewed, and

@@ -44,7 +44,7 @@ def record(message):
     if seen["last_at"] is not None:  # the server streams without pause: a gap is the reader's stall
         seen["max_gap"] = max(seen["max_gap"], now - seen["last_at"])
     seen["last_at"] = now
-    session = current_app.hermes._session  # test-only peek: did reads find more than 16 KiB waiting?
+    session = current_app.hermes.run.session  # test-only peek: did reads find more than 16 KiB waiting?
     if session is not None:
         seen["max_read"] = max(seen["max_read"], session.conn.last_read_size)
 

@@ -68,7 +68,7 @@ peer = Peer()
 peer.refuse()
 client = client_for(peer)
 client.start()
-client._store_ready.wait(10)  # the first claim (it renews the lease: a write) is done
+client.run.store_ready.wait(10)  # the first claim (it renews the lease: a write) is done
 filler = os.path.join(directory, "filler")
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 if mode == "rlimit":

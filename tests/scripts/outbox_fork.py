@@ -41,15 +41,15 @@ client = WebSocketClient(url=url, identifier=identifier, outbox_path=path, outbo
                          retry_delay=0.5, max_retry_delay=1)
 client.start()
 accepted = [client.send_message(f"parent-before-{i}") for i in range(5)]
-parent_store = client._store
+parent_store = client.run.store
 parent_owner = parent_store._db.owner
 
 pid = os.fork()
 if pid == 0:
-    held = {"store_is_parents": client._store is parent_store, "store_path": client._store.path,
+    held = {"store_is_parents": client.run.store is parent_store, "store_path": client.run.store.path,
             "state": client.status()["state"], "queue_size": client.queue_size}
     child_accepted = client.send_message("child-0")  # first use: starts afresh, with a store of its own
-    store = client._store
+    store = client.run.store
     report = {
         "who": "child", "pid": os.getpid(), "held": held, "accepted": child_accepted,
         "own_store": store is not parent_store and store.path == path and store.durable,
@@ -64,7 +64,7 @@ _, code = os.waitpid(pid, 0)
 report = {"who": "parent", "pid": os.getpid(), "child_exit": code, "accepted": accepted, "owner": parent_owner,
           "file_after_child": file_state()}
 report["accepted_after"] = client.send_message("parent-after")
-report["same_store"] = client._store is parent_store and not parent_store.failed
+report["same_store"] = client.run.store is parent_store and not parent_store.failed
 report["undelivered"] = client.stop(1)
 report["spilled"] = client.status()["messages_spilled"]
 report["outbox_errors"] = client.status()["outbox_errors"]

@@ -26,5 +26,5 @@ client = WebSocketClient(url=url, identifier=identifier, outbox_path=path, outbo
                          retry_delay=0.5, max_retry_delay=1, retry_limit=None)
 client.start()
 accepted = sum(bool(client.send_message(f"h-{i}")) for i in range(count))
-print(json.dumps({"pid": os.getpid(), "owner": client._store._db.owner, "accepted": accepted}), flush=True)
+print(json.dumps({"pid": os.getpid(), "owner": client.run.store._db.owner, "accepted": accepted}), flush=True)
 gevent.event.Event().wait()

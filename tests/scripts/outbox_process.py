@@ -39,7 +39,7 @@ if mode == "hold":
     client = WebSocketClient(url=ws_url, identifier=identifier, outbox_url=db_url, outbox_sync="always", **FAST)
     client.start()
     accepted = sum(bool(client.send_message(f"h-{i}")) for i in range(count))
-    print(json.dumps({"pid": os.getpid(), "owner": client._store._db.owner, "accepted": accepted}), flush=True)
+    print(json.dumps({"pid": os.getpid(), "owner": client.run.store._db.owner, "accepted": accepted}), flush=True)
     gevent.event.Event().wait()
 elif mode == "produce":
     producers, per, ws_url = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]

@@ -59,7 +59,7 @@ for proxy in proxies:
         run = {"proxy": proxy.split(":")[0], "url": url.split(":")[0], "connected": connected,
                "connect_ms": round((time.monotonic() - began) * 1000, 1), "through": client.status()["proxy"]}
         if connected:
-            run["socket"] = type(client._session.conn.sock).__name__
+            run["socket"] = type(client.run.session.conn.sock).__name__
             client.send_message("through the proxy")
             client.send_message("x" * (1 << 20))
             echoed.wait(10)

@@ -35,7 +35,7 @@ client.start()
 settled.wait(10)
 report = {"connected": client.connected, "gave_up": failures}
 if report["connected"]:
-    report["socket"] = type(client._session.conn.sock).__name__
+    report["socket"] = type(client.run.session.conn.sock).__name__
     for message in ("over tls, unpatched", "x" * (1 << 20)):
         client.send_message(message)
     echoed.wait(10)
