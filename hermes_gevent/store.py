@@ -32,12 +32,13 @@ Rules every store keeps:
   and is never called from the hub itself; a method that "never waits" returns at once - the
   work it stands for is done later (by the store's own greenlet) or not at all.
 - **Numbers.** A message the store holds carries its number: ``stored_item(...)``, read back with
-  ``seq_of(item)``; a message without one is held in memory only. Every method given items
-  ignores those without a number.
-- **Failures.** A store never raises from a read or a write of its own (but ``open``'s
-  ConfigError, and ``append`` on a store that is not durable): it logs the failure once, counts
-  it in ``errors``, turns itself off (``available`` False, ``durable`` False: messages wait in
-  memory) and says so in what it returns. The client then goes on in memory.
+  ``seq_of(item)``; a message without one is held in memory only. ``forget``, ``restore`` and
+  ``release`` ignore items without a number.
+- **Failures** (a durable store; the memory store never fails). A read or a write that fails is
+  not raised to the caller - only ``open``'s ConfigError is: the store logs it once, counts it in
+  ``errors``, turns itself off (``available`` False, ``durable`` False: messages wait in memory)
+  and says so in what it returns (an empty claim, the exception among ``append``'s results, a
+  ``Spilled`` that failed). The client then goes on in memory.
 - **Leases.** A durable store holds what it claimed, appended or took under this process's
   lease; another process takes them over only once the lease lapsed. Found lapsed, the store
   calls ``on_lease_lost`` and holds nothing it held before (but ``unstored()``).
