@@ -72,6 +72,7 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
 from hermes_gevent import WebSocketClient  # noqa: E402
+from hermes_gevent.run import Counters  # noqa: E402
 
 #: Concurrent request-handler greenlets in the "always" workload.
 HANDLERS = 64
@@ -188,12 +189,11 @@ def always(url: str, count: int, path: str, table: str | None = None) -> dict:
     return result
 
 
-class TimedClient(WebSocketClient):
-    """A WebSocketClient that notes when ``messages_reloaded`` reaches ``expect``: the claim sets
-    it as it hands the messages to the queue. The sender, woken then, starts writing them before
-    a greenlet polling status() runs again, and may hold the hub meanwhile (the ticker shows how
-    long): the poll's figure is kept too ("seen_seconds"). spill and reload both use this class:
-    a client's identifier (its class name when it has none) owns the messages."""
+class TimedCounters(Counters):
+    """Counters that note when ``messages_reloaded`` reaches ``expect``: the claim sets it as it
+    hands the messages to the queue. The sender, woken then, starts writing them before a greenlet
+    polling status() runs again, and may hold the hub meanwhile (the ticker shows how long): the
+    poll's figure is kept too ("seen_seconds")."""
 
     expect = None
     reloaded_at = None
@@ -207,6 +207,16 @@ class TimedClient(WebSocketClient):
         self.__dict__["_reloaded"] = value
         if self.expect is not None and self.reloaded_at is None and value >= self.expect:
             self.reloaded_at = time.perf_counter()
+
+
+class TimedClient(WebSocketClient):
+    """A WebSocketClient whose counters are TimedCounters (the runs it starts count into them).
+    spill and reload both use this class: a client's identifier (its class name when it has
+    none) owns the messages."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.counters = TimedCounters()
 
 
 def queue_size(count: int) -> int:
@@ -242,7 +252,7 @@ def reload(url: str, count: int, path: str, table: str | None = None) -> dict:
 
     client = TimedClient(url=f"{url}/sink?expect={count}", max_queue_size=queue_size(count),
                          on_message=on_message, **store_options(path, table))
-    client.expect = count
+    client.counters.expect = count
     ticker = Ticker()
     gevent.sleep(0.05)
     began = time.perf_counter()
@@ -258,7 +268,8 @@ def reload(url: str, count: int, path: str, table: str | None = None) -> dict:
     gaps = ticker.stop()
     status = client.status()
     client.stop(5)
-    return {"seconds": client.reloaded_at - began if client.reloaded_at is not None else None,
+    reloaded_at = client.counters.reloaded_at
+    return {"seconds": reloaded_at - began if reloaded_at is not None else None,
             "seen_seconds": seen, "reloaded": status["messages_reloaded"], "delivered_seconds": delivered,
             "max_queue_size": client.settings.MAX_QUEUE_SIZE, "ticker_max_gap_ms": gaps["max_gap_ms"],
             "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"],

@@ -53,7 +53,7 @@ def all_clients() -> list["WebSocketClient"]:
 
 
 class WebSocketClient(BaseClient):
-    """A resilient WebSocket client made of greenlets. See the README for the API."""
+    """A resilient WebSocket client made of greenlets. See docs/getting-started.rst for the API."""
 
     def __init__(self, *, connector: Optional[Connector] = None, **options: Any) -> None:
         super().__init__(**options)

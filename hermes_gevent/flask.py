@@ -77,7 +77,7 @@ class _AppState:
 
 
 class Hermes:
-    """``Hermes(app=None, client_class=WebSocketClient)`` - see the README's Flask section."""
+    """``Hermes(app=None, client_class=WebSocketClient)`` - see docs/flask.rst."""
 
     def __init__(self, app: Optional[Flask] = None, client_class: type[WebSocketClient] = WebSocketClient) -> None:
         self.client_class = client_class

@@ -26,7 +26,7 @@ OVERFLOW_STRATEGIES = ("drop_oldest", "drop_newest", "raise")
 
 
 class Defaults:
-    """Every setting and its default (see the README's Settings table)."""
+    """Every setting and its default; each one's ``#:`` comment is its description in docs/settings.rst."""
 
     #: Consecutive failed attempts before giving up; ``None``: never give up.
     DEFAULT_RETRY_LIMIT: ClassVar[Optional[int]] = 500
