@@ -62,6 +62,11 @@ def test_every_module_is_on_one_floor() -> None:
     assert drawn - present == set(), "modules drawn in docs/architecture.rst that do not exist"
 
 
+def test_every_module_has_its_row_in_the_tables() -> None:
+    described = set(re.findall(r"^   \* - ``([a-z_]+)\.py``$", DRAWING.read_text(), flags=re.MULTILINE))
+    assert set(modules()) - described == set()
+
+
 def test_no_module_imports_upward() -> None:
     floor = floors()
     upward = [f"{module} -> {target}" for module, targets in graph().items() for target in sorted(targets)
