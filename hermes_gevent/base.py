@@ -169,18 +169,24 @@ class BaseClient(Defaults):
     # -- optional hooks (no-ops unless given as keywords) -------------------------
 
     def on_open(self) -> None:
+        """A connection opened (every time, reconnections too)."""
         self._call_hook("on_open")
 
     def on_close(self, code: int, reason: str) -> None:
+        """A connection ended, with its close code and reason (1006: no close frame)."""
         self._call_hook("on_close", code, reason)
 
     def on_error(self, exc: BaseException) -> None:
+        """An attempt failed or a connection was lost, with the exception that says why."""
         self._call_hook("on_error", exc)
 
     def on_drop(self, msg: Union[str, bytes], reason: str) -> None:
+        """A message was accepted and then lost: ``reason`` is "overflow", "stopped" or "unacked"."""
         self._call_hook("on_drop", msg, reason)
 
     def on_give_up(self, exc: BaseException) -> None:
+        """The retry limit was reached (or an error that is not retried came): the client stopped
+        trying until ``reconnect()``."""
         self._call_hook("on_give_up", exc)
 
     def _call_hook(self, name: str, *args: Any) -> None:

@@ -107,6 +107,7 @@ class WebSocketClient(BaseClient):
 
     @property
     def state(self) -> State:
+        """Where the client stands (``hermes_gevent.State``); every status flag derives from it."""
         return self.lifecycle.state
 
     @property
@@ -126,6 +127,7 @@ class WebSocketClient(BaseClient):
 
     @property
     def messages_dropped(self) -> int:
+        """Messages accepted and then lost, every reason together (status()["messages_dropped"])."""
         return self.drops.total
 
     @property
@@ -144,6 +146,7 @@ class WebSocketClient(BaseClient):
 
     @property
     def connected(self) -> bool:
+        """True while a connection is open and the client is not stopping."""
         session = self._run.session
         return session is not None and session.alive and self.lifecycle.state is State.OPEN
 
