@@ -1,4 +1,4 @@
-"""WebSocketClient: the public API; each start() builds a Run (run.py) and starts its loops.
+"""WebSocketClient: the public API. Each start() builds a Run (run.py) and starts its five loops:
 
     supervisor  connect -> publish a Session -> ping and watch it -> back off -> again
     reader      for each Session: read, let the protocol deliver messages and answer
@@ -6,12 +6,9 @@
     health      every HEALTH_CHECK_INTERVAL: compute alerts, log what changed
     outbox      with OUTBOX_URL/OUTBOX_PATH: take over messages kept in the store, renew the lease
 
-The loops live in supervisor.py, reader.py, sender.py, persistence.py and run.py; each receives
-the run and nothing else. What they share for one run (start to stop) is the Run's; what
-outlives runs (the lifecycle's one state, the counters, the metrics) is this client's, and
-the run holds references to it. The decisions are in pure modules (retry.py, health.py,
-lifecycle.py, protocol.py). Nothing here blocks the hub: no threads, no time.sleep, only
-gevent sockets and events (the stores' SQL runs in their own thread, see sql_store.py).
+Each loop (supervisor.py, reader.py, sender.py, persistence.py, run.py) receives the run and
+nothing else; what outlives runs (the lifecycle, the counters, the metrics) is this client's.
+Nothing here blocks the hub (docs/architecture.rst draws the rest of the house).
 """
 
 from __future__ import annotations
@@ -34,17 +31,17 @@ from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_u
 from .memory_store import MemoryStore
 from .messages import Drops, Message
 from .metrics import ClientMetrics
-from .outbox import DROP_STOPPED, Outbox, in_hub, on_thread_of
+from .outbox import DROP_STOPPED, in_hub, on_thread_of
 from .proxy import proxy_for
 from .reader import read_loop
-from .run import Counters, Greenlet, Loop, Run, call_hook, watch_health
+from .run import CLOSE_WAIT, LOOP_RESTART_DELAY, Counted, Counters, Greenlet, Loop, Run, call_hook, watch_health
 from .sender import send_loop
 from .session import now
 from .store import Store
 from .supervisor import open_connection, supervise
 from .transport import Connector
 
-__all__ = ["all_clients", "Connector", "State", "WebSocketClient"]
+__all__ = ["all_clients", "CLOSE_WAIT", "Connector", "LOOP_RESTART_DELAY", "State", "WebSocketClient"]
 
 
 def all_clients() -> list["WebSocketClient"]:
@@ -72,14 +69,19 @@ class WebSocketClient(BaseClient):
         self._orphan_stores: list[Store] = []  # a forked parent's store, never closed here
         self._starting: Optional[gevent.event.Event] = None  # set while start() opens the outbox file
         self._reset_counters()
-        self._run = self._new_run(None)
+        self._run = self._new_run()
         self._run.outbox_or_create()  # now, in the home thread: other threads may send before start()
         process.register(self)
 
-    def _new_run(self, outbox: Optional[Outbox]) -> Run:
+    # The totals of status(), each on its own (read-only; they live in self.counters).
+    messages_sent, messages_received, messages_acked, messages_resent = Counted(), Counted(), Counted(), Counted()
+    messages_spilled, messages_reloaded, messages_handed_over = Counted(), Counted(), Counted()
+    reconnects, handler_errors, outbox_errors = Counted(), Counted(), Counted()
+
+    def _new_run(self) -> Run:
         return Run(app=self, settings=self.settings, log=self.log, redactor=self._redactor, lifecycle=self.lifecycle,
                    counters=self.counters, drops=self.drops, metrics=self._metrics, hub=self._home_hub,
-                   connector=self._connector, rng=self._random, outbox=outbox)
+                   connector=self._connector, rng=self._random)
 
     def _reset_counters(self) -> None:
         self.counters = Counters()
@@ -89,13 +91,8 @@ class WebSocketClient(BaseClient):
         self._commits = persistence.Commits(lambda: self._run)
 
     def _loops(self) -> dict[str, Loop]:
-        return {
-            "supervisor": supervise,
-            "reader": read_loop,
-            "sender": send_loop,
-            "health": lambda run: watch_health(run, self.check_health),
-            "outbox": persistence.claim_loop,
-        }
+        return {"supervisor": supervise, "reader": read_loop, "sender": send_loop,
+                "health": lambda run: watch_health(run, self.check_health), "outbox": persistence.claim_loop}
 
     # -- public API ------------------------------------------------------------------
 
@@ -175,7 +172,7 @@ class WebSocketClient(BaseClient):
         if durable and in_hub():  # a signal handler, a loop callback: opening the store waits on the disk or database
             gevent.spawn(self.start)
             return self
-        run = self._new_run(self._run.outbox)
+        run = self._new_run()
         if durable:
             self._starting = gevent.event.Event()  # one start at a time; stop() waits for it
             try:
@@ -185,7 +182,11 @@ class WebSocketClient(BaseClient):
                 self._starting = None
         else:
             store = MemoryStore()
-        self._run.retire()
+        previous = self._run
+        previous.retire()
+        # The queue of now (not of before the store opened: a stop() may have closed it meanwhile,
+        # another thread may have made one): what was sent before this start goes out in it.
+        run.adopt(previous.outbox)
         self._run = run
         run.outbox_or_create()
         run.store = store
@@ -372,7 +373,8 @@ class WebSocketClient(BaseClient):
     def handler_failed(self, what: str, then: str) -> None:
         """Count and log an exception raised by application code that handled a message
         (call it from an ``except`` block: the traceback is logged)."""
-        self._run.handler_failed(what, then)
+        self.counters.handler_errors += 1
+        self.log.error(f"{what} raised (error #{self.counters.handler_errors}); {then}", exc_info=True)
 
     def open_connection(self, timeout: Optional[float] = None) -> Connection:
         """One handshake outside any run, as the client's attempts make it (``flask hermes check``);
@@ -384,12 +386,12 @@ class WebSocketClient(BaseClient):
         and start fresh when used."""
         was_waiting = self.lifecycle.running or self.lifecycle.pending
         run = self._run
-        run.forked()  # its loops are orphans here, killed lazily if they ever run
-        self._orphans = list(run.loops.values())
+        self._orphans = list(run.loops.values())  # killed lazily if they ever run
         # The parent's store (its thread, its SQLite connection) is never touched here, nor closed.
-        self._orphan_stores.append(run.store)
+        self._orphan_stores.append(run.forked())
+        self._commits.abandon()  # the parent's transactions, the parent's to take
         self._new_id.reseed()  # the parent's id sequence is the parent's
-        self._reset_counters()  # and the parent's transactions, the parent's to take
-        self._run = self._new_run(None)
+        self._reset_counters()
+        self._run = self._new_run()
         self.lifecycle.reset(State.PENDING if was_waiting else State.IDLE)
 

@@ -244,6 +244,11 @@ class Commits:
         self.pending: collections.deque[tuple[list[int], bool]] = collections.deque()
         self.taker: Optional[Greenlet] = None
 
+    def abandon(self) -> None:
+        """In a forked child: the parent's commits are the parent's to take (a taker copied from
+        the parent finds nothing left)."""
+        self.pending.clear()
+
     def committed(self, hub: Any, seqs: list[int], confirmed: bool) -> None:
         """A transaction that wrote rows committed (or is committing): take them, in commit order."""
         if not on_thread_of(hub):
@@ -267,7 +272,7 @@ class Commits:
                 items = store.take(missing)
                 looks += 1
                 if items:
-                    outbox = run.outbox_or_create()
+                    outbox = self.current_run().outbox_or_create()  # a new run's, if one began meanwhile
                     for i, item in enumerate(items):
                         try:
                             outbox.put(item)

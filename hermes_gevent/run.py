@@ -19,7 +19,7 @@ import functools
 import random
 import ssl
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Protocol, Union, overload
 
 import gevent
 import gevent.event
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 else:
     Greenlet = gevent.Greenlet
 
-__all__ = ["App", "call_hook", "CLOSE_WAIT", "Counters", "Greenlet", "LOOP_RESTART_DELAY", "Loop", "Run", "watch_health"]
+__all__ = ["App", "call_hook", "CLOSE_WAIT", "Counted", "Counters", "Greenlet", "LOOP_RESTART_DELAY", "Loop", "Run", "watch_health"]
 
 #: A loop that died is restarted after this many seconds (avoids a hot crash loop).
 LOOP_RESTART_DELAY = 0.1
@@ -73,6 +73,7 @@ class App(Protocol):
     def handle_message(self, msg: Union[str, bytes]) -> None: ...
     def acked_ids(self, message: Union[str, bytes]) -> Optional[Iterable[Any]]: ...
     def should_retry(self, exc: BaseException) -> bool: ...
+    def handler_failed(self, what: str, then: str) -> None: ...
     def mark_connected(self) -> None: ...
     def on_open(self) -> None: ...
     def on_close(self, code: int, reason: str) -> None: ...
@@ -119,6 +120,21 @@ class Counters:
 Loop = Callable[["Run"], None]
 
 
+class Counted:
+    """A client's read-only attribute that is one of its ``counters`` (``client.messages_sent``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, client: None, owner: Optional[type] = None) -> "Counted": ...
+    @overload
+    def __get__(self, client: object, owner: Optional[type] = None) -> int: ...
+
+    def __get__(self, client: Any, owner: Optional[type] = None) -> Any:
+        return self if client is None else getattr(client.counters, self.name)
+
+
 def call_hook(log: ClientLog, hook: Callable[..., Any], *args: Any) -> None:
     """Call the application's hook; what it raises is logged, never propagated into a loop."""
     try:
@@ -132,7 +148,7 @@ class Run:
 
     def __init__(self, *, app: App, settings: Settings, log: ClientLog, redactor: Redactor, lifecycle: Lifecycle,
                  counters: Counters, drops: Drops, metrics: Optional[ClientMetrics], hub: gevent.hub.Hub,
-                 connector: Connector, rng: random.Random, outbox: Optional[Outbox] = None) -> None:
+                 connector: Connector, rng: random.Random) -> None:
         self.app = app
         self.settings = s = settings
         self.log = log
@@ -169,9 +185,7 @@ class Run:
         self.store_ready = gevent.event.Event()  # the first claim is done: the sender may begin
         self.debug_bodies = False  # the reader's view of the log level, for each read
         #: The queue; None once stop() closed it. Messages sent before start() are adopted.
-        self.outbox = outbox
-        if outbox is not None:
-            outbox.on_drop = self.dropped
+        self.outbox: Optional[Outbox] = None
 
     def snapshot(self) -> dict[str, Any]:
         """This run's part of status(): what waits, which loops live, the alerts, the store."""
@@ -200,9 +214,16 @@ class Run:
         self.retire()  # the loops of this run are stale from here on
         self.kill_loops(max(0.0, deadline - now()))
 
-    def forked(self) -> None:
+    def adopt(self, outbox: Optional[Outbox]) -> None:
+        """Send what an earlier run queued (before the first start: what was sent meanwhile)."""
+        if outbox is not None:
+            outbox.on_drop = self.dropped
+            self.outbox = outbox
+
+    def forked(self) -> Store:
         """In a forked child: this run is the parent's. Never write on its connection; its loops
-        (copied too) return if they ever run; its queue and store are the parent's."""
+        (copied too) return if they ever run, and find neither its queue nor its store, which are
+        the parent's (returned, never to be closed here)."""
         session = self.session
         if session is not None:
             session.conn.aborted = True
@@ -211,6 +232,8 @@ class Run:
             except OSError:
                 pass
         self.retire()
+        parents, self.store, self.outbox = self.store, MemoryStore(), None
+        return parents
 
     def retire(self) -> None:
         """From here on the loops of this run return at their next check."""
@@ -246,7 +269,7 @@ class Run:
         try:
             self.app.handle_message(data)
         except Exception:
-            self.handler_failed("handle_message", "the reader goes on")
+            self.app.handler_failed("handle_message", "the reader goes on")
 
     def on_data_with_acks(self, data: Union[str, bytes]) -> None:
         """on_data when acknowledgements are on: an acknowledgement is consumed here."""
@@ -255,7 +278,7 @@ class Run:
             ids = None if found is None else list(found)  # read whole before anything changes
         except Exception:
             ids = None
-            self.handler_failed("acked_ids", "the message goes to handle_message")
+            self.app.handler_failed("acked_ids", "the message goes to handle_message")
         if ids is None:
             self.on_data(data)
             return
@@ -278,12 +301,6 @@ class Run:
                 self.store.restore(items)  # forgotten when written: a crash must not lose them now
             self.counters.messages_sent -= len(items)
             self.log.info(f"{len(items)} message(s) the server's TCP never acknowledged will be sent again")
-
-    def handler_failed(self, what: str, then: str) -> None:
-        """Count and log an exception raised by application code that handled a message
-        (call it from an ``except`` block: the traceback is logged)."""
-        self.counters.handler_errors += 1
-        self.log.error(f"{what} raised (error #{self.counters.handler_errors}); {then}", exc_info=True)
 
     def call_hook(self, hook: Callable[..., Any], *args: Any) -> None:
         call_hook(self.log, hook, *args)
@@ -322,7 +339,7 @@ class Run:
         greenlet.start()
 
     def _loop_died(self, name: str, loop: Loop, greenlet: Greenlet) -> None:
-        if self.lifecycle.ended or self.loops.get(name) is not greenlet:
+        if not self.active or self.lifecycle.ended or self.loops.get(name) is not greenlet:
             return
         self.log.error(f"the {name} loop died ({describe(greenlet.exception or RuntimeError('killed'))}); restarting it")
         session = self.session
