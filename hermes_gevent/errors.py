@@ -7,6 +7,7 @@
         ├── ConnectTimeout           TCP + TLS + upgrade took longer than CONNECT_TIMEOUT
         ├── HandshakeRejected        the server answered the upgrade with another HTTP status
         ├── SubprotocolMismatch      the server chose a subprotocol this client did not offer
+        ├── ExtensionMismatch        the server agreed to an extension this client did not offer or cannot honour
         ├── AnswerTooLarge           the server's upgrade answer went past its limits (upgrade.py)
         ├── ProxyError               the proxy (PROXY) would not open the tunnel (proxy.py)
         │   ├── ProxyRejected        an HTTP proxy answered CONNECT with another status than 2xx
@@ -24,7 +25,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["AnswerTooLarge", "ConfigError", "ConnectTimeout", "ConnectionClosed", "ConnectionFailed", "HandshakeRejected",
+__all__ = ["AnswerTooLarge", "ConfigError", "ConnectTimeout", "ConnectionClosed", "ConnectionFailed", "ExtensionMismatch",
+           "HandshakeRejected",
            "HermesError", "ProxyError", "ProxyRejected", "SocksError", "PingTimeout", "ProtocolError", "QueueFull",
            "SubprotocolMismatch"]
 
@@ -63,6 +65,12 @@ class HandshakeRejected(ConnectionFailed):
         self.headers: Mapping[str, str] = dict(headers or {})
         self.received_at = received_at
         super().__init__(f"server answered the upgrade with HTTP {status} {reason}".rstrip())
+
+
+class ExtensionMismatch(ConnectionFailed):
+    """The server's 101 agreed to an extension (or parameters of one) this client did not offer
+    or cannot honour: RFC 6455 says the client must fail the connection. Not retried (see
+    retry.should_retry): the two sides' configurations disagree until one of them changes."""
 
 
 class SubprotocolMismatch(ConnectionFailed):

@@ -25,8 +25,8 @@ from email.utils import parsedate_to_datetime
 from typing import Optional
 
 from .backoff import Backoff, RandomSource
-from .errors import (ConfigError, ConnectionClosed, HandshakeRejected, ProtocolError, ProxyRejected, SocksError,
-                     SubprotocolMismatch)
+from .errors import (ConfigError, ConnectionClosed, ExtensionMismatch, HandshakeRejected, ProtocolError, ProxyRejected,
+                     SocksError, SubprotocolMismatch)
 from .frames import CLOSE_FORBIDDEN, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHORIZED
 
 __all__ = ["CREDENTIAL_STATUSES", "Decision", "describe", "GIVE_UP_CLOSE_CODES", "parse_retry_after", "Retry",
@@ -65,10 +65,11 @@ def should_retry(exc: BaseException) -> bool:
     one long-lived connection, and a server closing it normally is usually a restart),
     protocol errors we detected. Not retried: other HTTP statuses (401, 403, 404,
     redirects), a proxy's 407, 403 and other refusals, SOCKS refusals of the credentials or by rule, certificate and hostname failures, GIVE_UP_CLOSE_CODES, configuration errors,
-    a subprotocol the server chose that we did not offer (the two sides' configurations
-    disagree: trying again changes nothing until one of them changes).
+    a subprotocol the server chose that we did not offer, an extension answer we did not offer
+    or cannot honour (the two sides' configurations disagree: trying again changes nothing
+    until one of them changes).
     """
-    if isinstance(exc, (ConfigError, SubprotocolMismatch)):
+    if isinstance(exc, (ConfigError, SubprotocolMismatch, ExtensionMismatch)):
         return False
     if isinstance(exc, ProxyRejected):
         return exc.status in RETRY_PROXY_STATUSES

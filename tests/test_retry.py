@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from hermes_gevent import Backoff
-from hermes_gevent.errors import ConnectionClosed, HandshakeRejected, SubprotocolMismatch
+from hermes_gevent.errors import ConnectionClosed, ExtensionMismatch, HandshakeRejected, SubprotocolMismatch
 from hermes_gevent.lifecycle import Lifecycle, LifecycleError, State
 from hermes_gevent.retry import Retry, parse_retry_after, retry_after, should_retry
 
@@ -196,3 +196,9 @@ def test_a_subprotocol_the_server_chose_unoffered_is_not_retried():
     assert not should_retry(exc)
     assert str(exc) == "the server chose subprotocol 'chat.v9', which this client did not offer (offered: chat.v2, chat.v1)"
     assert POLITE.next(exc, retryable=should_retry(exc)).give_up.startswith("not retrying after SubprotocolMismatch")
+
+
+def test_an_extension_answer_this_client_cannot_honour_is_not_retried():
+    exc = ExtensionMismatch("the server's permessage-deflate answer asks client_max_window_bits=8; ...")
+    assert not should_retry(exc)
+    assert POLITE.next(exc, retryable=should_retry(exc)).give_up.startswith("not retrying after ExtensionMismatch")
