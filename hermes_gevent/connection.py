@@ -21,6 +21,7 @@ from .errors import ConnectionClosed
 from .fairness import new_turns, take_turn
 from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
 from .frames import Item
+from .deflate import Agreement
 from .protocol import Protocol
 
 __all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "READ_SIZE", "StreamSocket", "VECTOR_MIN", "WriteFailed"]
@@ -69,10 +70,12 @@ class Connection:
     """An open WebSocket connection on ``sock`` (already upgraded). Reads from one greenlet;
     writes from any."""
 
-    def __init__(self, sock: StreamSocket, max_message_size: int, subprotocol: Optional[str] = None) -> None:
+    def __init__(self, sock: StreamSocket, max_message_size: int, subprotocol: Optional[str] = None,
+                 compression: Optional[Agreement] = None) -> None:
         self.sock = sock
         self.subprotocol = subprotocol  # the one the server chose in its 101, None when none
-        self.protocol = Protocol(max_message_size)
+        self.compression = compression  # the permessage-deflate the server agreed to, None when none
+        self.protocol = Protocol(max_message_size, compression)
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = KernelLedger()
         # TLS records do not map byte for byte onto frames (gevent's SSLSocket, the stdlib's and

@@ -19,14 +19,17 @@ is refused with 1009 after at most the bound was produced; a corrupt stream is a
 from __future__ import annotations
 
 import zlib
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import ExtensionMismatch, ProtocolError
 
-__all__ = ["Agreement", "Compressor", "Decompressor", "EXTENSION", "MAX_WINDOW_BITS", "MIN_WINDOW_BITS", "accept",
-           "offer", "parse_extensions"]
+__all__ = ["Agreement", "Compressor", "Decompressor", "EXTENSION", "LEVEL", "MAX_WINDOW_BITS", "MEM_LEVEL",
+           "MIN_WINDOW_BITS", "THRESHOLD", "WINDOW_BITS", "accept", "offer", "parse_extensions"]
 
 EXTENSION = "permessage-deflate"
+#: Our compressor: zlib's level, window and memLevel (websockets' 12/5: 64 KiB per connection),
+#: and the size under which a message goes plain (RSV1 clear).
+LEVEL, WINDOW_BITS, MEM_LEVEL, THRESHOLD = 6, 12, 5, 128
 #: Window sizes this client honours in an answer (RFC 7692 allows 8, which zlib cannot produce).
 MIN_WINDOW_BITS, MAX_WINDOW_BITS = 9, 15
 _TAIL = b"\x00\x00\xff\xff"  # what every Z_SYNC_FLUSH ends with: left off the wire (RFC 7692 7.2.1)
@@ -164,7 +167,7 @@ class Decompressor:
         self._reset = agreement.server_no_context_takeover
         self._inflater = zlib.decompressobj(self._wbits)
 
-    def frame(self, data: bytes, fin: bool, room: int) -> bytes:
+    def frame(self, data: Union[bytes, bytearray], fin: bool, room: int) -> bytes:
         """The bytes ``data`` (one frame of a compressed message) inflates to; ``fin``: the
         message's last frame. ProtocolError 1009 once the message would pass ``room`` bytes,
         1002 for a stream zlib cannot read."""

@@ -18,11 +18,12 @@ from typing import Callable, Iterator, Optional, Union
 
 from websocket import ABNF
 
+from .deflate import Decompressor
 from .errors import ProtocolError
 
 __all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN_LATER",
            "CLOSE_FORBIDDEN", "CLOSE_POLICY_VIOLATION", "CLOSE_UNAUTHORIZED", "Close", "Event", "FrameParser", "Item", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
-           "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Ping", "Pong", "close_payload", "encode_frame", "encode_frame_pieces",
+           "OP_CONT", "OP_PING", "OP_PONG", "OP_TEXT", "Ping", "Pong", "RSV1", "close_payload", "encode_frame", "encode_frame_pieces",
            "frame_chunks", "mask", "valid_close_code"]
 
 _c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
@@ -50,6 +51,8 @@ OP_BINARY = ABNF.OPCODE_BINARY
 OP_CLOSE = ABNF.OPCODE_CLOSE
 OP_PING = ABNF.OPCODE_PING
 OP_PONG = ABNF.OPCODE_PONG
+#: The first byte's bit a compressed message's first frame carries (permessage-deflate).
+RSV1 = 0x40
 
 #: (opcode, payload), or (opcode, payload, ack id) with acknowledgements on: one message as it
 #: waits to be framed, the payload already encoded.
@@ -131,8 +134,10 @@ class FrameParser:
     at an offset and the buffer is compacted once per ``feed``, not per frame.
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, inflater: Optional[Decompressor] = None) -> None:
         self.max_size = max_size
+        self.inflater = inflater  # permessage-deflate agreed: RSV1 marks a compressed message
+        self._compressed = False  # the message being reassembled is compressed
         self._buffer = bytearray()
         self._pos = 0
         self._fragments: list[bytes] = []
@@ -180,8 +185,8 @@ class FrameParser:
                 return
             b1, b2 = buf[pos], buf[pos + 1]
             opcode = b1 & 0x0F
-            if b1 & 0x70:
-                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+            if b1 & 0x70 and (b1 & 0x70 != RSV1 or self.inflater is None or not (opcode == OP_TEXT or opcode == OP_BINARY)):
+                raise ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set where no negotiated extension allows them")
             if b2 & 0x80:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "the server sent a masked frame")
             length = b2 & 0x7F
@@ -216,17 +221,18 @@ class FrameParser:
             self._pos = end
             if b1 & 0x80 and self._fragment_opcode is None and opcode != OP_CONT:
                 # The common case: a whole message in one frame.
+                payload = buf[start:end] if not b1 & RSV1 else self.inflater.frame(buf[start:end], True, max_size)  # type: ignore[union-attr]
                 if opcode == OP_TEXT:
                     try:
-                        text = buf[start:end].decode("utf-8")
+                        text = payload.decode("utf-8")
                     except UnicodeDecodeError:
                         raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
                     on_message(text)
                     continue
                 if opcode == OP_BINARY:
-                    on_message(bytes(buf[start:end]))
+                    on_message(bytes(payload))
                     continue
-            event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]))
+            event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]), bool(b1 & RSV1))
             if event is None:
                 continue
             if type(event) is Message:
@@ -241,7 +247,7 @@ class FrameParser:
                     return
                 on_control(event)
 
-    def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
+    def _on_frame(self, fin: bool, opcode: int, payload: bytes, compressed: bool = False) -> Event | None:
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
@@ -254,7 +260,9 @@ class FrameParser:
         elif self._fragment_opcode is not None:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "new message started before the previous one ended")
         else:
-            self._fragment_opcode = opcode
+            self._fragment_opcode, self._compressed = opcode, compressed
+        if self._compressed:  # inflated frame by frame, within what is left of max_size
+            payload = self.inflater.frame(payload, fin, self.max_size - self._fragment_size)  # type: ignore[union-attr]
         self._fragments.append(payload)
         self._fragment_size += len(payload)
         if not fin:
@@ -346,7 +354,7 @@ def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:
 #: Two-byte headers of masked frames with payloads under 126 bytes, by opcode and length.
 _SMALL_HEADERS = {
     op: [bytes((0x80 | op, 0x80 | n)) for n in range(126)]
-    for op in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
+    for op in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT | RSV1, OP_BINARY | RSV1)
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .errors import ConfigError
 
 __all__ = ["check_header", "check_headers", "check_origin", "check_request", "check_subprotocols", "check_url",
-           "HANDSHAKE_OWN", "handshake_headers", "offered_subprotocols", "ORIGIN", "RESERVED", "SUBPROTOCOL_HEADER"]
+           "EXTENSIONS_HEADER", "HANDSHAKE_OWN", "handshake_headers", "offered_subprotocols", "offers_extensions", "ORIGIN", "RESERVED", "SUBPROTOCOL_HEADER"]
 
 _TOKEN_CHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELD_CHARS = r"[\t\x20-\x7e]*"
@@ -36,6 +36,7 @@ _URL_ALLOWED = re.compile(r"[\x21-\x7e]+")
 #: The request headers the ``origin=`` keyword and the SUBPROTOCOLS setting write.
 ORIGIN = "Origin"
 SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
+EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 #: Headers websocket-client writes itself: a second copy would confuse the upgrade or the framing.
 RESERVED = frozenset({"host", "upgrade", "connection", "content-length", "transfer-encoding"})
 
@@ -101,10 +102,12 @@ def check_subprotocols(subprotocols: Any) -> tuple[str, ...]:
     return tuple(subprotocols)
 
 
-def handshake_headers(headers: Mapping[str, str], origin: Optional[str], subprotocols: Sequence[str]) -> dict[str, str]:
+def handshake_headers(headers: Mapping[str, str], origin: Optional[str], subprotocols: Sequence[str],
+                      extensions: Optional[str] = None) -> dict[str, str]:
     """The upgrade request's headers: ``headers`` (checked already), with ``Origin`` when
-    ``origin`` is given (it replaces an Origin in ``headers``) and the subprotocols offered,
-    in order of preference, in one ``Sec-WebSocket-Protocol``."""
+    ``origin`` is given (it replaces an Origin in ``headers``), the subprotocols offered,
+    in order of preference, in one ``Sec-WebSocket-Protocol``, and the ``extensions`` offered
+    (a ``Sec-WebSocket-Extensions`` value)."""
     result = dict(headers)
     if origin is not None:
         check_origin(origin)
@@ -113,7 +116,14 @@ def handshake_headers(headers: Mapping[str, str], origin: Optional[str], subprot
         result[ORIGIN] = origin
     if subprotocols:
         result[SUBPROTOCOL_HEADER] = ", ".join(check_subprotocols(subprotocols))
+    if extensions:
+        result[EXTENSIONS_HEADER] = extensions
     return result
+
+
+def offers_extensions(headers: Mapping[str, str]) -> bool:
+    """Whether an upgrade request's headers offer an extension (what handshake_headers wrote)."""
+    return any(name.lower() == EXTENSIONS_HEADER.lower() for name in headers)
 
 
 def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:

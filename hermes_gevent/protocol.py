@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from typing import Callable, Iterator, Optional, Union
 
-from . import frames
+from . import deflate, frames
 from .errors import ConnectionClosed, ConnectionFailed, ProtocolError
 from .frames import Item
 
@@ -35,8 +35,14 @@ class ProtocolState(enum.Enum):
 class Protocol:
     """The protocol state of one open client connection (see the module docstring)."""
 
-    def __init__(self, max_message_size: int) -> None:
-        self.parser = frames.FrameParser(max_message_size)
+    def __init__(self, max_message_size: int, compression: Optional[deflate.Agreement] = None) -> None:
+        self._compressor: Optional[deflate.Compressor] = None
+        inflater = None
+        if compression is not None:  # permessage-deflate: messages compressed and inflated here
+            self._compressor = deflate.Compressor(compression, level=deflate.LEVEL, window_bits=deflate.WINDOW_BITS,
+                                                  mem_level=deflate.MEM_LEVEL, threshold=deflate.THRESHOLD)
+            inflater = deflate.Decompressor(compression)
+        self.parser = frames.FrameParser(max_message_size, inflater)
         self.state = ProtocolState.OPEN
         self.close_sent: Optional[tuple[int, str]] = None
         self.close_received: Optional[frames.Close] = None
@@ -135,12 +141,23 @@ class Protocol:
         return self.state is ProtocolState.OPEN
 
     def frame_messages(self, items: list[Item]) -> tuple[list[bytes], list[int]]:
-        """Frames for ``items`` as chunks to write and each frame's size (the sender's hot path)."""
+        """Frames for ``items`` as chunks to write and each frame's size (the sender's hot path);
+        with compression, each message is compressed for this connection as it is framed."""
+        if self._compressor is not None:
+            items = [self._compressed(item) for item in items]
         return frames.frame_chunks(items, self._keys)
 
     def frame_in_pieces(self, item: Item) -> Iterator[bytes]:
         """One large message's frame as a header then masked pieces (the writer yields between)."""
+        if self._compressor is not None:
+            item = self._compressed(item)
         return frames.encode_frame_pieces(item[0], item[1])
+
+    def _compressed(self, item: Item) -> Item:
+        """The message as this connection sends it: compressed with RSV1 set, or as it is."""
+        assert self._compressor is not None
+        data = self._compressor.compress(item[1])
+        return item if data is None else (item[0] | frames.RSV1, data)
 
     def _end(self, failure: ConnectionFailed) -> None:
         if self.state is not ProtocolState.CLOSED:

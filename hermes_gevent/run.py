@@ -189,7 +189,12 @@ class Run:
 
     def snapshot(self) -> dict[str, Any]:
         """This run's part of status(): what waits, which loops live, the alerts, the store."""
-        snapshot: dict[str, Any] = {"unacked": len(self.window) if self.window is not None else 0}
+        session = self.session
+        agreed = session.conn.compression if session is not None and session.alive else None
+        snapshot: dict[str, Any] = {
+            "compression": agreed.answer if agreed is not None else None,  # as the server wrote it
+            "unacked": len(self.window) if self.window is not None else 0,
+        }
         for loop, key in health.LOOP_STATUS_KEYS.items():
             snapshot[key] = self.loop_alive(loop)
         snapshot["alerts"] = [{"name": k, "message": v} for k, v in self.alerts.items()]

@@ -104,6 +104,13 @@ class Defaults:
     #: **not retried** (the two sides' configurations disagree: retrying changes nothing until one
     #: changes; ``reconnect()`` tries again).
     SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
+    #: ``"deflate"``: offer permessage-deflate (RFC 7692) as ``permessage-deflate;
+    #: client_max_window_bits``; a server that agrees gets compressed messages (those under
+    #: ``deflate.THRESHOLD`` bytes go plain) and may send compressed ones, inflated within
+    #: ``MAX_MESSAGE_SIZE``. The negotiated extension is ``status()["compression"]``. A server that
+    #: agrees to another extension or to parameters this client cannot honour fails the handshake
+    #: (``ExtensionMismatch``, not retried). ``None`` (the default for now): offer nothing.
+    COMPRESSION: ClassVar[Optional[str]] = None
     #: ``True``: record Prometheus metrics (see :doc:`operations`). Needs the
     #: ``hermes_gevent[metrics]`` extra (prometheus_client); without it, ``True`` is a
     #: ``ConfigError`` naming the extra. Anything but ``True``/``False`` is a ``ConfigError``. Off,
@@ -214,6 +221,8 @@ class Settings(Defaults):
         ):
             raise ConfigError(f"MAX_SEND_RATE must be a positive number of messages per second or None, got {rate!r}.")
         check_subprotocols(self.SUBPROTOCOLS)
+        if self.COMPRESSION not in (None, "deflate"):
+            raise ConfigError(f"COMPRESSION must be \"deflate\" or None, got {self.COMPRESSION!r}.")
         if not isinstance(self.METRICS, bool):
             raise ConfigError(f"METRICS must be True or False, got {self.METRICS!r}.")
         if self.METRICS:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import gevent
 
+from . import deflate
 from .connection import Connection
 from .errors import ConnectionClosed, PingTimeout
 from .frames import CLOSE_ABNORMAL
@@ -64,7 +65,8 @@ def open_connection(app: App, settings: Settings, connector: Connector, redactor
     headers = app.headers()
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
     redactor.learn(secrets_in(url, headers))
-    headers = handshake_headers(headers, app.origin(), settings.SUBPROTOCOLS)
+    offer = deflate.offer() if settings.COMPRESSION == "deflate" else None
+    headers = handshake_headers(headers, app.origin(), settings.SUBPROTOCOLS, offer)
     host, port, secure = parse_ws_url(url)
     proxy = proxy_for(settings.PROXY, host, port, secure)  # the environment read anew, too
     if proxy is None:

@@ -25,12 +25,13 @@ import gevent.socket
 import gevent.ssl
 import websocket
 
+from . import deflate
 from .connection import Connection, StreamSocket
 from .errors import ConfigError, ConnectTimeout, ConnectionFailed, HandshakeRejected
 from .fairness import new_turns, take_turn
-from .headers import check_request, check_url, offered_subprotocols
+from .headers import check_request, check_url, offered_subprotocols, offers_extensions
 from .proxy import open_tunnel, parse_proxy
-from .upgrade import UpgradeAnswer, chosen_subprotocol, headers_of, status_of
+from .upgrade import UpgradeAnswer, agreed_compression, chosen_subprotocol, headers_of, status_of
 
 __all__ = ["ANSWER_CHUNK", "Connector", "connect", "default_ssl_context", "parse_ws_url", "ssl_context_for"]
 
@@ -197,9 +198,9 @@ def connect(
             tcp.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, 1)
         if secure:
             sock = _wrap_tls(tcp, ssl_context or default_ssl_context(), host)
-        rest, subprotocol = _upgrade(sock, url, headers)
+        rest, subprotocol, compression = _upgrade(sock, url, headers)
         sock.settimeout(None)
-        conn = Connection(sock, max_message_size, subprotocol=subprotocol)
+        conn = Connection(sock, max_message_size, subprotocol=subprotocol, compression=compression)
         if rest:
             conn.protocol.receive_data(rest)  # frames sent along with the 101: the reader processes them first
         return conn
@@ -279,11 +280,13 @@ def _read_answer(sock: StreamSocket) -> tuple[bytes, bytes]:
         take_turn(turns)  # a server that floods must not hold the hub (nor the connect timeout's timer)
 
 
-def _upgrade(sock: StreamSocket, url: str, headers: Mapping[str, str]) -> tuple[bytes, Optional[str]]:
+def _upgrade(sock: StreamSocket, url: str,
+             headers: Mapping[str, str]) -> tuple[bytes, Optional[str], Optional[deflate.Agreement]]:
     """Upgrade ``sock``; return the bytes the server sent after its answer (frames, for the
-    parser) and the subprotocol it chose (None: none). ``headers`` go as they are: with an
-    ``Origin`` among them websocket-client does not write its own; a ``Sec-WebSocket-Protocol``
-    among them is the offer the answer is checked against."""
+    parser), the subprotocol it chose (None: none) and the compression it agreed to (None:
+    none). ``headers`` go as they are: with an ``Origin`` among them websocket-client does not
+    write its own; a ``Sec-WebSocket-Protocol`` or ``Sec-WebSocket-Extensions`` among them is
+    the offer the answer is checked against."""
     ws = websocket.WebSocket(skip_utf8_validation=True)
     header_lines = [f"{name}: {value}" for name, value in headers.items()]
     own_origin = any(name.lower() == "origin" for name in headers)
@@ -310,7 +313,8 @@ def _upgrade(sock: StreamSocket, url: str, headers: Mapping[str, str]) -> tuple[
     finally:
         ws.sock = None  # the socket is ours from here on; websocket-client must not close it
     answer = headers_of(shim.answer or b"")
-    return shim.rest, chosen_subprotocol(answer, offered_subprotocols(headers))
+    subprotocol = chosen_subprotocol(answer, offered_subprotocols(headers))
+    return shim.rest, subprotocol, agreed_compression(answer, offers_extensions(headers))
 
 
 def _rejected(shim: _AnswerReadByUs, status: int, reason: str) -> HandshakeRejected:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .errors import AnswerTooLarge, SubprotocolMismatch
+from . import deflate
+from .errors import AnswerTooLarge, ExtensionMismatch, SubprotocolMismatch
 
-__all__ = ["chosen_subprotocol", "headers_of", "MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer", "status_of"]
+__all__ = ["agreed_compression", "chosen_subprotocol", "headers_of", "MAX_ANSWER_BYTES", "MAX_ANSWER_HEADERS", "UpgradeAnswer", "status_of"]
 
 #: The status line and headers together, at most.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -87,6 +88,16 @@ def headers_of(head: bytes) -> dict[str, str]:
         value = value.strip()
         fields[name] = f"{fields[name]}, {value}" if name in fields else value
     return fields
+
+
+def agreed_compression(answer: dict[str, str], offered: bool) -> Optional[deflate.Agreement]:
+    """What the server agreed to (``answer``: headers_of its 101) of the permessage-deflate
+    ``offered`` (or not): None for no extension; ExtensionMismatch for an extension this client
+    did not offer, or an answer it cannot honour (RFC 6455 9.1: the client must fail)."""
+    agreed = answer.get("sec-websocket-extensions")
+    if agreed is not None and agreed.strip() and not offered:
+        raise ExtensionMismatch(f"the server agreed to extension {agreed[:80]!r}; this client offered none")
+    return deflate.accept(agreed) if offered else None
 
 
 def chosen_subprotocol(answer: dict[str, str], offered: Sequence[str]) -> Optional[str]:

@@ -301,13 +301,15 @@ async def main() -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     parser.add_argument("--ack", action="store_true", help="acknowledge JSON messages with an id (ack mode)")
+    parser.add_argument("--compression", action="store_true", help="agree to permessage-deflate (websockets' defaults)")
     args = parser.parse_args()
     MODE["ack"] = args.ack
     tls = None
     if args.certfile:
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(args.certfile, args.keyfile)
-    async with serve(handler, "127.0.0.1", args.port, process_request=process_request, compression=None,
+    async with serve(handler, "127.0.0.1", args.port, process_request=process_request,
+                     compression="deflate" if args.compression else None,
                      select_subprotocol=select_subprotocol,
                      ping_interval=args.ping_interval, ping_timeout=None, max_size=64 * 2**20, ssl=tls) as server:
         emit(ev="listening", port=server.sockets[0].getsockname()[1])

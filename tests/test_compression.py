@@ -1,0 +1,166 @@
+"""permessage-deflate against real peers: a websockets server with compression on and off, a
+hostile server answering with parameters we cannot honour, a decompression bomb, a corrupt
+stream, and a server killed while compressed messages are in flight."""
+
+from __future__ import annotations
+
+import json
+
+import gevent
+import gevent.event
+import pytest
+
+from hermes_gevent import ConfigError, ExtensionMismatch, WebSocketClient
+
+from .support import ServerProcess, free_port, t
+
+
+@pytest.fixture
+def deflate_server():
+    srv = ServerProcess(free_port(), "--compression").start()
+    yield srv
+    srv.stop()
+
+
+def collecting(**options):
+    received: list = []
+    changed = gevent.event.Event()
+
+    def on_message(message) -> None:
+        received.append(message)
+        changed.set()
+
+    return received, changed, dict(on_message=on_message, **options)
+
+
+def wait_for(condition, timeout: float, changed: gevent.event.Event, what: str) -> None:
+    with gevent.Timeout(timeout, AssertionError(f"timed out waiting for {what}")):
+        while not condition():
+            changed.clear()
+            changed.wait()
+
+
+def notifications(count: int) -> list[dict]:
+    return [{"n": i, "operation": "notification", "message": "order shipped " * (i % 4 + 1)} for i in range(count)]
+
+
+def test_compression_must_be_deflate_or_none() -> None:
+    with pytest.raises(ConfigError, match="COMPRESSION"):
+        WebSocketClient(url="ws://127.0.0.1:9/", compression="gzip")
+
+
+def test_with_a_server_that_agrees_messages_go_compressed_both_ways_in_order(deflate_server, make_client) -> None:
+    deflate_server.command(cmd="mode", quiet=False)
+    received, changed, options = collecting()
+    client = make_client(url=deflate_server.url, compression="deflate", **options)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.status()["compression"] == "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+    sent = notifications(300) + [{"n": 300, "big": "x" * (1 << 20)}, "short"]
+    for message in sent:
+        assert client.send_message(message)
+    assert client.flush(t(10))
+    deflate_server.wait_for(lambda: len(deflate_server.texts()) >= len(sent), t(10), "every message")
+    texts = deflate_server.texts()
+    assert [json.loads(text) for text in texts[:-1]] == sent[:-1] and texts[-1] == "short"
+    deflate_server.command(cmd="push", n=200)
+    wait_for(lambda: len(received) >= 200, t(10), changed, "200 compressed messages from the server")
+    assert received[:200] == [f"push-{i}" for i in range(200)]
+
+
+def test_with_a_server_that_declines_messages_go_plain(server, make_client) -> None:
+    server.command(cmd="mode", quiet=False)
+    client = make_client(url=server.url, compression="deflate")
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.status()["compression"] is None
+    assert client.send_message("plain") and client.flush(t(5))
+    server.wait_for(lambda: "plain" in server.texts(), t(5), "the plain message")
+
+
+def test_without_compression_nothing_is_offered_and_the_server_sends_plain(deflate_server, make_client) -> None:
+    deflate_server.command(cmd="mode", quiet=False)
+    client = make_client(url=deflate_server.url, compression=None)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.status()["compression"] is None
+    assert client.send_message("hello") and client.flush(t(5))
+    deflate_server.wait_for(lambda: "hello" in deflate_server.texts(), t(5), "the message")
+
+
+@pytest.mark.parametrize("answer, why", [
+    ("permessage-deflate; client_max_window_bits=8", "cannot compress with a window under 9 bits"),
+    ("permessage-deflate; mystery=1", "does not know: mystery"),
+    ("x-webkit-deflate-frame", "offered only permessage-deflate"),
+])
+def test_an_answer_this_client_cannot_honour_fails_the_upgrade_and_is_not_retried(hostile, make_client, log_watch,
+                                                                                  answer, why) -> None:
+    gave_up = gevent.event.Event()
+    errors: list = []
+    client = make_client(url=hostile(f"extension={answer}"), compression="deflate",
+                         on_error=errors.append, on_give_up=lambda exc: gave_up.set())
+    client.start()
+    assert gave_up.wait(t(5))
+    assert len(errors) == 1 and isinstance(errors[0], ExtensionMismatch) and why in str(errors[0])
+    assert "not retrying after ExtensionMismatch" in log_watch.wait("not retrying").getMessage()
+
+
+def test_an_extension_this_client_never_offered_fails_the_upgrade(hostile, make_client) -> None:
+    gave_up = gevent.event.Event()
+    errors: list = []
+    client = make_client(url=hostile("extension=permessage-deflate"), compression=None,
+                         on_error=errors.append, on_give_up=lambda exc: gave_up.set())
+    client.start()
+    assert gave_up.wait(t(5))
+    assert isinstance(errors[0], ExtensionMismatch) and "offered none" in str(errors[0])
+
+
+@pytest.mark.parametrize("mode, code", [("bomb", 1009), ("corrupt", 1002)])
+def test_a_bomb_and_a_corrupt_stream_are_refused_with_their_close_codes(hostile, make_client, mode, code) -> None:
+    url, output = hostile(mode, with_output=True)
+    client = make_client(url=url, compression="deflate", max_message_size=1 << 20)
+    client.start()
+    with gevent.Timeout(t(10), AssertionError(f"the {mode} server saw no close frame")):
+        while not any(line.startswith("close") for line in output):
+            gevent.sleep(0.01)
+    assert f"close {code}" in [line.strip() for line in output]
+    assert client.status()["messages_received"] == 0
+
+
+def test_a_server_killed_while_compressed_messages_are_in_flight_loses_and_corrupts_nothing(make_client) -> None:
+    port = free_port()
+    first = ServerProcess(port, "--compression").start()
+    first.command(cmd="mode", quiet=False)
+    client = make_client(url=first.url, compression="deflate")
+    client.start()
+    assert client.wait_until_connected(t(5))
+    count = 3000
+    producer_done = gevent.event.Event()
+
+    def produce() -> None:
+        for i in range(count):
+            client.send_message({"n": i, "text": "compressible " * 8})
+            if i % 20 == 19:
+                gevent.sleep(0.001)
+        producer_done.set()
+
+    producer = gevent.spawn(produce)
+    first.wait_for(lambda: len(first.texts()) >= 300, t(10), "the first messages")
+    first.kill()  # SIGKILL: compressed messages in flight, the compressor's context lost with it
+    second = ServerProcess(port, "--compression").start()
+    try:
+        second.command(cmd="mode", quiet=False)
+        assert producer_done.wait(t(20))
+        producer.join(t(5))
+        assert client.flush(t(20))
+
+        def seen() -> set:
+            return {json.loads(text)["n"] for text in first.texts() + second.texts()}
+
+        second.wait_for(lambda: seen() == set(range(count)), t(10), "every message at one server or the other")
+        # Nothing corrupted: the new server inflated every resend (a stream compressed for the old
+        # connection would have made it close with 1002/1007), and it saw each message's own text.
+        assert all(json.loads(text)["text"] == "compressible " * 8 for text in second.texts())
+        assert client.status()["compression"] is not None and client.reconnects == 1
+    finally:
+        second.stop()
