@@ -176,10 +176,15 @@ class Connection:
     def _send_frame_in_pieces(self, item: Item) -> int:
         """Masked lazily, one piece at a time, yielding in between; the ledger counts
         the message once its last byte is in the kernel."""
-        last = -(-len(item[1]) // frames.MASK_PIECE)  # pieces after the header
-        for index, piece in enumerate(self.protocol.frame_in_pieces(item)):
-            self._send([item if index == last else None], [piece], [len(piece)])
+        pieces = self.protocol.frame_in_pieces(item)
+        piece = next(pieces)
+        for following in pieces:  # one piece behind: the last one completes the message
+            if piece:  # empty: a slice of compression done, nothing to write
+                self._send([None], [piece], [len(piece)])
             take_turn(self.write_turns)
+            piece = following
+        self._send([item], [piece], [len(piece)])
+        take_turn(self.write_turns)
         return 1
 
     def _send(self, items: list[Any], chunks: list[bytes], lengths: list[int]) -> int:

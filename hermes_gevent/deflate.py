@@ -19,17 +19,20 @@ is refused with 1009 after at most the bound was produced; a corrupt stream is a
 from __future__ import annotations
 
 import zlib
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from .errors import ExtensionMismatch, ProtocolError
 
 __all__ = ["Agreement", "Compressor", "Decompressor", "EXTENSION", "LEVEL", "MAX_WINDOW_BITS", "MEM_LEVEL",
-           "MIN_WINDOW_BITS", "THRESHOLD", "WINDOW_BITS", "accept", "offer", "parse_extensions"]
+           "MIN_WINDOW_BITS", "SLICE", "THRESHOLD", "WINDOW_BITS", "accept", "offer", "parse_extensions"]
 
 EXTENSION = "permessage-deflate"
 #: Our compressor: zlib's level, window and memLevel (websockets' 12/5: 64 KiB per connection),
 #: and the size under which a message goes plain (RSV1 clear).
 LEVEL, WINDOW_BITS, MEM_LEVEL, THRESHOLD = 6, 12, 5, 128
+#: A large message is compressed this many bytes at a time, the writer yielding in between
+#: (about 1 ms of zlib's work on JSON here: the hub is never held long).
+SLICE = 64 * 1024
 #: Window sizes this client honours in an answer (RFC 7692 allows 8, which zlib cannot produce).
 MIN_WINDOW_BITS, MAX_WINDOW_BITS = 9, 15
 _TAIL = b"\x00\x00\xff\xff"  # what every Z_SYNC_FLUSH ends with: left off the wire (RFC 7692 7.2.1)
@@ -150,10 +153,26 @@ class Compressor:
         """The payload of a message frame with RSV1 set, or None: send ``payload`` as it is."""
         if len(payload) < self.threshold:
             return None
-        compressor = self._current
-        data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return self.finish([self._current.compress(payload)])
+
+    def in_slices(self, payload: bytes, size: int) -> Iterator[Optional[bytes]]:
+        """compress(), ``size`` bytes at a time: yields None after each slice but the last (the
+        caller may let other greenlets run), then what compress() returns."""
+        if len(payload) < self.threshold:
+            yield None
+            return
+        view, parts = memoryview(payload), list[bytes]()
+        for start in range(0, len(payload), size):
+            if parts:
+                yield None
+            parts.append(self._current.compress(view[start : start + size]))
+        yield self.finish(parts)
+
+    def finish(self, parts: list[bytes]) -> bytes:
+        parts.append(self._current.flush(zlib.Z_SYNC_FLUSH))
         if self._reset:
             self._current = self._pristine.copy()
+        data = b"".join(parts)
         return data[:-4] if data.endswith(_TAIL) else data
 
 

@@ -148,10 +148,18 @@ class Protocol:
         return frames.frame_chunks(items, self._keys)
 
     def frame_in_pieces(self, item: Item) -> Iterator[bytes]:
-        """One large message's frame as a header then masked pieces (the writer yields between)."""
-        if self._compressor is not None:
-            item = self._compressed(item)
-        return frames.encode_frame_pieces(item[0], item[1])
+        """One large message's frame as a header then masked pieces (the writer yields between).
+        With compression the message is first compressed a slice at a time: an empty piece marks
+        each slice done (nothing to write; the writer may yield there too)."""
+        compressor = self._compressor
+        if compressor is not None:
+            data = None
+            for data in compressor.in_slices(item[1], deflate.SLICE):
+                if data is None:
+                    yield b""
+            if data is not None:
+                item = (item[0] | frames.RSV1, data)
+        yield from frames.encode_frame_pieces(item[0], item[1])
 
     def _compressed(self, item: Item) -> Item:
         """The message as this connection sends it: compressed with RSV1 set, or as it is."""
