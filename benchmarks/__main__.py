@@ -1119,9 +1119,10 @@ def ensure_node_deps() -> None:
         subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=SINK, check=True, timeout=300)
 
 
-def start_sink(port: int = 0, prefix: list[str] | None = None):
-    proc = subprocess.Popen([*(prefix or []), "node", str(SINK / "server.js"), str(port)], stdout=subprocess.PIPE,
-                            text=True)
+def start_sink(port: int = 0, prefix: list[str] | None = None, deflate: bool = False):
+    """The Node sink server (``deflate``: agreeing to permessage-deflate); returns (process, port)."""
+    args = [*(prefix or []), "node", str(SINK / "server.js"), str(port), *(["deflate"] if deflate else [])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("listening"):
         stop(proc)

@@ -5,6 +5,7 @@ stream, and a server killed while compressed messages are in flight."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import time
 
@@ -216,3 +217,30 @@ def test_an_8_mib_message_each_way_keeps_the_hub_turning(deflate_server, make_cl
     receiving = max(gap for when, gap in gaps if when > written)
     assert sending <= t(0.05), f"sending held the hub for {sending * 1000:.1f} ms"
     assert receiving <= t(0.1), f"receiving held the hub for {receiving * 1000:.1f} ms"
+
+
+@pytest.fixture
+def node_deflate_server():
+    """The benchmarks' Node ws server (benchmarks/sink) with perMessageDeflate on."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are not installed")
+    from benchmarks.__main__ import ensure_node_deps, start_sink, stop
+
+    ensure_node_deps()
+    proc, port = start_sink(deflate=True)
+    yield f"ws://127.0.0.1:{port}"
+    stop(proc)
+
+
+def test_node_ws_with_per_message_deflate_echoes_compressed_and_plain_messages(node_deflate_server, make_client) -> None:
+    received, changed, options = collecting()
+    client = make_client(url=f"{node_deflate_server}/echo", compression="deflate", **options)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.status()["compression"].startswith("permessage-deflate")
+    # ws compresses what it sends from 1 KiB on: the echoes come back both ways
+    sent = [json.dumps({"n": i, "pad": "z" * (i * 37 % 3000)}) for i in range(200)]
+    for message in sent:
+        assert client.send_message(message)
+    wait_for(lambda: len(received) >= len(sent), t(10), changed, "every echo from ws")
+    assert received == sent

@@ -13,6 +13,8 @@
 //                        machine) when it called send_message; record how long each took to get here.
 //                        HTTP GET /lag answers {count, p50_ms, p99_ms, max_ms, unrecorded} for the
 //                        messages since the previous GET /lag, and starts afresh.
+// A second argument "deflate" agrees to permessage-deflate (ws' defaults: messages of 1 KiB and more are
+// compressed); without it, compression is off.
 // Prints "listening <port>" on stdout once ready. ws uses its native addons (bufferutil, utf-8-validate)
 // for unmasking and UTF-8 checks, so the server is not what limits a fast client.
 const http = require("http");
@@ -28,7 +30,8 @@ const server = http.createServer((req, res) => {
     res.end();
   }
 });
-const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+const wss = new WebSocketServer({ server, perMessageDeflate: process.argv[3] === "deflate",
+                                  maxPayload: 64 * 1024 * 1024 });
 
 wss.on("connection", (ws, req) => {
   const url = new URL(req.url, "http://x");
