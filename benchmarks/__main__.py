@@ -66,6 +66,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from benchmarks.compression import compression_benchmark, print_compression
 from hermes_gevent import lease as hermes_lease
 from hermes_gevent import store as hermes_store
 from hermes_gevent.fairness import MAX_BUDGET
@@ -163,6 +164,8 @@ def main() -> int:
                 row["ratio_to_text"] = row["on"]["median"] / row["text_hermes_median"]
             report["acks"][name] = row
             print_acked(name, row)
+        report["compression"] = compression_benchmark(scale, rounds)
+        print_compression(report["compression"])
         report["enqueue"] = enqueue_cost(url, max(1000, int(20_000 * scale)), rounds)
         print_enqueue(report["enqueue"])
         report["metrics"] = probe("metrics", str(max(5000, int(200_000 * scale))))
@@ -308,7 +311,7 @@ def drop_failure(drops: dict) -> str | None:
 def failures(report: dict) -> list[str]:
     found = [f"{name}: {row['failed']}" for name, row in report["workloads"].items() if row.get("failed")]
     found += [f"{name}: {row['failed']}" for name, row in report.get("acks", {}).items() if row.get("failed")]
-    for part in ("enqueue", "flask"):
+    for part in ("compression", "enqueue", "flask"):
         if report[part].get("failed"):
             found.append(f"{part}: {report[part]['failed']}")
     return found + outbox_failures(report.get("outbox", {}))

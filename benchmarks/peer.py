@@ -57,6 +57,26 @@ ACK_TIMEOUT = 5.0
 NO_DROPS = {"dropped": 0, "drops_by_reason": {}}
 
 
+def json_corpus(size: int, variants: int = 64) -> list[str]:
+    """``variants`` JSON texts of about ``size`` bytes each, different from one another as an
+    app's events are (ids, names, amounts, words), for the compression workload ("deflate")."""
+    import random
+
+    rng = random.Random(7)
+    words = ["order", "created", "shipped", "invoice", "customer", "payment", "refund", "pending", "warehouse",
+             "express", "standard", "address", "street", "city", "total", "discount", "coupon", "item"]
+    texts = []
+    for i in range(variants):
+        event = {"id": f"evt_{rng.getrandbits(48):012x}", "type": rng.choice(words) + "." + rng.choice(words),
+                 "customer": {"id": rng.randrange(10**6), "name": f"user-{rng.randrange(10**4)}"}, "items": []}
+        while len(json.dumps(event)) < size - 60:
+            event["items"].append({"sku": f"{rng.choice(words)}-{rng.randrange(1000)}", "qty": rng.randrange(1, 9),
+                                   "price": round(rng.uniform(1, 500), 2), "note": " ".join(rng.sample(words, 3))})
+        text = json.dumps(event)
+        texts.append(text + " " * max(0, size - len(text)))  # the same size for every peer
+    return texts
+
+
 def payload_text(size: int):
     """The message: text, or bytes for the binary workloads ("oneway-bin")."""
     return b"x" * size if WORKLOAD.endswith("-bin") else "x" * size
@@ -135,6 +155,18 @@ def run_websockets() -> dict:
                 seconds = time.perf_counter() - start
                 assert received == COUNT + 1
                 sink_busy = float(message.split()[1])
+        elif KIND == "deflate":
+            messages = json_corpus(SIZE)
+            async with connect(f"{URL}/sink?expect={COUNT}", compression="deflate", max_size=None) as ws:
+                start = time.perf_counter()
+                for i in range(COUNT):
+                    await ws.send(messages[i % len(messages)])
+                reply = await ws.recv()
+                seconds = time.perf_counter() - start
+                assert reply.startswith(f"done {COUNT} "), reply
+                fields = reply.split()
+                return {"seconds": seconds, "sink_busy": float(fields[3]), "wire_bytes": int(fields[4]),
+                        "extension": ws.response.headers.get("Sec-WebSocket-Extensions"), **NO_DROPS}
         elif KIND == "echo":
             async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
                 start = time.perf_counter()
@@ -176,6 +208,8 @@ def run_hermes() -> dict:
             state["reply"] = msg
             done.set()
 
+    if KIND == "deflate":
+        return run_hermes_deflate(done, state)
     path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
             "enqueue": f"/sink?expect={COUNT}", "oneway-json": f"/sink?expect={COUNT}",
             "oneway-ack": f"/sink?expect={COUNT}&ack=1"}[KIND]
@@ -249,6 +283,37 @@ def run_hermes_dicts(client, done, state) -> dict:
                   **{key: status.get(key) for key in ("unacked", "messages_acked", "messages_resent",
                                                       "messages_sent", "reconnects")})
     return result
+
+
+def run_hermes_deflate(done, state) -> dict:
+    """The compression workload: COUNT JSON texts of SIZE bytes (json_corpus), COMPRESSION
+    "deflate" and every other setting a user gets, against a server that agrees to it."""
+    from hermes_gevent import WebSocketClient
+
+    def on_message(msg):
+        state["reply"] = msg
+        done.set()
+
+    messages = json_corpus(SIZE)
+    client = WebSocketClient(url=f"{URL}/sink?expect={COUNT}", on_message=on_message, compression="deflate")
+    client.start()
+    assert client.wait_until_connected(10)
+    result: dict = {"seconds": None, "sink_busy": None, "wire_bytes": None,
+                    "extension": client.status()["compression"]}
+    start = time.perf_counter()
+    for i in range(COUNT):
+        client.send_message(messages[i % len(messages)])
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            pause(client)
+    if not client.messages_dropped:
+        done.wait(120)
+        result["seconds"] = time.perf_counter() - start
+        assert state["reply"].startswith(f"done {COUNT} "), state
+        fields = state["reply"].split()
+        result.update(sink_busy=float(fields[3]), wire_bytes=int(fields[4]))
+    status = client.status()
+    client.stop(5)
+    return {**result, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"]}
 
 
 def produce_dicts(client, data: str) -> None:

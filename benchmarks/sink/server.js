@@ -1,5 +1,5 @@
 // The benchmark server, on 127.0.0.1. One process, paths choose the workload:
-//   /sink?expect=N       count messages; after the N-th, reply "done <messages> <bytes> <busy>"
+//   /sink?expect=N       count messages; after the N-th, reply "done <messages> <bytes> <busy> <wire bytes>"
 //   /sink?expect=N&ack=1 acknowledge: every message must be a JSON object with a string "id"; the server
 //                        answers {"ack": [ids...]} in batches (every ACK_EVERY_MS or ACK_BATCH ids, whichever
 //                        comes first; a resent id is acknowledged again) and counts each id once: after the
@@ -44,7 +44,8 @@ wss.on("connection", (ws, req) => {
       if (count === 0) { cpu0 = process.cpuUsage(); t0 = process.hrtime.bigint(); }
       count += 1;
       bytes += data.length;
-      if (count === expect) ws.send(`done ${count} ${bytes} ${busy(cpu0, t0).toFixed(3)}`);
+      // the last field: bytes read off the socket (frames as sent: compressed, with compression on)
+      if (count === expect) ws.send(`done ${count} ${bytes} ${busy(cpu0, t0).toFixed(3)} ${req.socket.bytesRead}`);
     });
   } else if (url.pathname === "/push") {
     const n = parseInt(url.searchParams.get("n"), 10);
