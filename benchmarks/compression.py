@@ -26,6 +26,7 @@ def compression_benchmark(scale: float, rounds: int) -> dict:
     rates: dict[str, list[float]] = {peer: [] for peer in PEERS}
     wire: dict[str, list[float]] = {peer: [] for peer in PEERS}
     extensions: dict[str, set] = {peer: set() for peer in PEERS}
+    busy: list[float] = []  # how busy the one-core Node server was: near 1.0, it bounds both peers
     drops = {peer: no_drops() for peer in PEERS}
     try:
         for r in range(rounds):
@@ -36,6 +37,7 @@ def compression_benchmark(scale: float, rounds: int) -> dict:
                 if result["seconds"] is None:
                     continue
                 rates[peer].append(count / result["seconds"])
+                busy.append(result["sink_busy"])
                 wire[peer].append(result["wire_bytes"] / count)
     finally:
         stop(sink)
@@ -43,6 +45,7 @@ def compression_benchmark(scale: float, rounds: int) -> dict:
     if failed is None and None in extensions["hermes"] | extensions["websockets"]:
         failed = "a peer did not negotiate permessage-deflate"
     row: dict = {"count": count, "size": SIZE, "target": TARGET, "failed": failed, "dropped": drops,
+                 "sink_busy_max": max(busy) if busy else None,
                  "extensions": {peer: sorted(str(e) for e in found) for peer, found in extensions.items()}}
     if failed is None:
         row["peers"] = {peer: {"median": statistics.median(rates[peer]), "runs": [round(v) for v in rates[peer]],
@@ -61,4 +64,4 @@ def print_compression(row: dict) -> None:
           f"hermes {p['hermes']['median']:,.0f} msg/s  x{row['ratio_to_websockets']:.2f} websockets  "
           f"target x{TARGET:.1f}: {'met' if row['met'] else 'NOT met'}; bytes on the wire per message: "
           f"websockets {p['websockets']['wire_bytes_per_message']:.0f}, hermes {p['hermes']['wire_bytes_per_message']:.0f} "
-          f"({SIZE:,} uncompressed); 0 dropped", flush=True)
+          f"({SIZE:,} uncompressed); 0 dropped  (sink busy <= {row['sink_busy_max']:.0%})", flush=True)
