@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import statistics
 
+from .harness import add_drops, drop_failure, no_drops, run_peer, start_sink, stop
+
 SIZE = 1024
 TARGET = 1.0
 PEERS = ("websockets", "hermes")
 
 
 def compression_benchmark(scale: float, rounds: int) -> dict:
-    from .__main__ import add_drops, drop_failure, no_drops, run_peer, start_sink, stop
-
     count = max(20, int(50_000 * scale))
     sink, port = start_sink(deflate=True)
     url = f"ws://127.0.0.1:{port}"

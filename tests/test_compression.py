@@ -224,7 +224,7 @@ def node_deflate_server():
     """The benchmarks' Node ws server (benchmarks/sink) with perMessageDeflate on."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are not installed")
-    from benchmarks.__main__ import ensure_node_deps, start_sink, stop
+    from benchmarks.harness import ensure_node_deps, start_sink, stop
 
     ensure_node_deps()
     proc, port = start_sink(deflate=True)
