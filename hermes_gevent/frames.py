@@ -20,6 +20,7 @@ from websocket import ABNF
 
 from .deflate import Decompressor
 from .errors import ProtocolError
+from .utf8 import CLOSE_INVALID_DATA, PartialFrame, TextFragments, invalid
 
 __all__ = ["CLOSE_ABNORMAL", "CLOSE_INVALID_DATA", "CLOSE_NORMAL", "CLOSE_NO_STATUS", "CLOSE_PROTOCOL_ERROR", "CLOSE_TOO_BIG", "CLOSE_TRY_AGAIN_LATER",
            "CLOSE_FORBIDDEN", "CLOSE_POLICY_VIOLATION", "CLOSE_UNAUTHORIZED", "Close", "Event", "FrameParser", "Item", "MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "Message", "OP_BINARY", "OP_CLOSE",
@@ -62,7 +63,6 @@ CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NO_STATUS = 1005
 CLOSE_ABNORMAL = 1006
-CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -141,6 +141,8 @@ class FrameParser:
         self._buffer = bytearray()
         self._pos = 0
         self._fragments: list[bytes] = []
+        self._text: Optional[TextFragments] = None  # the text message in fragments, decoded so far
+        self._partial: Optional[PartialFrame] = None  # the text frame arriving, checked so far
         self._fragment_opcode: int | None = None
         self._fragment_size = 0
         self.closed = False  # a close frame was parsed: the stream is over
@@ -217,8 +219,13 @@ class FrameParser:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
             end = start + length
             if end > size:
+                if size > start and not b1 & RSV1 and (opcode == OP_TEXT or (
+                        opcode == OP_CONT and self._text is not None and not self._compressed)):
+                    self._check_partial(opcode, buf, start, size)
                 return
             self._pos = end
+            if self._partial is not None:
+                self._partial = None
             if b1 & 0x80 and self._fragment_opcode is None and opcode != OP_CONT:
                 # The common case: a whole message in one frame.
                 payload = buf[start:end] if not b1 & RSV1 else self.inflater.frame(buf[start:end], True, max_size)  # type: ignore[union-attr]
@@ -226,7 +233,7 @@ class FrameParser:
                     try:
                         text = payload.decode("utf-8")
                     except UnicodeDecodeError:
-                        raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+                        raise invalid() from None
                     on_message(text)
                     continue
                 if opcode == OP_BINARY:
@@ -261,21 +268,33 @@ class FrameParser:
             raise ProtocolError(CLOSE_PROTOCOL_ERROR, "new message started before the previous one ended")
         else:
             self._fragment_opcode, self._compressed = opcode, compressed
+            if opcode == OP_TEXT:
+                self._text = TextFragments()
         if self._compressed:  # inflated frame by frame, within what is left of max_size
             payload = self.inflater.frame(payload, fin, self.max_size - self._fragment_size)  # type: ignore[union-attr]
-        self._fragments.append(payload)
         self._fragment_size += len(payload)
+        text = self._text
+        if text is not None:
+            text.add(payload, fin)  # invalid bytes fail the connection now, not at the last fragment
+        else:
+            self._fragments.append(payload)
         if not fin:
             return None
+        self._fragment_opcode, self._fragment_size, self._text = None, 0, None
+        if text is not None:
+            return Message(text.text())
         data = b"".join(self._fragments) if len(self._fragments) > 1 else self._fragments[0]
-        kind = self._fragment_opcode
-        self._fragments, self._fragment_opcode, self._fragment_size = [], None, 0
-        if kind == OP_TEXT:
-            try:
-                return Message(data.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise ProtocolError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+        self._fragments = []
         return Message(data)
+
+    def _check_partial(self, opcode: int, buf: bytearray, start: int, size: int) -> None:
+        """A text frame (or a text message's next fragment) not all here yet: are its bytes so
+        far already invalid? Each byte is checked once, whatever the number of reads."""
+        partial = self._partial
+        if partial is None:
+            text = self._text
+            partial = self._partial = PartialFrame() if opcode == OP_TEXT else text.partial()  # type: ignore[union-attr]
+        partial.extend(buf, start, size)
 
 
 def _parse_close(payload: bytes) -> Close:

@@ -49,6 +49,9 @@ class Protocol:
         #: Why the connection ended (ConnectionClosed, or the ProtocolError we closed for); None while open.
         self.failure: Optional[ConnectionFailed] = None
         self.pongs_received = 0
+        # After a violation, until our close frame is taken: replies the handlers already queued
+        # may still go ahead of it (see fail()).
+        self.replies_first = False
         self._keys = frames.MaskKeys()
         self._outgoing: list[bytes] = []
 
@@ -123,9 +126,13 @@ class Protocol:
         return True
 
     def fail(self, error: ProtocolError) -> None:
-        """The server broke the protocol: close with ``error.code`` and end the connection."""
+        """The server broke the protocol: close with ``error.code`` and end the connection.
+        Data frames are still accepted until the close frame is taken by ``data_to_send``: the
+        replies to messages delivered before the violation go first (RFC 6455 7.1.7 fails the
+        connection, it does not take back what the application already answered)."""
         self.send_close(error.code, error.reason)
         self._end(error)
+        self.replies_first = True
 
     @property
     def has_data_to_send(self) -> bool:
@@ -134,11 +141,13 @@ class Protocol:
     def data_to_send(self) -> list[bytes]:
         """Control frames queued since the last call (pongs, pings, close), in order."""
         out, self._outgoing = self._outgoing, []
+        if out:
+            self.replies_first = False  # the close frame goes now: nothing may follow it
         return out
 
     @property
     def can_send_data(self) -> bool:
-        return self.state is ProtocolState.OPEN
+        return self.state is ProtocolState.OPEN or self.replies_first
 
     def frame_messages(self, items: list[Item]) -> tuple[list[bytes], list[int]]:
         """Frames for ``items`` as chunks to write and each frame's size (the sender's hot path);

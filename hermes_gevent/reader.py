@@ -20,7 +20,7 @@ from .fairness import loop_turn_counter, new_turns, pause, take_turn, timer_floo
 from .run import Run
 from .session import Session, now
 
-__all__ = ["CLOSE_WRITE_TIMEOUT", "COALESCE_BELOW", "COALESCE_IF_WAITED_UNDER", "COALESCE_PAUSE", "read_loop",
+__all__ = ["CLOSE_WRITE_TIMEOUT", "REPLIES_WAIT", "COALESCE_BELOW", "COALESCE_IF_WAITED_UNDER", "COALESCE_PAUSE", "read_loop",
     "read_session"]
 
 #: Read coalescing: a read under COALESCE_BELOW bytes that found data already waiting (the
@@ -33,6 +33,9 @@ COALESCE_IF_WAITED_UNDER = 0.00002
 COALESCE_PAUSE = 0.0005
 #: How long the reader may wait to write the close frame after a protocol error.
 CLOSE_WRITE_TIMEOUT = 1.0
+#: After a protocol error, how long the close frame waits for the replies already queued (the
+#: handlers answered the messages delivered before the violation) to be written first.
+REPLIES_WAIT = 0.5
 
 
 def read_loop(run: Run) -> None:
@@ -115,6 +118,9 @@ def _ended(run: Run, session: Session, conn: Connection) -> None:
         close = protocol.close_received
         run.log.info(f"server closed the connection with code {close.code} {close.reason}".rstrip())
     if isinstance(failure, ProtocolError):  # a peer that breaks the protocol must not hold us
+        outbox = run.outbox
+        if outbox is not None and len(outbox) and protocol.replies_first:
+            outbox.wait_empty(REPLIES_WAIT)  # the sender writes them ahead of our close frame
         gevent.with_timeout(CLOSE_WRITE_TIMEOUT, conn.send_pending, timeout_value=False)
     elif protocol.has_data_to_send:  # the echo of the server's close, after any message being written
         conn.send_pending()

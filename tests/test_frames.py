@@ -111,3 +111,61 @@ def test_c_and_pure_python_masking_agree():
         payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
         key = b"\x9a\x01\xfe\x33"
         assert frames.mask(key, payload) == ABNF.mask(key, payload)
+
+
+# -- UTF-8 checked as text arrives (RFC 6455 8.1; Autobahn 6.4.*) ----------------------------
+
+
+def feed_and_parse(parser, data):
+    parser.feed(data)
+    return list(parser.events())
+
+
+def test_an_invalid_fragment_fails_before_the_message_ends():
+    parser = FrameParser(1 << 20)
+    assert feed_and_parse(parser, frame(1, "κόσμε".encode(), fin=False)) == []
+    with pytest.raises(ProtocolError) as caught:
+        feed_and_parse(parser, frame(0, b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80", fin=False))
+    assert caught.value.code == 1007
+
+
+def test_an_invalid_start_of_a_frame_fails_before_the_frame_is_whole():
+    whole = frame(1, "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited" * 100)
+    parser = FrameParser(1 << 20)
+    assert feed_and_parse(parser, whole[:8]) == []  # header and valid text: nothing to say yet
+    with pytest.raises(ProtocolError) as caught:
+        feed_and_parse(parser, whole[8:20])  # the invalid bytes, the frame far from complete
+    assert caught.value.code == 1007
+
+
+def test_a_character_cut_between_reads_or_fragments_is_not_an_error():
+    text = "añb€c😀d" * 50
+    encoded = text.encode()
+    data = frame(1, encoded[:7], fin=False) + frame(0, encoded[7:], fin=True)
+    parser = FrameParser(1 << 20)
+    events = []
+    for i in range(len(data)):  # one byte per read: every character is cut somewhere
+        events += feed_and_parse(parser, data[i : i + 1])
+    assert events == [Message(text)]
+
+
+def test_a_continuation_is_checked_against_the_fragment_before_it():
+    # The first fragment ends inside a character; the next fragment's start must finish it.
+    parser = FrameParser(1 << 20)
+    assert feed_and_parse(parser, frame(1, b"ab\xc3", fin=False)) == []
+    following = frame(0, b"A" + b"x" * 200)  # "A" cannot follow 0xC3
+    with pytest.raises(ProtocolError) as caught:
+        feed_and_parse(parser, following[:6])
+    assert caught.value.code == 1007
+    parser = FrameParser(1 << 20)
+    assert feed_and_parse(parser, frame(1, b"ab\xc3", fin=False)) == []
+    following = frame(0, b"\xa9" + b"x" * 200)
+    assert feed_and_parse(parser, following[:6]) == []
+    assert feed_and_parse(parser, following[6:]) == [Message("abé" + "x" * 200)]
+
+
+def test_binary_frames_arriving_in_pieces_are_not_checked_as_text():
+    data = frame(2, b"\xff\xfe" * 200)
+    parser = FrameParser(1 << 20)
+    assert feed_and_parse(parser, data[:10]) == []
+    assert feed_and_parse(parser, data[10:]) == [Message(b"\xff\xfe" * 200)]

@@ -134,3 +134,14 @@ def test_events_received_reports_controls_after_handling_them():
                           + frame(OP_CLOSE, close_body(1000)))
     assert protocol.events_received() == [Message("hi"), Ping(b"p"), Pong(b"q"), Close(1000, "")]
     assert [op for op, _ in client_frames(protocol.data_to_send())] == [OP_PONG, OP_CLOSE]
+
+
+def test_after_a_violation_data_may_go_until_the_close_frame_is_taken():
+    protocol, delivered = opened(frame(OP_TEXT, b"question") + frame(3, b"x"))
+    assert delivered == ["question"] and isinstance(protocol.failure, ProtocolError)
+    assert protocol.state is ProtocolState.CLOSED
+    assert protocol.can_send_data  # the answer to "question" may still go ahead of the close
+    chunks, _ = protocol.frame_messages([(OP_TEXT, b"answer")])
+    assert client_frames(chunks) == [(OP_TEXT, b"answer")]
+    assert client_frames(protocol.data_to_send()) == [(OP_CLOSE, close_body(1002, b"reserved opcode 0x3"))]
+    assert not protocol.can_send_data  # nothing after the close frame

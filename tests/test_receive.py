@@ -199,3 +199,17 @@ def test_a_slow_handler_is_not_mistaken_for_a_dead_connection(peer, make_client,
     peer.wait_pings(seen + 3)  # and the link is judged healthy again once reading resumes
     assert client.connected and errors.calls == [] and len(peer.connections) == 1
     assert sum("handle_message has been running" in r.getMessage() for r in log_watch.records) == 1
+
+
+def test_a_reply_already_queued_goes_out_before_the_close_that_a_violation_causes(peer, make_client):
+    # Autobahn 3.2: a good message and a bad frame in one read. The handler's answer to the good
+    # one is queued before the parser reaches the bad frame; it is written, then the close.
+    holder = {}
+    client = peer_client(make_client, peer, on_message=lambda m: holder["client"].send_message(f"re: {m}"))
+    holder["client"] = client
+    client.start()
+    assert client.wait_until_connected(t(5))
+    peer.send_raw(frame(1, b"hello") + frame(1, b"bad", rsv=0x20) + frame(9, b"ping"))
+    assert peer.wait_closed() == 1002
+    assert peer.messages[:1] == ["re: hello"]  # the peer refuses data after a close frame
+    assert peer.errors == []
