@@ -1,5 +1,7 @@
 """permessage-deflate (RFC 7692) without I/O: the offer, the check of the server's answer, the codec.
 
+    Options        our side, from the settings: the compressor's level, window and memLevel, the
+                   threshold, and whether to offer client_no_context_takeover
     offer()        the Sec-WebSocket-Extensions value of the upgrade request
     accept(answer) what the server's answer agreed to (Agreement), None for no extension, or
                    ExtensionMismatch for an answer this client did not offer or cannot honour
@@ -19,12 +21,12 @@ is refused with 1009 after at most the bound was produced; a corrupt stream is a
 from __future__ import annotations
 
 import zlib
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from .errors import ExtensionMismatch, ProtocolError
 
-__all__ = ["Agreement", "Compressor", "Decompressor", "EXTENSION", "LEVEL", "MAX_WINDOW_BITS", "MEM_LEVEL",
-           "MIN_WINDOW_BITS", "SLICE", "THRESHOLD", "WINDOW_BITS", "accept", "offer", "parse_extensions"]
+__all__ = ["Agreement", "Compressor", "Decompressor", "EXTENSION", "INFLATE_SLICE", "LEVEL", "MAX_WINDOW_BITS", "MEM_LEVEL",
+           "MIN_WINDOW_BITS", "Options", "SLICE", "THRESHOLD", "WINDOW_BITS", "accept", "offer", "parse_extensions"]
 
 EXTENSION = "permessage-deflate"
 #: Our compressor: zlib's level, window and memLevel (websockets' 12/5: 64 KiB per connection),
@@ -33,6 +35,9 @@ LEVEL, WINDOW_BITS, MEM_LEVEL, THRESHOLD = 6, 12, 5, 128
 #: A large message is compressed this many bytes at a time, the writer yielding in between
 #: (about 1 ms of zlib's work on JSON here: the hub is never held long).
 SLICE = 64 * 1024
+#: A large compressed frame is inflated this many bytes at a time, the reader letting the hub
+#: turn in between (about 1 ms of zlib's work on JSON here).
+INFLATE_SLICE = 256 * 1024
 #: Window sizes this client honours in an answer (RFC 7692 allows 8, which zlib cannot produce).
 MIN_WINDOW_BITS, MAX_WINDOW_BITS = 9, 15
 _TAIL = b"\x00\x00\xff\xff"  # what every Z_SYNC_FLUSH ends with: left off the wire (RFC 7692 7.2.1)
@@ -40,9 +45,28 @@ _PARAMETERS = ("server_no_context_takeover", "client_no_context_takeover", "serv
                "client_max_window_bits")
 
 
-def offer() -> str:
-    """The extension this client offers, as the upgrade request's header value."""
-    return f"{EXTENSION}; client_max_window_bits"
+def offer(no_context_takeover: bool = False) -> str:
+    """The extension this client offers, as the upgrade request's header value; with
+    ``no_context_takeover`` it says our messages are each compressed alone (RFC 7692 7.1.1.1:
+    a hint the server may use to keep no window for them)."""
+    hint = "; client_no_context_takeover" if no_context_takeover else ""
+    return f"{EXTENSION}{hint}; client_max_window_bits"
+
+
+class Options:
+    """Our compressor, as the settings ask: zlib's ``level``, ``window_bits`` and ``mem_level``,
+    the ``threshold`` under which a message goes plain, and ``no_context_takeover`` (each message
+    compressed alone, and the offer says so)."""
+
+    __slots__ = ("level", "window_bits", "mem_level", "threshold", "no_context_takeover")
+
+    def __init__(self, level: int = LEVEL, window_bits: int = WINDOW_BITS, mem_level: int = MEM_LEVEL,
+                 threshold: int = THRESHOLD, no_context_takeover: bool = False) -> None:
+        self.level, self.window_bits, self.mem_level = level, window_bits, mem_level
+        self.threshold, self.no_context_takeover = threshold, no_context_takeover
+
+    def offer(self) -> str:
+        return offer(self.no_context_takeover)
 
 
 def parse_extensions(header: str) -> list[tuple[str, list[tuple[str, Optional[str]]]]]:
@@ -135,18 +159,18 @@ def _window_bits(found: dict[str, Optional[str]], key: str, allow: range) -> Opt
 
 
 class Compressor:
-    """Compresses the messages of one connection, in order. ``window_bits`` and ``mem_level``
-    size our compressor (the server's ``client_max_window_bits`` caps the window); messages
-    shorter than ``threshold`` bytes go uncompressed (``compress`` returns None)."""
+    """Compresses the messages of one connection, in order, as ``options`` say (the server's
+    ``client_max_window_bits`` caps the window); messages shorter than the threshold go
+    uncompressed (``compress`` returns None)."""
 
-    def __init__(self, agreement: Agreement, *, level: int, window_bits: int, mem_level: int, threshold: int) -> None:
+    def __init__(self, agreement: Agreement, options: Options) -> None:
         limit = agreement.client_max_window_bits
-        self.window_bits = window_bits if limit is None else min(window_bits, limit)
-        self.threshold = threshold
+        self.window_bits = options.window_bits if limit is None else min(options.window_bits, limit)
+        self.threshold = options.threshold
         # Without context takeover each message starts from a fresh compressor: copied from
         # this pristine one (cheaper than building a new one).
-        self._pristine = zlib.compressobj(level, zlib.DEFLATED, -self.window_bits, mem_level)
-        self._reset = agreement.client_no_context_takeover
+        self._pristine = zlib.compressobj(options.level, zlib.DEFLATED, -self.window_bits, options.mem_level)
+        self._reset = agreement.client_no_context_takeover or options.no_context_takeover
         self._current = self._pristine.copy() if self._reset else self._pristine
 
     def compress(self, payload: bytes) -> Optional[bytes]:
@@ -186,22 +210,36 @@ class Decompressor:
         self._reset = agreement.server_no_context_takeover
         self._inflater = zlib.decompressobj(self._wbits)
 
-    def frame(self, data: Union[bytes, bytearray], fin: bool, room: int) -> bytes:
+    def frame(self, data: Union[bytes, bytearray], fin: bool, room: int,
+              pause: Optional[Callable[[], object]] = None) -> bytes:
         """The bytes ``data`` (one frame of a compressed message) inflates to; ``fin``: the
         message's last frame. ProtocolError 1009 once the message would pass ``room`` bytes,
-        1002 for a stream zlib cannot read."""
+        1002 for a stream zlib cannot read. Inflated INFLATE_SLICE bytes at a time, calling
+        ``pause`` in between (the reader lets the hub turn there)."""
         inflater = self._inflater
+        parts: list[bytes] = []
+        size, limit, pending = 0, room + 1, data
         try:
-            out = inflater.decompress(data, room + 1) if data else b""
-            if fin and len(out) <= room:
-                out += inflater.decompress(_TAIL, room + 1 - len(out))
+            while pending:
+                part = inflater.decompress(pending, min(INFLATE_SLICE, limit - size))
+                parts.append(part)
+                size += len(part)
+                if size > room:
+                    break
+                pending = inflater.unconsumed_tail
+                if pending and pause is not None:
+                    pause()
+            if fin and size <= room:
+                part = inflater.decompress(_TAIL, limit - size)
+                parts.append(part)
+                size += len(part)
         except zlib.error as exc:
             raise ProtocolError(1002, f"compressed message cannot be inflated ({exc})") from None
-        if len(out) > room or inflater.unconsumed_tail:
+        if size > room or inflater.unconsumed_tail:
             raise ProtocolError(1009, "message inflates past MAX_MESSAGE_SIZE")
         if fin and self._reset:
             self._inflater = zlib.decompressobj(self._wbits)
-        return out
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _split(text: str, separator: str) -> list[str]:

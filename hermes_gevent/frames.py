@@ -173,11 +173,13 @@ class FrameParser:
         if error is not None:
             raise error
 
-    def parse(self, on_message: Callable[[Union[str, bytes]], object], on_control: Callable[[Event], object]) -> None:
+    def parse(self, on_message: Callable[[Union[str, bytes]], object], on_control: Callable[[Event], object],
+              pause: Optional[Callable[[], object]] = None) -> None:
         """Call ``on_message(data)`` for each complete data message and ``on_control(event)``
         for each Ping, Pong or Close, in order, leaving any partial frame in the buffer.
         Raises ProtocolError at the first violation (after the callbacks for what came
-        before it). Parsing ends after a close frame; the bytes after it are never parsed."""
+        before it). Parsing ends after a close frame; the bytes after it are never parsed.
+        ``pause`` is called between slices of inflating a large compressed frame."""
         buf = self._buffer
         size = len(buf)
         max_size = self.max_size
@@ -224,11 +226,10 @@ class FrameParser:
                     self._check_partial(opcode, buf, start, size)
                 return
             self._pos = end
-            if self._partial is not None:
-                self._partial = None
+            self._partial = None  # a text frame arriving in pieces is whole now
             if b1 & 0x80 and self._fragment_opcode is None and opcode != OP_CONT:
                 # The common case: a whole message in one frame.
-                payload = buf[start:end] if not b1 & RSV1 else self.inflater.frame(buf[start:end], True, max_size)  # type: ignore[union-attr]
+                payload = buf[start:end] if not b1 & RSV1 else self.inflater.frame(buf[start:end], True, max_size, pause)  # type: ignore[union-attr]
                 if opcode == OP_TEXT:
                     try:
                         text = payload.decode("utf-8")
@@ -239,7 +240,7 @@ class FrameParser:
                 if opcode == OP_BINARY:
                     on_message(bytes(payload))
                     continue
-            event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]), bool(b1 & RSV1))
+            event = self._on_frame(bool(b1 & 0x80), opcode, bytes(buf[start:end]), bool(b1 & RSV1), pause)
             if event is None:
                 continue
             if type(event) is Message:
@@ -254,7 +255,8 @@ class FrameParser:
                     return
                 on_control(event)
 
-    def _on_frame(self, fin: bool, opcode: int, payload: bytes, compressed: bool = False) -> Event | None:
+    def _on_frame(self, fin: bool, opcode: int, payload: bytes, compressed: bool = False,
+                  pause: Optional[Callable[[], object]] = None) -> Event | None:
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
@@ -271,7 +273,7 @@ class FrameParser:
             if opcode == OP_TEXT:
                 self._text = TextFragments()
         if self._compressed:  # inflated frame by frame, within what is left of max_size
-            payload = self.inflater.frame(payload, fin, self.max_size - self._fragment_size)  # type: ignore[union-attr]
+            payload = self.inflater.frame(payload, fin, self.max_size - self._fragment_size, pause)  # type: ignore[union-attr]
         self._fragment_size += len(payload)
         text = self._text
         if text is not None:

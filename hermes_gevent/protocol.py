@@ -36,11 +36,11 @@ class Protocol:
     """The protocol state of one open client connection (see the module docstring)."""
 
     def __init__(self, max_message_size: int, compression: Optional[deflate.Agreement] = None) -> None:
+        self.compression = compression
         self._compressor: Optional[deflate.Compressor] = None
         inflater = None
         if compression is not None:  # permessage-deflate: messages compressed and inflated here
-            self._compressor = deflate.Compressor(compression, level=deflate.LEVEL, window_bits=deflate.WINDOW_BITS,
-                                                  mem_level=deflate.MEM_LEVEL, threshold=deflate.THRESHOLD)
+            self._compressor = deflate.Compressor(compression, deflate.Options())
             inflater = deflate.Decompressor(compression)
         self.parser = frames.FrameParser(max_message_size, inflater)
         self.state = ProtocolState.OPEN
@@ -66,15 +66,17 @@ class Protocol:
         """The byte stream ended (or failed): closed abnormally unless the handshake was done."""
         self._end(ConnectionClosed(frames.CLOSE_ABNORMAL, reason))
 
-    def process(self, on_message: OnMessage, on_control: Optional[OnControl] = None) -> None:
+    def process(self, on_message: OnMessage, on_control: Optional[OnControl] = None,
+                pause: Optional[Callable[[], object]] = None) -> None:
         """Deliver every complete message in the buffer to ``on_message``, in order; answer
         pings, complete the close handshake, and close with the right code on a violation.
-        ``on_control`` (optional) sees every ping, pong and close frame after it is handled."""
+        ``on_control`` (optional) sees every ping, pong and close frame after it is handled;
+        ``pause`` is called between slices of inflating a large message."""
         if self.state is ProtocolState.CLOSED:
             return
         handle = self._on_control if on_control is None else self._observed(on_control)
         try:
-            self.parser.parse(on_message, handle)
+            self.parser.parse(on_message, handle, pause)
         except ProtocolError as exc:
             self.fail(exc)
 
@@ -107,6 +109,11 @@ class Protocol:
             self._end(ConnectionClosed(event.code, event.reason))
 
     # -- sending --------------------------------------------------------------------------
+
+    def compress_with(self, options: deflate.Options) -> None:
+        """Our compressor as ``options`` say (the defaults until then); before the first message."""
+        if self.compression is not None:
+            self._compressor = deflate.Compressor(self.compression, options)
 
     def send_close(self, code: int = frames.CLOSE_NORMAL, reason: str = "") -> bool:
         """Start (or answer) the close handshake; False when a close frame was already sent

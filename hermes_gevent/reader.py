@@ -63,11 +63,12 @@ def read_session(run: Run, session: Session) -> None:
             conn.send_pending()
 
     turns = new_turns()
+    inflating = lambda: take_turn(turns)  # noqa: E731  # between slices of a large compressed message
     loop_turns = loop_turn_counter()
     coalesce_pause = timer_floor(COALESCE_PAUSE)
     if protocol.parser.buffered:  # frames the server sent along with its 101
         session.handler_since = now()
-        process(on_message, on_control)
+        process(on_message, on_control, inflating)
         session.handler_since = None
     writes, turned = -1, 0
     while protocol.failure is None:
@@ -86,7 +87,7 @@ def read_session(run: Run, session: Session) -> None:
         run.debug_bodies = run.log.logger.isEnabledFor(logging.DEBUG)
         received = counters.messages_received
         session.handler_since = read_at  # the handlers run inside process()
-        process(on_message, on_control)
+        process(on_message, on_control, inflating)
         session.handler_since = None
         if counters.messages_received != received:
             counters.last_message_at = read_at

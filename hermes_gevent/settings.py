@@ -14,7 +14,7 @@ import math
 from typing import Any, ClassVar, Mapping, Optional, Union
 
 from .backoff import Backoff, check_delays, check_number
-from . import metrics, pg_store
+from . import deflate, metrics, pg_store
 from .errors import ConfigError
 from .headers import check_subprotocols
 from .proxy import check_proxy_setting, shown_proxy
@@ -106,11 +106,26 @@ class Defaults:
     SUBPROTOCOLS: ClassVar[tuple[str, ...]] = ()
     #: ``"deflate"``: offer permessage-deflate (RFC 7692) as ``permessage-deflate;
     #: client_max_window_bits``; a server that agrees gets compressed messages (those under
-    #: ``deflate.THRESHOLD`` bytes go plain) and may send compressed ones, inflated within
+    #: ``COMPRESSION_THRESHOLD`` bytes go plain) and may send compressed ones, inflated within
     #: ``MAX_MESSAGE_SIZE``. The negotiated extension is ``status()["compression"]``. A server that
     #: agrees to another extension or to parameters this client cannot honour fails the handshake
-    #: (``ExtensionMismatch``, not retried). ``None`` (the default for now): offer nothing.
-    COMPRESSION: ClassVar[Optional[str]] = None
+    #: (``ExtensionMismatch``, not retried). ``None``: offer nothing (see :doc:`networks` for what
+    #: compression costs and when to turn it off).
+    COMPRESSION: ClassVar[Optional[str]] = "deflate"
+    #: zlib's compression level for our messages, 1 (fastest) to 9 (smallest).
+    COMPRESSION_LEVEL: ClassVar[int] = deflate.LEVEL
+    #: Our compressor's window, 9 to 15 bits (2^bits bytes of history; the server may ask for
+    #: less). Memory per connection grows with it.
+    COMPRESSION_WINDOW_BITS: ClassVar[int] = deflate.WINDOW_BITS
+    #: zlib's memLevel for our compressor, 1 to 9: memory for its internal state.
+    COMPRESSION_MEM_LEVEL: ClassVar[int] = deflate.MEM_LEVEL
+    #: Messages shorter than this many bytes are sent uncompressed (compressing them costs more
+    #: than it saves).
+    COMPRESSION_THRESHOLD: ClassVar[int] = deflate.THRESHOLD
+    #: ``True``: compress each message alone, and say so in the offer
+    #: (``client_no_context_takeover``): the server keeps no window for this client between
+    #: messages, at the cost of a worse ratio on streams of similar messages.
+    COMPRESSION_NO_CONTEXT_TAKEOVER: ClassVar[bool] = False
     #: ``True``: record Prometheus metrics (see :doc:`operations`). Needs the
     #: ``hermes_gevent[metrics]`` extra (prometheus_client); without it, ``True`` is a
     #: ``ConfigError`` naming the extra. Anything but ``True``/``False`` is a ``ConfigError``. Off,
@@ -184,6 +199,13 @@ class Settings(Defaults):
         """Where these settings keep the outbox; None for memory only."""
         return locate(self.OUTBOX_URL, self.OUTBOX_PATH, self.OUTBOX_TABLE)
 
+    def compression_options(self) -> Optional[deflate.Options]:
+        """Our side of permessage-deflate; None when compression is off."""
+        if self.COMPRESSION is None:
+            return None
+        return deflate.Options(self.COMPRESSION_LEVEL, self.COMPRESSION_WINDOW_BITS, self.COMPRESSION_MEM_LEVEL,
+                               self.COMPRESSION_THRESHOLD, self.COMPRESSION_NO_CONTEXT_TAKEOVER)
+
     def backoff(self) -> Backoff:
         """The reconnection delays these settings ask for."""
         return Backoff(self.DEFAULT_RETRY_DELAY, self.MAX_RETRY_DELAY, jitter=self.RETRY_JITTER)
@@ -223,10 +245,23 @@ class Settings(Defaults):
         check_subprotocols(self.SUBPROTOCOLS)
         if self.COMPRESSION not in (None, "deflate"):
             raise ConfigError(f"COMPRESSION must be \"deflate\" or None, got {self.COMPRESSION!r}.")
+        _in_range("COMPRESSION_LEVEL", self.COMPRESSION_LEVEL, 1, 9)
+        _in_range("COMPRESSION_WINDOW_BITS", self.COMPRESSION_WINDOW_BITS, deflate.MIN_WINDOW_BITS, deflate.MAX_WINDOW_BITS)
+        _in_range("COMPRESSION_MEM_LEVEL", self.COMPRESSION_MEM_LEVEL, 1, 9)
+        _in_range("COMPRESSION_THRESHOLD", self.COMPRESSION_THRESHOLD, 0, None)
+        if not isinstance(self.COMPRESSION_NO_CONTEXT_TAKEOVER, bool):
+            raise ConfigError(f"COMPRESSION_NO_CONTEXT_TAKEOVER must be True or False, "
+                              f"got {self.COMPRESSION_NO_CONTEXT_TAKEOVER!r}.")
         if not isinstance(self.METRICS, bool):
             raise ConfigError(f"METRICS must be True or False, got {self.METRICS!r}.")
         if self.METRICS:
             metrics.require()  # ConfigError naming the extra when prometheus_client is missing
+
+
+def _in_range(name: str, value: Any, low: int, high: Optional[int]) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        wanted = f"an integer from {low} to {high}" if high is not None else f"an integer, at least {low}"
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}.")
 
 
 def _integer(name: str, value: Any, wanted: str) -> None:

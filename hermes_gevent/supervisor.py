@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import gevent
 
-from . import deflate
 from .connection import Connection
 from .errors import ConnectionClosed, PingTimeout
 from .frames import CLOSE_ABNORMAL
@@ -65,7 +64,8 @@ def open_connection(app: App, settings: Settings, connector: Connector, redactor
     headers = app.headers()
     check_headers(headers)  # a value from a database cannot inject a header (ConfigError: give up)
     redactor.learn(secrets_in(url, headers))
-    offer = deflate.offer() if settings.COMPRESSION == "deflate" else None
+    options = settings.compression_options()
+    offer = options.offer() if options is not None else None
     headers = handshake_headers(headers, app.origin(), settings.SUBPROTOCOLS, offer)
     host, port, secure = parse_ws_url(url)
     proxy = proxy_for(settings.PROXY, host, port, secure)  # the environment read anew, too
@@ -85,9 +85,13 @@ def open_connection(app: App, settings: Settings, connector: Connector, redactor
     ssl_context = ssl_context_for(app.ssl_context, app.ca_file)
     size = settings.MAX_MESSAGE_SIZE
     if proxy is None:  # a connector that knows nothing of proxies (a test's in-process one) still works
-        return connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context)
-    return connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context,
-                     proxy=proxy.url)
+        conn = connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context)
+    else:
+        conn = connector(url, headers, timeout=timeout, max_message_size=size, ssl_context=ssl_context,
+                         proxy=proxy.url)
+    if options is not None:
+        conn.protocol.compress_with(options)
+    return conn
 
 
 def _connect_once(run: Run) -> Session:

@@ -52,6 +52,39 @@ def test_compression_must_be_deflate_or_none() -> None:
         WebSocketClient(url="ws://127.0.0.1:9/", compression="gzip")
 
 
+def test_compression_is_on_by_default() -> None:
+    assert WebSocketClient(url="ws://127.0.0.1:9/").settings.COMPRESSION == "deflate"
+
+
+@pytest.mark.parametrize("keyword, value, sentence", [
+    ("compression_level", 0, "COMPRESSION_LEVEL must be an integer from 1 to 9, got 0."),
+    ("compression_level", "6", "COMPRESSION_LEVEL must be an integer from 1 to 9, got '6'."),
+    ("compression_window_bits", 8, "COMPRESSION_WINDOW_BITS must be an integer from 9 to 15, got 8."),
+    ("compression_mem_level", 10, "COMPRESSION_MEM_LEVEL must be an integer from 1 to 9, got 10."),
+    ("compression_threshold", -1, "COMPRESSION_THRESHOLD must be an integer, at least 0, got -1."),
+    ("compression_no_context_takeover", "yes", "COMPRESSION_NO_CONTEXT_TAKEOVER must be True or False, got 'yes'."),
+])
+def test_a_bad_compression_setting_is_one_sentence_naming_it(keyword, value, sentence) -> None:
+    with pytest.raises(ConfigError) as caught:
+        WebSocketClient(url="ws://127.0.0.1:9/", **{keyword: value})
+    assert str(caught.value) == sentence
+
+
+def test_no_context_takeover_is_offered_and_the_server_agrees(deflate_server, make_client) -> None:
+    received, changed, options = collecting()
+    client = make_client(url=deflate_server.url, compression_no_context_takeover=True, compression_window_bits=10,
+                         compression_level=1, **options)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert "client_no_context_takeover" in client.status()["compression"]
+    sent = notifications(50)
+    for message in sent:
+        assert client.send_message(message)
+    assert client.flush(t(10))
+    deflate_server.wait_for(lambda: len(deflate_server.texts()) >= len(sent), t(10), "every message")
+    assert [json.loads(text) for text in deflate_server.texts()] == sent
+
+
 def test_with_a_server_that_agrees_messages_go_compressed_both_ways_in_order(deflate_server, make_client) -> None:
     deflate_server.command(cmd="mode", quiet=False)
     received, changed, options = collecting()
@@ -185,8 +218,8 @@ def varied_json(size: int) -> str:
 
 
 def test_an_8_mib_message_each_way_keeps_the_hub_turning(deflate_server, make_client) -> None:
-    """Sent: compressed a slice at a time, the writer yielding between slices. Received: inflated in
-    one call per frame for now (about 20 ms for 8 MiB of JSON here), so its bound is looser."""
+    """Sent: compressed a slice at a time, the writer yielding between slices. Received: inflated a
+    slice at a time, the reader yielding between slices (one call per frame held the hub 24-47 ms)."""
     deflate_server.command(cmd="mode", echo=True, quiet=True)
     received, changed, options = collecting()
     client = make_client(url=deflate_server.url, compression="deflate", max_message_size=32 << 20, **options)
@@ -216,7 +249,7 @@ def test_an_8_mib_message_each_way_keeps_the_hub_turning(deflate_server, make_cl
     sending = max(gap for when, gap in gaps if when <= written)
     receiving = max(gap for when, gap in gaps if when > written)
     assert sending <= t(0.05), f"sending held the hub for {sending * 1000:.1f} ms"
-    assert receiving <= t(0.1), f"receiving held the hub for {receiving * 1000:.1f} ms"
+    assert receiving <= t(0.05), f"receiving held the hub for {receiving * 1000:.1f} ms"
 
 
 @pytest.fixture

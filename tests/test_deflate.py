@@ -15,7 +15,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
 from hermes_gevent import ExtensionMismatch, ProtocolError
-from hermes_gevent.deflate import Agreement, Compressor, Decompressor, accept, offer, parse_extensions
+from hermes_gevent.deflate import INFLATE_SLICE, Agreement, Compressor, Decompressor, Options, accept, offer, parse_extensions
 
 # What websockets' client compresses with by default: zlib's level 6, memLevel 5.
 LEVEL, MEM_LEVEL = 6, 5
@@ -27,7 +27,7 @@ def json_messages(count: int) -> list[bytes]:
 
 
 def compressor(agreement: Agreement, *, window_bits: int = 15, threshold: int = 0) -> Compressor:
-    return Compressor(agreement, level=LEVEL, window_bits=window_bits, mem_level=MEM_LEVEL, threshold=threshold)
+    return Compressor(agreement, Options(LEVEL, window_bits, MEM_LEVEL, threshold))
 
 
 def theirs(*, remote_no_context_takeover=False, local_no_context_takeover=False, remote_max_window_bits=15,
@@ -40,6 +40,8 @@ def theirs(*, remote_no_context_takeover=False, local_no_context_takeover=False,
 
 def test_the_offer_leaves_the_servers_window_to_the_server() -> None:
     assert offer() == "permessage-deflate; client_max_window_bits"
+    assert Options(no_context_takeover=True).offer() == (
+        "permessage-deflate; client_no_context_takeover; client_max_window_bits")
     assert parse_extensions(offer()) == [("permessage-deflate", [("client_max_window_bits", None)])]
 
 
@@ -156,6 +158,19 @@ def test_a_fragmented_compressed_message_inflates_frame_by_frame() -> None:
     assert b"".join(pieces) == message and room == 0
 
 
+def test_a_large_frame_is_inflated_a_slice_at_a_time_pausing_in_between() -> None:
+    message = b"".join(json_messages(20000))
+    assert len(message) > 4 * INFLATE_SLICE
+    data = theirs().encode(Frame(Opcode.TEXT, message)).data
+    pauses: list[int] = []
+    ours = Decompressor(accept("permessage-deflate"))
+    assert ours.frame(data, True, len(message), lambda: pauses.append(1)) == message
+    assert len(pauses) >= len(message) // INFLATE_SLICE - 1
+    with pytest.raises(ProtocolError) as refused:  # the bound still holds across slices
+        Decompressor(accept("permessage-deflate")).frame(data, True, len(message) - 1, lambda: None)
+    assert refused.value.code == 1009
+
+
 def test_a_message_one_byte_over_the_bound_is_refused_with_1009() -> None:
     message = b"a" * 1000
     data = theirs().encode(Frame(Opcode.BINARY, message)).data
@@ -203,3 +218,13 @@ def test_any_messages_round_trip_through_websockets(messages: list[bytes], no_co
     for message in messages:
         assert server.decode(Frame(Opcode.BINARY, ours_out.compress(message), rsv1=True)).data == message
         assert ours_in.frame(server.encode(Frame(Opcode.BINARY, message)).data, True, len(message)) == message
+
+
+def test_no_context_takeover_asked_by_us_compresses_each_message_alone():
+    message = json_messages(1)[0] * 3
+    agreed = accept("permessage-deflate")  # the server did not echo the hint: we keep our word anyway
+    alone = Compressor(agreed, Options(threshold=0, no_context_takeover=True))
+    assert alone.compress(message) == alone.compress(message)
+    taking_over = Compressor(agreed, Options(threshold=0))
+    first = taking_over.compress(message)
+    assert len(taking_over.compress(message)) < len(first)  # the second refers back to the first

@@ -134,7 +134,7 @@ def user_venv(tmp_path_factory):
     # A copy of the working tree, so building the wheel writes nothing (build/, egg-info) into the checkout.
     repo = base / "hermes_gevent-src"
     shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "node_modules"))
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "node_modules", ".autobahn"))
     venv = base / "venv"
     code, out = run([sys.executable, "-m", "venv", str(venv)], t(120), base)
     assert code == 0, f"python -m venv failed:\n{out[-3000:]}"
