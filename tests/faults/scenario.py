@@ -3,6 +3,7 @@ and the network-namespace script."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -25,6 +26,16 @@ ACK_TIMEOUT = 1.0
 CALLER_ID_EVERY = 10
 
 
+def body_of(n: int, size: int) -> str:
+    """About ``size`` bytes of JSON-ish text that differs from one message to the next."""
+    words = ("order", "shipped", "invoice", "customer", "payment", "refund", "warehouse", "express")
+    parts, i = [], n
+    while sum(map(len, parts)) < size:
+        parts.append(f"{words[i % len(words)]}-{i * 7919 % 10007}")
+        i += 1
+    return " ".join(parts)
+
+
 class Run:
     """One scenario: a client, a producer greenlet, and the records to account from.
 
@@ -32,10 +43,13 @@ class Run:
     the connection go (on_close or on_error), or at ``fault_over()`` for a fault the client
     cannot see (acknowledgements withheld, messages discarded on a live connection)."""
 
-    def __init__(self, make_client, url, *, acks: bool = False, **options) -> None:
+    def __init__(self, make_client, url, *, acks: bool = False, body: int = 0, **options) -> None:
         """``make_client(**options)`` builds the client (a fixture, or the class itself).
-        ``acks``: acknowledgements on (ACK_TIMEOUT, unless given) and dicts for messages."""
+        ``acks``: acknowledgements on (ACK_TIMEOUT, unless given) and dicts for messages.
+        ``body``: messages carry about this many bytes of text derived from their number (large
+        enough to be compressed), and finish() checks every one arrived exactly as sent."""
         self.acks = acks
+        self.body = body
         self.accepted: list[int] = []
         self.accepted_at: list[float] = []
         self.drops: list[tuple[int, str]] = []
@@ -71,6 +85,11 @@ class Run:
             self._user_on_close(code, reason)
 
     def message(self, n: int):
+        if self.body:
+            message = {"n": n, "body": body_of(n, self.body)}
+            if self.acks and n % CALLER_ID_EVERY == 0:
+                message["id"] = f"caller-{n}"
+            return message
         if not self.acks:
             return f"n:{n}"
         if n % CALLER_ID_EVERY == 0:
@@ -159,7 +178,12 @@ class Run:
         status = self.client.status()
         ended = time.monotonic()
         self.client.stop(t(5))
-        record = numbers_in(server.texts()) if server is not None else []
+        texts = server.texts() if server is not None else []
+        if self.body:  # nothing corrupted: every numbered text is the message as it was sent
+            corrupt = [text for text in texts if number_of(text) is not None and json.loads(text).get("body")
+                       != body_of(number_of(text), self.body)]
+            assert not corrupt, f"{scenario}: {len(corrupt)} message(s) arrived altered, e.g. {corrupt[0][:120]!r}"
+        record = numbers_in(texts)
         result = account(scenario, self._next, self.accepted, record, self.drops, self.refused,
                          status["reconnects"], note, acks=self.acks, resent=status.get("messages_resent", 0),
                          windows=self.windows(ended))

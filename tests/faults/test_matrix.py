@@ -38,12 +38,37 @@ def acks(request):
 
 
 @pytest.fixture
-def server(acks):
+def server(request, acks):
     """The recording server; with acknowledgements on it is started with --ack, which
-    every restart (server.start()) keeps."""
-    srv = ServerProcess(free_port(), *(["--ack"] if acks else [])).start()
+    every restart (server.start()) keeps. A row parametrized with ``server="deflate"``
+    (indirect) gets it with permessage-deflate on: the client's messages go compressed."""
+    wire = getattr(request, "param", "plain")
+    srv = ServerProcess(free_port(), *(["--ack"] if acks else []),
+                        *(["--compression"] if wire == "deflate" else [])).start()
     yield srv
     srv.stop()
+
+
+#: Rows run twice, the second time compressed: a message resent after a reconnection must be
+#: compressed again for the new connection's context (its old bytes mean nothing there).
+BOTH_WIRES = pytest.mark.parametrize("server", ["plain", "deflate"], indirect=True)
+
+
+def wire_options(server) -> dict:
+    """Messages large enough to be compressed (each checked on arrival) when the server compresses."""
+    return {"body": 300} if "--compression" in server.extra_args else {}
+
+
+def compressed(server) -> str:
+    return ", compressed" if "--compression" in server.extra_args else ""
+
+
+def started(run, server):
+    """The run, once its client is connected - with permessage-deflate agreed when the server offers it."""
+    assert run.client.wait_until_connected(t(10))
+    agreed = run.client.status()["compression"]
+    assert (agreed is not None) == ("--compression" in server.extra_args), agreed
+    return run.start_producer()
 
 
 def check_order(result) -> None:
@@ -94,8 +119,9 @@ def judge(result, acks: bool, faults: int, *, graceful: bool) -> None:
 FAST_FAULTS = dict(retry_delay=0.05, max_retry_delay=0.2, max_queue_size=100_000)
 
 
+@BOTH_WIRES
 def test_graceful_server_restarts(server, make_client, acks):
-    run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
+    run = started(Run(make_client, server.url, acks=acks, **wire_options(server), **FAST_FAULTS), server)
     for _ in range(3):
         run.produce_for(0.4)
         run.fault()
@@ -105,11 +131,13 @@ def test_graceful_server_restarts(server, make_client, acks):
         run.produce_for(0.3)
         server.start()
     run.produce_for(0.4)
-    judge(run.finish(server, "server restarted gracefully x3 (1001, exit)"), acks, 3, graceful=True)
+    judge(run.finish(server, f"server restarted gracefully x3 (1001, exit){compressed(server)}"), acks, 3,
+          graceful=True)
 
 
+@BOTH_WIRES
 def test_server_killed_and_restarted(server, make_client, acks):
-    run = Run(make_client, server.url, acks=acks, **FAST_FAULTS).start_producer()
+    run = started(Run(make_client, server.url, acks=acks, **wire_options(server), **FAST_FAULTS), server)
     for _ in range(3):
         run.produce_for(0.4)
         run.fault()
@@ -117,7 +145,8 @@ def test_server_killed_and_restarted(server, make_client, acks):
         run.produce_for(0.3)
         server.start()
     run.produce_for(0.4)
-    judge(run.finish(server, "server killed (SIGKILL) and restarted x3"), acks, 3, graceful=False)
+    judge(run.finish(server, f"server killed (SIGKILL) and restarted x3{compressed(server)}"), acks, 3,
+          graceful=False)
 
 
 def test_tls_server_killed_and_restarted(tls_server, make_client, acks):  # noqa: F811
@@ -136,15 +165,16 @@ def test_tls_server_killed_and_restarted(tls_server, make_client, acks):  # noqa
     judge(run.finish(server, "wss:// server killed (SIGKILL) and restarted x2"), acks, 2, graceful=False)
 
 
+@BOTH_WIRES
 def test_connection_reset_mid_stream(server, proxy_to, make_client, acks):
     proxy = proxy_to(server.port)
-    run = Run(make_client, proxy.url, acks=acks, **FAST_FAULTS).start_producer()
+    run = started(Run(make_client, proxy.url, acks=acks, **wire_options(server), **FAST_FAULTS), server)
     for _ in range(3):
         run.produce_for(0.4)
         run.fault()
         proxy.reset_all()
     run.produce_for(0.5)
-    judge(run.finish(server, "connection reset (RST) mid-stream x3"), acks, 3, graceful=False)
+    judge(run.finish(server, f"connection reset (RST) mid-stream x3{compressed(server)}"), acks, 3, graceful=False)
 
 
 def test_half_open_connection_detected_by_ping_timeout(server, proxy_to, make_client, acks):
