@@ -5,8 +5,9 @@ stream, and a server killed while compressed messages are in flight."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
+import sys
 import time
 
 import gevent
@@ -15,7 +16,7 @@ import pytest
 
 from hermes_gevent import ConfigError, ExtensionMismatch, WebSocketClient
 
-from .support import ServerProcess, free_port, t
+from .support import TESTS, Proc, ServerProcess, free_port, t, wait_until
 
 
 @pytest.fixture
@@ -139,6 +140,32 @@ def test_an_answer_this_client_cannot_honour_fails_the_upgrade_and_is_not_retrie
     assert gave_up.wait(t(5))
     assert len(errors) == 1 and isinstance(errors[0], ExtensionMismatch) and why in str(errors[0])
     assert "not retrying after ExtensionMismatch" in log_watch.wait("not retrying").getMessage()
+
+
+@pytest.fixture
+def geventws_server():
+    """gevent-websocket's server (tests/scripts/geventws_server.py): no extensions at all."""
+    proc = Proc([sys.executable, str(TESTS / "scripts" / "geventws_server.py")], dict(os.environ))
+    try:
+        wait_until(lambda: proc.output, t(10), "gevent-websocket to listen")
+        yield proc, f"ws://127.0.0.1:{int(proc.output[0].split()[1])}/ws"
+    finally:
+        proc.stop()
+
+
+def test_gevent_websocket_which_has_no_extensions_gets_plain_frames_both_ways(geventws_server, make_client) -> None:
+    proc, url = geventws_server
+    received, changed, options = collecting()
+    client = make_client(url=url, **options)  # compression on: the default
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.status()["compression"] is None
+    sent = [json.dumps(n) for n in notifications(100)] + ["x" * 100_000]
+    for message in sent:
+        assert client.send_message(message)
+    wait_for(lambda: len(received) >= len(sent), t(10), changed, "every echo")
+    assert received == sent
+    assert "extensions permessage-deflate; client_max_window_bits" in [line.strip() for line in proc.output]
 
 
 def test_an_extension_this_client_never_offered_fails_the_upgrade(hostile, make_client) -> None:
