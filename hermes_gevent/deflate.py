@@ -167,17 +167,21 @@ class Compressor:
         limit = agreement.client_max_window_bits
         self.window_bits = options.window_bits if limit is None else min(options.window_bits, limit)
         self.threshold = options.threshold
-        # Without context takeover each message starts from a fresh compressor: copied from
-        # this pristine one (cheaper than building a new one).
-        self._pristine = zlib.compressobj(options.level, zlib.DEFLATED, -self.window_bits, options.mem_level)
-        self._reset = agreement.client_no_context_takeover or options.no_context_takeover
-        self._current = self._pristine.copy() if self._reset else self._pristine
+        self._deflater = zlib.compressobj(options.level, zlib.DEFLATED, -self.window_bits, options.mem_level)
+        # Without context takeover each message ends with a full flush: zlib forgets the window
+        # there (the next message refers to nothing before it: the same bytes a fresh compressor
+        # writes), and one compressor serves the connection instead of a fresh copy per message.
+        reset = agreement.client_no_context_takeover or options.no_context_takeover
+        self._flush = zlib.Z_FULL_FLUSH if reset else zlib.Z_SYNC_FLUSH
 
     def compress(self, payload: bytes) -> Optional[bytes]:
         """The payload of a message frame with RSV1 set, or None: send ``payload`` as it is."""
         if len(payload) < self.threshold:
             return None
-        return self.finish([self._current.compress(payload)])
+        deflater = self._deflater
+        data = deflater.compress(payload)
+        data = data + deflater.flush(self._flush) if data else deflater.flush(self._flush)
+        return data[:-4] if data.endswith(_TAIL) else data
 
     def in_slices(self, payload: bytes, size: int) -> Iterator[Optional[bytes]]:
         """compress(), ``size`` bytes at a time: yields None after each slice but the last (the
@@ -189,13 +193,11 @@ class Compressor:
         for start in range(0, len(payload), size):
             if parts:
                 yield None
-            parts.append(self._current.compress(view[start : start + size]))
+            parts.append(self._deflater.compress(view[start : start + size]))
         yield self.finish(parts)
 
     def finish(self, parts: list[bytes]) -> bytes:
-        parts.append(self._current.flush(zlib.Z_SYNC_FLUSH))
-        if self._reset:
-            self._current = self._pristine.copy()
+        parts.append(self._deflater.flush(self._flush))
         data = b"".join(parts)
         return data[:-4] if data.endswith(_TAIL) else data
 
