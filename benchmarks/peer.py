@@ -19,6 +19,12 @@ the server has counted COUNT distinct ids and the client's flush() says every
 message is acknowledged. A run that ends with messages unacknowledged has no time,
 as one that dropped messages.
 
+The compression workloads (benchmarks/compression.py) send JSON texts (json_corpus) to a
+server that agrees to permessage-deflate: deflate (websockets and hermes, the settings a user
+gets), deflate-off and deflate-all (hermes with compression off, and with every message
+compressed), and deflate-memory(-off) (COUNT connections' memory, not a time). Their rows
+carry the process's CPU time over the run ("cpu_seconds") and the server's ("sink_cpu_seconds").
+
 hermes runs with the settings a user gets (MAX_QUEUE_SIZE 10000, drop_oldest) and
 reports what it dropped; a run that dropped anything has no time ("seconds": null):
 the harness reports it as a failure. raw and websockets block in send() and so
@@ -57,14 +63,32 @@ ACK_TIMEOUT = 5.0
 NO_DROPS = {"dropped": 0, "drops_by_reason": {}}
 
 
+#: The compression workloads' hermes settings: "deflate" is what a user gets (compression on),
+#: "deflate-off" the same with compression off, "deflate-all" with every message compressed
+#: (no threshold); "deflate-memory(-off)" measure memory per connection (run_hermes_memory).
+DEFLATE_OPTIONS: dict = {"deflate": {}, "deflate-off": {"compression": None},
+                         "deflate-all": {"compression_threshold": 0},
+                         "deflate-memory": {}, "deflate-memory-off": {"compression": None}}
+
+#: What each connection of the memory workloads sends, and gets back, before it is measured.
+MEMORY_MESSAGES = 4
+
+
 def json_corpus(size: int, variants: int = 64) -> list[str]:
     """``variants`` JSON texts of about ``size`` bytes each, different from one another as an
-    app's events are (ids, names, amounts, words), for the compression workload ("deflate")."""
+    app's events are (ids, names, amounts, words), for the compression workload ("deflate").
+    Under 200 bytes, short events (id, type, customer, qty, amount) padded to ``size``."""
     import random
 
     rng = random.Random(7)
     words = ["order", "created", "shipped", "invoice", "customer", "payment", "refund", "pending", "warehouse",
              "express", "standard", "address", "street", "city", "total", "discount", "coupon", "item"]
+    if size < 200:
+        short = [json.dumps({"id": f"evt_{rng.getrandbits(48):012x}",
+                             "type": rng.choice(words) + "." + rng.choice(words), "customer": rng.randrange(10**6),
+                             "qty": rng.randrange(1, 9), "amount": round(rng.uniform(1, 500), 2)})
+                 for _ in range(variants)]
+        return [text + " " * max(0, size - len(text)) for text in short]
     texts = []
     for i in range(variants):
         event = {"id": f"evt_{rng.getrandbits(48):012x}", "type": rng.choice(words) + "." + rng.choice(words),
@@ -155,18 +179,21 @@ def run_websockets() -> dict:
                 seconds = time.perf_counter() - start
                 assert received == COUNT + 1
                 sink_busy = float(message.split()[1])
-        elif KIND == "deflate":
+        elif KIND == "deflate":  # the defaults a user gets: compression="deflate", max_size 1 MiB
             messages = json_corpus(SIZE)
-            async with connect(f"{URL}/sink?expect={COUNT}", compression="deflate", max_size=None) as ws:
-                start = time.perf_counter()
+            async with connect(f"{URL}/sink?expect={COUNT}") as ws:
+                start, cpu = time.perf_counter(), time.process_time()
                 for i in range(COUNT):
                     await ws.send(messages[i % len(messages)])
                 reply = await ws.recv()
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
                 assert reply.startswith(f"done {COUNT} "), reply
-                fields = reply.split()
-                return {"seconds": seconds, "sink_busy": float(fields[3]), "wire_bytes": int(fields[4]),
-                        "extension": ws.response.headers.get("Sec-WebSocket-Extensions"), **NO_DROPS}
+                (extension,) = ws.protocol.extensions  # the window websockets compresses with
+                return {"seconds": seconds, "cpu_seconds": cpu, **sink_figures(reply),
+                        "extension": ws.response.headers.get("Sec-WebSocket-Extensions"),
+                        "window_bits": extension.local_max_window_bits, **NO_DROPS}
+        elif KIND.startswith("deflate-memory"):
+            return await websockets_memory()
         elif KIND == "echo":
             async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
                 start = time.perf_counter()
@@ -176,6 +203,30 @@ def run_websockets() -> dict:
                 seconds = time.perf_counter() - start
                 sink_busy = None
         return {"seconds": seconds, "sink_busy": sink_busy, **NO_DROPS}
+
+    async def websockets_memory() -> dict:
+        """run_hermes_memory(), for websockets: its defaults, or compression=None."""
+        messages = json_corpus(SIZE)
+        options = {"compression": None} if KIND.endswith("-off") else {}
+
+        async def one(n: int):
+            ws = await connect(f"{URL}/echo", **options)
+            for i in range(MEMORY_MESSAGES):
+                await ws.send(messages[(n + i) % len(messages)])
+            for _ in range(MEMORY_MESSAGES):
+                await ws.recv()
+            return ws
+
+        connections = [await one(0)]
+        before = traced_start()
+        for n in range(1, COUNT + 1):
+            connections.append(await one(n))
+        per_connection = traced_since(before)
+        extension = connections[-1].response.headers.get("Sec-WebSocket-Extensions")
+        for ws in connections:
+            await ws.close()
+        return {"bytes_per_connection": per_connection, "messages_each": MEMORY_MESSAGES, "extension": extension,
+                **NO_DROPS}
 
     return asyncio.run(main())
 
@@ -208,7 +259,9 @@ def run_hermes() -> dict:
             state["reply"] = msg
             done.set()
 
-    if KIND == "deflate":
+    if KIND.startswith("deflate-memory"):
+        return run_hermes_memory()
+    if KIND.startswith("deflate"):
         return run_hermes_deflate(done, state)
     path = {"oneway": f"/sink?expect={COUNT}", "receive": f"/push?n={COUNT}&size={SIZE}", "echo": "/echo",
             "enqueue": f"/sink?expect={COUNT}", "oneway-json": f"/sink?expect={COUNT}",
@@ -286,8 +339,9 @@ def run_hermes_dicts(client, done, state) -> dict:
 
 
 def run_hermes_deflate(done, state) -> dict:
-    """The compression workload: COUNT JSON texts of SIZE bytes (json_corpus), COMPRESSION
-    "deflate" and every other setting a user gets, against a server that agrees to it."""
+    """The compression workloads (see DEFLATE_OPTIONS): COUNT JSON texts of SIZE bytes
+    (json_corpus) and every other setting a user gets, against a server that agrees to
+    permessage-deflate. Reports the process's CPU time over the run beside the sink's figures."""
     from hermes_gevent import WebSocketClient
 
     def on_message(msg):
@@ -295,25 +349,101 @@ def run_hermes_deflate(done, state) -> dict:
         done.set()
 
     messages = json_corpus(SIZE)
-    client = WebSocketClient(url=f"{URL}/sink?expect={COUNT}", on_message=on_message, compression="deflate")
+    client = WebSocketClient(url=f"{URL}/sink?expect={COUNT}", on_message=on_message, **DEFLATE_OPTIONS[KIND])
     client.start()
     assert client.wait_until_connected(10)
-    result: dict = {"seconds": None, "sink_busy": None, "wire_bytes": None,
-                    "extension": client.status()["compression"]}
-    start = time.perf_counter()
+    result: dict = {"seconds": None, "cpu_seconds": None, "sink_busy": None, "wire_bytes": None,
+                    "extension": client.status()["compression"], "window_bits": window_bits(client)}
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(COUNT):
         client.send_message(messages[i % len(messages)])
         if i % YIELD_EVERY == YIELD_EVERY - 1:
             pause(client)
     if not client.messages_dropped:
         done.wait(120)
-        result["seconds"] = time.perf_counter() - start
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
         assert state["reply"].startswith(f"done {COUNT} "), state
-        fields = state["reply"].split()
-        result.update(sink_busy=float(fields[3]), wire_bytes=int(fields[4]))
+        result.update(sink_figures(state["reply"]))
     status = client.status()
     client.stop(5)
     return {**result, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"]}
+
+
+def window_bits(client):
+    """The window the client compresses with: its setting, capped by what the server answered."""
+    from hermes_gevent import deflate
+
+    agreement = deflate.accept(client.status()["compression"])
+    if agreement is None:
+        return None
+    ours, limit = client.settings.COMPRESSION_WINDOW_BITS, agreement.client_max_window_bits
+    return ours if limit is None else min(ours, limit)
+
+
+def run_hermes_memory() -> dict:
+    """deflate-memory(-off): the bytes COUNT more connections hold (tracemalloc), each having sent
+    MEMORY_MESSAGES texts of SIZE bytes to /echo and received them back (compressed both ways
+    when compression is on). A first connection, not counted, imports and caches what every
+    connection shares."""
+    import gevent.event
+
+    from hermes_gevent import WebSocketClient
+
+    messages = json_corpus(SIZE)
+
+    def connect(n: int):
+        echoed, got = gevent.event.Event(), [0]
+
+        def on_message(msg):
+            got[0] += 1
+            if got[0] == MEMORY_MESSAGES:
+                echoed.set()
+
+        client = WebSocketClient(url=f"{URL}/echo", on_message=on_message, **DEFLATE_OPTIONS[KIND])
+        client.start()
+        assert client.wait_until_connected(10)
+        for i in range(MEMORY_MESSAGES):
+            client.send_message(messages[(n + i) % len(messages)])
+        assert echoed.wait(10), got
+        return client
+
+    clients = [connect(0)]
+    before = traced_start()
+    clients += [connect(n) for n in range(1, COUNT + 1)]
+    per_connection = traced_since(before)
+    extension = clients[-1].status()["compression"]
+    for client in clients:
+        client.stop(5)
+    return {"bytes_per_connection": per_connection, "messages_each": MEMORY_MESSAGES, "extension": extension,
+            **NO_DROPS}
+
+
+def traced_start() -> int:
+    """Start tracemalloc, garbage collected first: every block Python and zlib allocate from
+    here on is counted (zlib's state comes from PyMem_RawMalloc, which tracemalloc traces)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def traced_since(before: int) -> float:
+    """The bytes still allocated since traced_start(), per connection (COUNT of them)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / COUNT
+
+
+def sink_figures(reply: str) -> dict:
+    """The sink's "done <messages> <bytes> <busy> <wire bytes> <cpu us>" reply, as a result's fields."""
+    fields = reply.split()
+    return {"sink_busy": float(fields[3]), "wire_bytes": int(fields[4]), "sink_cpu_seconds": int(fields[5]) / 1e6}
 
 
 def produce_dicts(client, data: str) -> None:

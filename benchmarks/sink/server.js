@@ -1,5 +1,6 @@
 // The benchmark server, on 127.0.0.1. One process, paths choose the workload:
-//   /sink?expect=N       count messages; after the N-th, reply "done <messages> <bytes> <busy> <wire bytes>"
+//   /sink?expect=N       count messages; after the N-th, reply "done <messages> <bytes> <busy> <wire bytes>
+//                        <cpu us>" (<cpu us>: this process's CPU time, user + system, since the first message)
 //   /sink?expect=N&ack=1 acknowledge: every message must be a JSON object with a string "id"; the server
 //                        answers {"ack": [ids...]} in batches (every ACK_EVERY_MS or ACK_BATCH ids, whichever
 //                        comes first; a resent id is acknowledged again) and counts each id once: after the
@@ -45,7 +46,10 @@ wss.on("connection", (ws, req) => {
       count += 1;
       bytes += data.length;
       // the last field: bytes read off the socket (frames as sent: compressed, with compression on)
-      if (count === expect) ws.send(`done ${count} ${bytes} ${busy(cpu0, t0).toFixed(3)} ${req.socket.bytesRead}`);
+      if (count === expect) {
+        const cpu = process.cpuUsage(cpu0);
+        ws.send(`done ${count} ${bytes} ${busy(cpu0, t0).toFixed(3)} ${req.socket.bytesRead} ${cpu.user + cpu.system}`);
+      }
     });
   } else if (url.pathname === "/push") {
     const n = parseInt(url.searchParams.get("n"), 10);
