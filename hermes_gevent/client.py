@@ -71,6 +71,8 @@ class WebSocketClient(BaseClient):
         self._reset_counters()
         self._run = self._new_run()
         self._run.outbox_or_create()  # now, in the home thread: other threads may send before start()
+        if self._metrics is not None:
+            self._metrics.watch(self, self._home_hub)  # hermes_queue_size reads this client's queue
         process.register(self)
 
     # The totals of status(), each on its own (read-only; they live in self.counters).

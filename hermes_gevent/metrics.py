@@ -11,6 +11,20 @@ multiprocess mode writes every value to mmap files (no syscall, no blocking: the
 never waits); gauges use ``livesum`` so a dead worker's gauges vanish, and
 ``hermes_gevent.gunicorn.child_exit`` marks the worker dead.
 
+``hermes_queue_size`` is exact when scraped. In a single process the gauge reads the queue at
+collection time (``set_function``): the sum of ``queue_size`` over this process's live clients of
+that name (usually one), each held through a weak reference. In multiprocess mode nothing runs at
+collection time (the aggregator reads the mmap files), so the value is pushed - within a second:
+whenever a client's queue changes size class (0-1, 2-3, 4-7, 8-15...: a lone message is usually
+the one being written) as seen by send_message or a written batch, and, from its first message
+until it is empty again, every QUEUE_REFRESH seconds by a timer on the client's hub (``ref=False``:
+it never keeps a process alive). The send path knows no length: it counts accepted
+messages, and reads the queue's length only when that count reaches the next class boundary the
+last exact length allows - one comparison per message otherwise, as before. Drops and writes
+only make that check early; what enters the queue without a send_message (a requeue after a lost
+connection, a reload from the store) is seen by the timer if it runs, else by the next send, the
+next written batch or the health loop.
+
 Queue wait is sampled: one message at a time carries a timestamp (its position in the
 send order); its wait is observed when the written count passes it, and the next
 message sent is stamped. The send path costs one attribute check and a comparison for
@@ -22,24 +36,46 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
-from typing import Any, Optional, Sized
+import weakref
+from typing import Any, Callable, Optional, Protocol
+
+import gevent.hub
 
 from .errors import ConfigError
 
-__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_GAUGE_EVERY", "QUEUE_GAUGE_MASK", "available", "exposition", "multiproc_dir", "require"]
+__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_REFRESH", "QueueOwner", "Sending", "available", "exposition",
+           "multiproc_dir", "require"]
 
 EXTRA = "hermes_gevent[metrics]"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: The queue gauge is refreshed on every QUEUE_GAUGE_EVERY-th send_message (a power of two), at every
-#: written batch, and by the health loop.
-QUEUE_GAUGE_EVERY = 64
-QUEUE_GAUGE_MASK = QUEUE_GAUGE_EVERY - 1
+#: Multiprocess mode: while a client's queue is not empty its gauge is set every QUEUE_REFRESH seconds
+#: (so a scrape is never more than a second behind, timer delays included).
+QUEUE_REFRESH = 0.5
+_NEVER = 1 << 62  # an enqueued count never reached: no size check on the send path
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 _families: Optional[dict[str, Any]] = None
+_queue_gauges: dict[str, QueueGauge] = {}
+_lock = threading.Lock()
+
+
+class QueueOwner(Protocol):
+    """What the queue gauge reads: the client (``queue_size``: queued or being written)."""
+
+    @property
+    def queue_size(self) -> int: ...
+
+
+class Sending(Protocol):
+    """The queue send_message put a message into (an Outbox)."""
+
+    maxsize: int
+
+    def __len__(self) -> int: ...
 
 
 def multiproc_dir() -> Optional[str]:
@@ -85,6 +121,52 @@ def _create() -> dict[str, Any]:
     return _families
 
 
+def _pushed() -> bool:
+    """True in prometheus_client's multiprocess mode (decided when it was imported): gauges are
+    files the aggregator reads, no function of ours runs at scrape time."""
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
+
+
+class QueueGauge:
+    """hermes_queue_size{client=name}: the summed queue lengths of this process's live clients of
+    that name. Read at scrape time in a single process; set (``push``) in multiprocess mode."""
+
+    def __init__(self, child: Any, push: bool) -> None:
+        self.child = child
+        self.push = push
+        self._owners: tuple[weakref.ref[QueueOwner], ...] = ()  # replaced, never changed in place
+        #: Multiprocess mode: publish, given the caller's own length (the sum's when it is the one owner).
+        self.set: Callable[[int], None] = self._set_sum
+        if not push:
+            child.set_function(self.read)  # safe from any thread or greenlet: reads lengths
+
+    def add(self, owner: QueueOwner) -> None:
+        with _lock:
+            self._owners = owners = tuple(ref for ref in self._owners if ref() is not None) + (weakref.ref(owner),)
+            self.set = self.child.set if len(owners) == 1 else self._set_sum
+
+    def read(self) -> int:
+        total = 0
+        for ref in self._owners:
+            owner = ref()
+            if owner is not None:
+                total += owner.queue_size
+        return total
+
+    def _set_sum(self, own: int) -> None:
+        self.child.set(self.read())
+
+
+def _queue_gauge(name: str, family: Any) -> QueueGauge:
+    with _lock:
+        gauge = _queue_gauges.get(name)
+        if gauge is None:
+            gauge = _queue_gauges[name] = QueueGauge(family.labels(name), _pushed())
+        return gauge
+
+
 class ClientMetrics:
     """One client's metrics, its label bound once (the hooks call these)."""
 
@@ -100,7 +182,13 @@ class ClientMetrics:
         self._resent = f["resent"].labels(client_name)
         self._outbox_errors = f["outbox_errors"].labels(client_name)
         self._connected = f["connected"].labels(client_name)
-        self._queue = f["queue"].labels(client_name)
+        self._queue = _queue_gauge(client_name, f["queue"])
+        self._owner: Callable[[], Optional[QueueOwner]] = lambda: None
+        self._hub: Optional[gevent.hub.Hub] = None
+        self._timer: Any = None  # multiprocess mode: the refresh while the queue is not empty
+        self._timing = False  # the timer runs, or its start is scheduled in the hub
+        self._maxsize = _NEVER
+        self._class = 0  # the size class of the length last published (see _publish)
         self._connect = f["connect"].labels(client_name)
         self._rtt = f["rtt"].labels(client_name)
         self._wait = f["wait"].labels(client_name)
@@ -110,20 +198,35 @@ class ClientMetrics:
         self._sample_pos = 0
         self._rtt_seen: Optional[float] = None
         self._connected.set(0)
-        self._queue.set(0)
+        # Multiprocess mode: the enqueued count at which the queue may have changed size class (set
+        # by watch()); never in a single process (the scrape reads the queue).
+        self._check_at = _NEVER
+        _all.add(self)
+
+    def watch(self, owner: QueueOwner, hub: gevent.hub.Hub) -> None:
+        """The gauge counts ``owner.queue_size`` from now on (``owner`` held weakly: a client gone
+        counts nothing); ``hub``: the client's, where the multiprocess refresh runs."""
+        self._owner = weakref.ref(owner)
+        self._hub = hub
+        self._queue.add(owner)
+        if self._queue.push:
+            self._seen(owner.queue_size, publish=True)
 
     # -- the send path -------------------------------------------------------------
 
-    def enqueued(self, queue: Sized) -> None:
+    def enqueued(self, queue: Sending) -> None:
         """send_message accepted a message into ``queue`` (its length read only when needed)."""
         self._enqueued = n = self._enqueued + 1
         if self._sample_at is None:
             self._sample_at = time.monotonic()
             queued = len(queue)
             self._sample_pos = self._written + queued
-            self._queue.set(queued)
-        elif not n & QUEUE_GAUGE_MASK:
-            self._queue.set(len(queue))
+            if n >= self._check_at:
+                self._maxsize = queue.maxsize
+                self._seen(queued)
+        elif n >= self._check_at:
+            self._maxsize = queue.maxsize
+            self._seen(len(queue))
 
     def written(self, count: int, queued: int) -> None:
         """The sender wrote ``count`` messages; ``queued`` remain."""
@@ -131,7 +234,8 @@ class ClientMetrics:
             return
         self._sent.inc(count)
         self._written += count
-        self._queue.set(queued)
+        if self._queue.push:
+            self._seen(queued)
         at = self._sample_at
         if at is not None and self._written >= self._sample_pos:
             self._wait.observe(time.monotonic() - at)
@@ -175,11 +279,64 @@ class ClientMetrics:
             self._rtt.observe(max(0.0, at - ping_sent_at))
 
     def queue_size(self, queued: int) -> None:
-        self._queue.set(queued)
+        """The health loop's look at the queue (multiprocess mode: a growth no send saw, a requeue)."""
+        if self._queue.push:
+            self._seen(queued, publish=True)
 
     def stopped(self) -> None:
         self._connected.set(0)
-        self._queue.set(0)
+        if self._queue.push:
+            self._seen(0, publish=True)
+
+    # -- multiprocess mode: the queue gauge pushed --------------------------------------
+
+    def _seen(self, queued: int, publish: bool = False) -> None:
+        """This client's queue holds ``queued`` now (exact): publish it if its size class changed
+        (or ``publish``); check again where it may change next (at the next power of two: 1, 2, 4,
+        8...); while it is not empty, the timer runs. From any thread."""
+        self._check_at = self._enqueued + ((1 << queued.bit_length()) - queued if queued < self._maxsize else _NEVER)
+        if publish or (queued >> 1).bit_length() != self._class:
+            self._publish(queued)
+        if queued and not self._timing and self._hub is not None:
+            self._timing = True
+            self._hub.loop.run_callback_threadsafe(self._start_timer, self._hub)
+
+    def _publish(self, queued: int) -> None:
+        self._class = (queued >> 1).bit_length()  # 0-1, 2-3, 4-7...: a lone message is the one being written
+        self._queue.set(queued)
+
+    def _start_timer(self, hub: gevent.hub.Hub) -> None:
+        if self._timer is None:
+            self._timer = hub.loop.timer(QUEUE_REFRESH, QUEUE_REFRESH, ref=False)
+        if not self._timer.active:
+            self._timer.start(self._refresh)
+
+    def _refresh(self) -> None:
+        """The timer's tick, in the hub (nothing here blocks): the exact length, and stop at zero."""
+        owner = self._owner()
+        queued = owner.queue_size if owner is not None else 0
+        self._publish(queued)
+        if not queued:
+            self._timer.stop()
+            self._timing = False
+
+    def forked(self) -> None:
+        """In a forked child: the queue is another (the parent's count says nothing of it)."""
+        if self._queue.push:
+            self._check_at = 0
+            self._timing = self._timer is not None and self._timer.active
+
+
+_all: weakref.WeakSet[ClientMetrics] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client_metrics in list(_all):
+        client_metrics.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -367,4 +367,4 @@ def watch_health(run: Run, check: Callable[[], object]) -> None:
         check()
         outbox = run.outbox
         if run.metrics is not None:
-            run.metrics.queue_size(len(outbox) if outbox is not None else 0)  # between the send path's samples
+            run.metrics.queue_size(len(outbox) if outbox is not None else 0)  # multiprocess: a growth no send saw

@@ -3,6 +3,7 @@ records, the exposition (checked by promtool), the multiprocess aggregate under 
 gevent workers (a killed worker's live gauges go, counters keep their totals), and a real
 Prometheus server scraping the app."""
 
+import gc
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import textwrap
 import time
 import urllib.parse
 import urllib.request
+import weakref
 from pathlib import Path
 
 import gevent
@@ -112,7 +114,64 @@ def test_drops_are_counted_by_reason(make_client):
     for i in range(5):
         client.send_message(f"m{i}")
     assert value(exposed(), "hermes_messages_dropped_total", client="dropping") == 3
-    assert 0 < value(exposed(), "hermes_queue_size", client="dropping") <= 2  # sampled on the send path
+    assert value(exposed(), "hermes_queue_size", client="dropping") == 2  # read when scraped
+
+
+# -- hermes_queue_size: the queue's length when scraped ---------------------------------------
+
+def nowhere() -> str:
+    return f"ws://127.0.0.1:{free_port()}/down"  # nothing listens there: every attempt is refused
+
+
+def queue_gauge(name: str) -> float:
+    return value(exposed(), "hermes_queue_size", client=name)
+
+
+def test_the_queue_gauge_says_what_waits_during_an_outage(make_client):
+    client = make_client(url=nowhere(), metrics=True, name="outage")
+    client.start()
+    for i in range(10):
+        assert client.send_message(f"m{i}")
+    wait_until(lambda: queue_gauge("outage") == 10, t(1), "the scrape to say 10")
+    assert not client.connected and client.queue_size == 10
+    client.send_message("one more")
+    assert queue_gauge("outage") == 11  # every scrape, not a sample
+
+
+def test_the_queue_gauge_says_what_the_bound_kept(make_client):
+    client = make_client(url=nowhere(), metrics=True, name="bounded", max_queue_size=5,
+                         queue_overflow_strategy="drop_newest")
+    client.start()
+    accepted = [client.send_message(f"m{i}") for i in range(12)]
+    assert accepted.count(False) == 7
+    wait_until(lambda: queue_gauge("bounded") == 5, t(1), "the scrape to say 5")
+    assert value(exposed(), "hermes_messages_dropped_total", client="bounded", reason="overflow") == 7
+
+
+def test_the_queue_gauge_follows_runs_and_sums_the_clients_of_a_name(make_client):
+    client = make_client(url=nowhere(), metrics=True, name="runs")
+    for i in range(3):
+        client.send_message(f"early-{i}")  # before start(): the queue the first run adopts
+    assert queue_gauge("runs") == 3
+    client.start()
+    assert queue_gauge("runs") == 3
+    assert client.stop(t(1)) == 3
+    assert queue_gauge("runs") == 0  # the run's queue is closed
+    client.start()
+    client.send_message("a")
+    client.send_message("b")
+    assert queue_gauge("runs") == 2  # the new run's queue
+    other = make_client(url=nowhere(), metrics=True, name="runs")
+    for i in range(4):
+        other.send_message(f"other-{i}")
+    assert queue_gauge("runs") == 6  # one series per name: the sum
+    other.stop(t(1))
+    make_client.clients.remove(other)
+    gone = weakref.ref(other)
+    del other
+    gc.collect()
+    assert gone() is None, "the gauge keeps a stopped client alive"
+    assert queue_gauge("runs") == 2
 
 
 def test_the_exposition_passes_promtool(make_client, server, tmp_path):
@@ -134,19 +193,24 @@ def test_the_exposition_passes_promtool(make_client, server, tmp_path):
 
 # -- gunicorn, multiprocess ----------------------------------------------------------------
 
-def start_gunicorn(procs, server, tmp_path, workers=2, preload=False):
+def start_gunicorn(procs, server, tmp_path, workers=2, preload=False, **env):
+    """gunicorn serving flask_example in multiprocess mode; ``server`` None: HERMES_WS_URL in ``env``,
+    and no connection awaited."""
     port = free_port()
     directory = tmp_path / "prometheus-multiproc"
     directory.mkdir()
     args = [sys.executable, "-m", "gunicorn", "-c", "flask_example/gunicorn.conf.py", "flask_example.wsgi:app"]
     if preload:
         args.insert(-1, "--preload")  # the client (and its metrics) made in the master, before the fork
-    gunicorn = procs(args, HERMES_WS_URL=server.url, GUNICORN_BIND=f"127.0.0.1:{port}",
+    if server is not None:
+        env["HERMES_WS_URL"] = server.url
+    gunicorn = procs(args, GUNICORN_BIND=f"127.0.0.1:{port}",
                      GUNICORN_WORKERS=str(workers), GUNICORN_GRACEFUL_TIMEOUT="10", HERMES_METRICS="1",
-                     HERMES_METRICS_PATH="/metrics", PROMETHEUS_MULTIPROC_DIR=str(directory))
+                     HERMES_METRICS_PATH="/metrics", PROMETHEUS_MULTIPROC_DIR=str(directory), **env)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/status", t(30))
-    server.wait_for(lambda: len(server.of("connect")) >= workers, t(15), "every worker's connection")
+    if server is not None:
+        server.wait_for(lambda: len(server.of("connect")) >= workers, t(15), "every worker's connection")
     return gunicorn, base, port, directory
 
 
@@ -189,6 +253,21 @@ def test_gunicorn_workers_aggregate_and_a_dead_worker_leaves_its_gauges(procs, s
     text = scrape(base)
     assert value(text, "hermes_messages_sent_total") == posted  # its counters still count
     assert gunicorn.popen.poll() is None, gunicorn.text()[-3000:]
+
+
+@pytest.mark.parametrize("max_queue, strategy, posted, kept", [(10000, "drop_oldest", 10, 10), (5, "drop_newest", 12, 5)],
+                         ids=["outage", "bounded"])
+def test_gunicorn_the_queue_gauge_is_right_within_a_second(procs, tmp_path, max_queue, strategy, posted, kept):
+    # Multiprocess mode: no function runs at scrape time; the worker sets the gauge on size-class
+    # changes and every QUEUE_REFRESH seconds while its queue is not empty.
+    _, base, _, _ = start_gunicorn(procs, None, tmp_path, workers=1, HERMES_WS_URL=nowhere(),
+                                   HERMES_MAX_QUEUE_SIZE=str(max_queue), HERMES_QUEUE_OVERFLOW_STRATEGY=strategy)
+    accepted = [http("POST", f"{base}/notify", {"message": f"m{i}"})["accepted"] for i in range(posted)]
+    assert accepted.count(False) == posted - kept
+    wait_until(lambda: value(scrape(base), "hermes_queue_size") == kept, t(1), f"the scrape to say {kept}")
+    text = scrape(base)
+    assert value(text, "hermes_messages_dropped_total", reason="overflow") == posted - kept
+    assert value(text, "hermes_connected") == 0
 
 
 def test_a_real_prometheus_server_scrapes_the_app(procs, server, tmp_path):
