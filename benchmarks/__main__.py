@@ -7,6 +7,14 @@ is measured first so the table shows it is not the bottleneck. Prints the table 
 medians and ratios, writes benchmarks/results/latest.json, and draws
 benchmarks/results/chart.png when matplotlib is installed.
 
+Beside each peer's figure: the CPU time its process spent per message (user + system, every
+thread: time.process_time read by the peer before and after its timed run, never in the
+loop, divided by the messages; per round trip for echo), the median of the rounds
+("cpu_us_per_message" in the JSON), so a regression shows where it is even when msg/s is
+bounded by the server or the loopback. The same for the acknowledgement sides and the enqueue
+cost (from the first call until the server has every message). The Flask workload reports
+its gunicorn worker's CPU per request instead (utime + stime from /proc/<pid>/stat).
+
 hermes runs with the defaults a user gets (MAX_QUEUE_SIZE 10000, drop_oldest) and its
 producers yield as a gevent app does (sleep(0) every 100 sends). Every workload
 reports the messages each peer dropped; where hermes dropped any, the workload
@@ -202,6 +210,7 @@ def main() -> int:
 def run_workload(workload: str, size: int, count: int, unit: str, target: float, rounds: int, url: str) -> dict:
     """Every peer, ``rounds`` times, alternating who goes first; the drops of every run."""
     runs: dict[str, list[float]] = {peer: [] for peer in PEERS}
+    cpu: dict[str, list[float]] = {peer: [] for peer in PEERS}  # the client process's CPU us per message
     drops = {peer: no_drops() for peer in PEERS}
     busy: list[float] = []
     for r in range(rounds):
@@ -215,8 +224,11 @@ def run_workload(workload: str, size: int, count: int, unit: str, target: float,
                 busy.append(result["sink_busy"])
             rate = count / result["seconds"]
             runs[peer].append(rate * size / 1e6 if unit == "MB/s" else rate)
+            cpu[peer].append(cpu_us(result, count))
     failed = drop_failure(drops)
-    row = {"unit": unit, "target": target, "failed": failed, "met": False} if failed else summarize(runs, unit, target)
+    row = ({"unit": unit, "target": target, "failed": failed, "met": False} if failed
+           else summarize(runs, unit, target, cpu))
+    row["cpu_unit"] = CPU_UNIT[workload]
     row["dropped"] = drops
     # The server runs on one core: well under 100% busy means it never limited a peer.
     row["sink_busy_max"] = max(busy) if busy else None
@@ -232,6 +244,7 @@ def run_acked(size: int, count: int, target: float | None, rounds: int, url: str
             "runs_left_unacked": 0, "unacked_left": 0}
     busy: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
     wire: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
+    cpu: dict[str, list[float]] = {side: [] for side in ACK_SIDES}
     sides = list(ACK_SIDES)
     for r in range(rounds):
         for side in sides[r % 2:] + sides[: r % 2]:
@@ -251,13 +264,16 @@ def run_acked(size: int, count: int, target: float | None, rounds: int, url: str
             busy[side].append(result["sink_busy"])
             wire[side].append(result["bytes_per_message"])
             runs[side].append(count / result["seconds"])
+            cpu[side].append(cpu_us(result, count))
     reasons = [drop_failure({f"hermes (acks {side})": d for side, d in drops.items()})]
     if acks["runs_left_unacked"]:
         reasons.append(f"hermes left {acks['unacked_left']:,} messages unacknowledged "
                        f"in {acks['runs_left_unacked']} of {rounds} runs")
     failed = "; ".join(r for r in reasons if r) or None
     sides_summary = {side: {"median": statistics.median(values), "runs": [round(v, 1) for v in values],
-                            "bytes_per_message": statistics.median(wire[side])} if values else None
+                            "bytes_per_message": statistics.median(wire[side]),
+                            "cpu_us_per_message": statistics.median(cpu[side]),
+                            "cpu_us_runs": [round(v, 3) for v in cpu[side]]} if values else None
                      for side, values in runs.items()}
     ratio = (sides_summary["on"]["median"] / sides_summary["off"]["median"]
              if not failed and sides_summary["on"] and sides_summary["off"] else None)
@@ -280,8 +296,9 @@ def print_acked(name: str, row: dict) -> None:
     text = (f"; x{row['ratio_to_text']:.2f} of hermes sending text (one-way, {row['text_hermes_median']:,.0f})"
             if "ratio_to_text" in row else "")
     busy = row["sink_busy_max"]
-    print(f"{name:<20} off {row['off']['median']:>9,.0f}  on {row['on']['median']:>9,.0f} msg/s of dicts  "
-          f"x{row['ratio']:.2f} of off, {target}{text}; 0 dropped, 0 unacknowledged, "
+    print(f"{name:<20} off {row['off']['median']:>9,.0f} {row['off']['cpu_us_per_message']:>6.2f} us  "
+          f"on {row['on']['median']:>9,.0f} {row['on']['cpu_us_per_message']:>6.2f} us  msg/s of dicts, "
+          f"CPU per message  x{row['ratio']:.2f} of off, {target}{text}; 0 dropped, 0 unacknowledged, "
           f"{acks['messages_acked']:,} acknowledged, {acks['messages_resent']:,} resent, "
           f"{acks['sink_duplicates']:,} duplicates at the server; {row['on']['bytes_per_message']:.0f} B per "
           f"message with its id ({row['off']['bytes_per_message']:.0f} B without); sink busy <= "
@@ -310,8 +327,22 @@ def outbox_failures(outbox: dict) -> list[str]:
     return found
 
 
-def summarize(runs: dict[str, list[float]], unit: str, target: float) -> dict:
-    peers = {peer: {"median": statistics.median(values), "runs": [round(v, 1) for v in values]}
+def cpu_us(result: dict, count: int) -> float:
+    """The peer process's CPU time over its timed run (user + system, every thread:
+    time.process_time, read before and after it), in microseconds per message."""
+    return result["cpu_seconds"] / count * 1e6
+
+
+#: What a workload's CPU figure is per: the messages it sends (one-way), receives (receive), or
+#: the round trips (echo: one message each way).
+CPU_UNIT = {"oneway": "message", "oneway-bin": "message", "receive": "message received", "echo": "round trip"}
+
+
+def summarize(runs: dict[str, list[float]], unit: str, target: float, cpu: dict[str, list[float]]) -> dict:
+    peers = {peer: {"median": statistics.median(values), "runs": [round(v, 1) for v in values],
+                    # CPU us per message of the client process, median of the rounds (each round's beside it)
+                    "cpu_us_per_message": statistics.median(cpu[peer]),
+                    "cpu_us_runs": [round(v, 3) for v in cpu[peer]]}
              for peer, values in runs.items()}
     best = max(peers[p]["median"] for p in BASELINES)
     return {
@@ -320,6 +351,10 @@ def summarize(runs: dict[str, list[float]], unit: str, target: float) -> dict:
         "peers": peers,
         "ratio_to_raw": peers["hermes"]["median"] / peers["raw"]["median"],
         "ratio_to_websockets": peers["hermes"]["median"] / peers["websockets"]["median"],
+        # hermes' CPU per message over each baseline's: below 1 it spends less
+        "cpu_ratio_to_raw": peers["hermes"]["cpu_us_per_message"] / peers["raw"]["cpu_us_per_message"],
+        "cpu_ratio_to_websockets": (peers["hermes"]["cpu_us_per_message"]
+                                    / peers["websockets"]["cpu_us_per_message"]),
         "ratio_to_best": peers["hermes"]["median"] / best,
         "pure_ratio_to_best": peers["hermes-pure"]["median"] / best,
         "met": peers["hermes"]["median"] / best >= target,
@@ -333,10 +368,15 @@ def print_row(name: str, row: dict) -> None:
         return
     p = row["peers"]
     fmt = (lambda v: f"{v:,.1f}") if row["unit"] == "MB/s" else (lambda v: f"{v:,.0f}")
-    print(f"{name:<16} raw {fmt(p['raw']['median']):>9}  websockets {fmt(p['websockets']['median']):>9}  "
-          f"hermes {fmt(p['hermes']['median']):>9}  pure {fmt(p['hermes-pure']['median']):>9} {row['unit']:<14}"
-          f" x{row['ratio_to_raw']:.2f} raw  x{row['ratio_to_websockets']:.2f} websockets  "
-          f"target x{row['target']} of best: {'met' if row['met'] else 'NOT met'}; 0 dropped"
+
+    def peer(label: str, key: str) -> str:  # the figure, and beside it the client's CPU per message
+        return f"{label} {fmt(p[key]['median']):>9} {p[key]['cpu_us_per_message']:>6.2f} us"
+
+    print(f"{name:<16} {peer('raw', 'raw')}  {peer('websockets', 'websockets')}  {peer('hermes', 'hermes')}  "
+          f"{peer('pure', 'hermes-pure')}  {row['unit']}, CPU per {row['cpu_unit']}  "
+          f"x{row['ratio_to_raw']:.2f} raw  x{row['ratio_to_websockets']:.2f} websockets  "
+          f"target x{row['target']} of best: {'met' if row['met'] else 'NOT met'}; CPU x{row['cpu_ratio_to_raw']:.2f} "
+          f"raw, x{row['cpu_ratio_to_websockets']:.2f} websockets; 0 dropped"
           + (f"  (sink busy <= {row['sink_busy_max']:.0%})" if row["sink_busy_max"] is not None else ""), flush=True)
 
 
@@ -353,9 +393,13 @@ def enqueue_cost(url: str, count: int, rounds: int) -> dict:
     median = statistics.median(r["costs_ns"]["median"] for r in results["hermes"])
     p99 = statistics.median(r["costs_ns"]["p99"] for r in results["hermes"])
     raw_median = statistics.median(r["costs_ns"]["median"] for r in results["raw"])
+    # The whole process, from the first call until the server has every message: hermes' sender
+    # greenlet (framing, writes) included, as ws.send's framing and write are in raw's.
+    cpu = {peer: {"cpu_us_per_message": statistics.median(cpu_us(r, count) for r in runs),
+                  "cpu_us_runs": [round(cpu_us(r, count), 3) for r in runs]} for peer, runs in results.items()}
     return {"hermes_median_ns": median, "hermes_p99_ns": p99,
             "raw_median_ns": raw_median, "ratio": median / raw_median, "met": median / raw_median <= 0.2,
-            "failed": None, "dropped": drops}
+            "peers": cpu, "failed": None, "dropped": drops}
 
 
 def print_metrics(m: dict) -> None:
@@ -368,7 +412,9 @@ def print_enqueue(e: dict) -> None:
         print(f"enqueue cost: FAILED — {e['failed']}")
         return
     print(f"enqueue cost: send_message median {e['hermes_median_ns']} ns, p99 {e['hermes_p99_ns']} ns; raw ws.send() "
-          f"median {e['raw_median_ns']} ns (ratio {e['ratio']:.3f}, target <= 0.2); 0 dropped")
+          f"median {e['raw_median_ns']} ns (ratio {e['ratio']:.3f}, target <= 0.2); CPU per message until the server "
+          f"has them all: hermes {e['peers']['hermes']['cpu_us_per_message']:.2f} us, raw "
+          f"{e['peers']['raw']['cpu_us_per_message']:.2f} us; 0 dropped")
 
 
 def only_outbox(output: Path, scale: float, rounds: int, quick: bool, pg_url: str | None = None,
@@ -978,32 +1024,49 @@ def flask_in_gunicorn(scale: float, rounds: int) -> dict:
         wait_http(f"{base}/plain", 30)
         for path in ("plain", "send"):  # warm-up, not counted: the first seconds of a worker run slower
             wrk(pin(1), f"{base}/{path}", "1s")
-        if not drained(base, 10)["connected"]:
+        warm = drained(base, 10)
+        if not warm["connected"]:
             raise RuntimeError("the Flask app's client did not connect to the sink")
+        worker = warm["pid"]  # gunicorn's one worker (app.pid is its master)
         get_json(lag_url)  # forget the warm-up's lags
         duration = "1s" if scale < 1 else "3s"
         rates: dict[str, list[float]] = {"plain": [], "send": []}
+        cpu: dict[str, list[float]] = {"plain": [], "send": []}  # the worker's CPU us per request
         lags: list[dict] = []
         latencies: list[dict] = []  # wrk's request latency in the send runs, to set the lag beside
         for r in range(rounds * 2):
             for path in (["plain", "send"] if r % 2 == 0 else ["send", "plain"]):
+                before = process_cpu_seconds(worker)
                 run = wrk_run(pin(1), f"{base}/{path}", duration)
                 rates[path].append(run["rps"])
                 if path == "send":
                     latencies.append(run)
                     drained(base, 10)  # every message of this run reached the sink before the next run
+                # after the drain: the sender's writes of this run's messages are counted with its requests
+                cpu[path].append((process_cpu_seconds(worker) - before) / run["requests"] * 1e6)
+                if path == "send":
                     lags.append(get_json(lag_url))
         status = get_json(f"{base}/hermes-status")
     finally:
         if app is not None:
             stop(app)
         stop(sink)
-    return flask_summary(rates, lags, latencies, status, pinned)
+    return flask_summary(rates, lags, latencies, status, pinned, cpu)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/<pid>/stat, in clock ticks: 10 ms
+    on Linux), read from outside: the worker does nothing for it."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def flask_summary(rates: dict[str, list[float]], lags: list[dict], latencies: list[dict], status: dict,
-                  pinned: bool) -> dict:
-    """Medians of the runs; the lag as the median of each run's p50 and p99, and the worst of all."""
+                  pinned: bool, cpu: dict[str, list[float]]) -> dict:
+    """Medians of the runs; the lag as the median of each run's p50 and p99, and the worst of all;
+    the worker's CPU per request (its whole process: the request, and with a send, send_message
+    and the sender's writes)."""
     plain, send = statistics.median(rates["plain"]), statistics.median(rates["send"])
     drops = {"messages": status["messages_dropped"], "by_reason": status["drops_by_reason"]}
     failed = None
@@ -1023,6 +1086,11 @@ def flask_summary(rates: dict[str, list[float]], lags: list[dict], latencies: li
         },
         "request_latency_ms": {"p50": statistics.median(r["p50_ms"] for r in latencies),
                                "p99": statistics.median(r["p99_ms"] for r in latencies)},
+        "cpu_us_per_request": {"plain": statistics.median(cpu["plain"]), "send": statistics.median(cpu["send"]),
+                               "added": statistics.median(cpu["send"]) - statistics.median(cpu["plain"]),
+                               "runs": {path: [round(v, 1) for v in values] for path, values in cpu.items()},
+                               "how": "the gunicorn worker's utime + stime (/proc/<pid>/stat) over each wrk run "
+                                      "(a send run's until its queue drained), over wrk's requests"},
         "messages_sent": status["messages_sent"],  # warm-up included
         "queue_size_max": status["queue_size_max"],  # sampled every 10 ms, warm-up included
     }
@@ -1042,6 +1110,9 @@ def print_flask(f: dict) -> None:
               f"max {lag['max']:.2f} ms over {lag['messages']:,} messages; deepest queue seen {f['queue_size_max']:,}")
         latency = f["request_latency_ms"]
         print(f"  request latency in the same runs (wrk): p50 {latency['p50']:.2f} ms, p99 {latency['p99']:.2f} ms")
+        cpu = f["cpu_us_per_request"]
+        print(f"  the worker's CPU per request: {cpu['send']:.0f} us with send_message, {cpu['plain']:.0f} us without "
+              f"({cpu['added']:+.0f} us: send_message and the sender's writes)")
 
 
 def wrk(prefix: list[str], url: str, duration: str) -> float:
@@ -1051,7 +1122,7 @@ def wrk(prefix: list[str], url: str, duration: str) -> float:
 
 
 def wrk_run(prefix: list[str], url: str, duration: str) -> dict:
-    """wrk's requests/s and its request latency percentiles (ms)."""
+    """wrk's requests/s, its request latency percentiles (ms) and the requests it completed."""
     out = subprocess.run([*prefix, "wrk", "-t", "1", "-c", str(WRK_CONNECTIONS), "-d", duration, "--timeout", "10s",
                           "--latency", url], capture_output=True, text=True, timeout=60, check=True)
     if "Non-2xx" in out.stdout or "Socket errors" in out.stdout:
@@ -1059,7 +1130,9 @@ def wrk_run(prefix: list[str], url: str, duration: str) -> dict:
     line = next(x for x in out.stdout.splitlines() if x.startswith("Requests/sec:"))
     # wrk pads a one-letter unit with a trailing space ("1.02s "): allow it.
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out.stdout, re.MULTILINE))
-    return {"rps": float(line.split()[1]), "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"])}
+    requests = int(re.search(r"^\s*(\d+) requests in ", out.stdout, re.MULTILINE).group(1))
+    return {"rps": float(line.split()[1]), "p50_ms": _ms(percentiles["50"]), "p99_ms": _ms(percentiles["99"]),
+            "requests": requests}
 
 
 def _ms(text: str) -> float:

@@ -5,9 +5,10 @@
 The client keeps every default a user gets (MAX_QUEUE_SIZE 10000, drop_oldest): a
 figure measured with a queue nobody configures would hide drops. /send carries its
 send time so the sink's /lag path can measure delivery lag; /hermes-status lets the
-harness read drops and the deepest queue seen.
+harness read drops, the deepest queue seen and the worker's PID (for its CPU time).
 """
 
+import os
 import time
 
 import gevent
@@ -50,4 +51,5 @@ def send():
 
 @app.get("/hermes-status")
 def hermes_status():
-    return {**current_app.hermes.status(), "queue_size_max": depth["max"]}
+    # the worker's PID: the harness reads its CPU time from /proc/<pid>/stat around each wrk run
+    return {**current_app.hermes.status(), "queue_size_max": depth["max"], "pid": os.getpid()}

@@ -4,10 +4,14 @@
 
 PEER: raw (a websocket-client loop under gevent), websockets (asyncio), hermes
 (hermes_gevent with its C speedups), hermes-pure (HERMES_GEVENT_PURE_PYTHON=1).
-Prints one JSON line: {"seconds": ..., "dropped": ..., ...}. The clock starts when
-the workload starts (connections are already open) and stops when the server
-confirms delivery (one-way), the last message is handled (receive) or the last
-echo returns (echo).
+Prints one JSON line: {"seconds": ..., "cpu_seconds": ..., "dropped": ..., ...}. The clock
+starts when the workload starts (connections are already open) and stops when the server
+confirms delivery (one-way), the last message is handled (receive) or the last echo
+returns (echo). "cpu_seconds" is the process's CPU time (user + system, every thread:
+time.process_time) over the same span, read once before it and once after it, never in
+the loop; the harness divides it by the messages (benchmarks/__main__.py). The enqueue
+workload (the cost of one send_message against one ws.send) reports it too, from its first
+call until the server has every message.
 
 Two workloads are hermes's alone, to compare application-level acknowledgements
 with none: both send dicts ({"data": "xx..."}, SIZE bytes of JSON without an id),
@@ -23,7 +27,7 @@ The compression workloads (benchmarks/compression.py) send JSON texts (json_corp
 server that agrees to permessage-deflate: deflate (websockets and hermes, the settings a user
 gets), deflate-off and deflate-all (hermes with compression off, and with every message
 compressed), and deflate-memory(-off) (COUNT connections' memory, not a time). Their rows
-carry the process's CPU time over the run ("cpu_seconds") and the server's ("sink_cpu_seconds").
+carry the server's CPU time too ("sink_cpu_seconds").
 
 hermes runs with the settings a user gets (MAX_QUEUE_SIZE 10000, drop_oldest) and
 reports what it dropped; a run that dropped anything has no time ("seconds": null):
@@ -113,42 +117,43 @@ def run_raw() -> dict:
     if KIND == "oneway":
         ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}", enable_multithread=False)
         send = ws.send_binary if isinstance(text, bytes) else ws.send
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(COUNT):
             send(text)
         reply = ws.recv()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert reply.startswith(f"done {COUNT} "), reply
         sink_busy = float(reply.split()[3])
     elif KIND == "receive":
         ws = websocket.create_connection(f"{URL}/push?n={COUNT}&size={SIZE}")
         received = 0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ws.send("go")
         while not (message := ws.recv()).startswith("end"):
             received += 1
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert received == COUNT + 1  # and the empty marker
         sink_busy = float(message.split()[1])
     elif KIND == "echo":
         ws = websocket.create_connection(f"{URL}/echo")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(COUNT):
             ws.send(text)
             ws.recv()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         sink_busy = None
     elif KIND == "enqueue":
         ws = websocket.create_connection(f"{URL}/sink?expect={COUNT}")
         costs = []
+        cpu = time.process_time()
         for _ in range(COUNT):
             began = time.perf_counter_ns()
             ws.send(text)
             costs.append(time.perf_counter_ns() - began)
         ws.recv()
-        return {"costs_ns": _percentiles(costs), **NO_DROPS}
+        return {"costs_ns": _percentiles(costs), "cpu_seconds": time.process_time() - cpu, **NO_DROPS}
     ws.close()
-    return {"seconds": seconds, "sink_busy": sink_busy, **NO_DROPS}
+    return {"seconds": seconds, "cpu_seconds": cpu, "sink_busy": sink_busy, **NO_DROPS}
 
 
 def run_websockets() -> dict:
@@ -161,22 +166,22 @@ def run_websockets() -> dict:
     async def main() -> dict:
         if KIND == "oneway":
             async with connect(f"{URL}/sink?expect={COUNT}", compression=None, max_size=None) as ws:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for _ in range(COUNT):
                     await ws.send(text)
                 reply = await ws.recv()
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
                 assert reply.startswith(f"done {COUNT} "), reply
                 sink_busy = float(reply.split()[3])
         elif KIND == "receive":
             async with connect(f"{URL}/push?n={COUNT}&size={SIZE}", compression=None, max_size=None,
                                max_queue=None) as ws:
                 received = 0
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 await ws.send("go")
                 while not (message := await ws.recv()).startswith("end"):
                     received += 1
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
                 assert received == COUNT + 1
                 sink_busy = float(message.split()[1])
         elif KIND == "deflate":  # the defaults a user gets: compression="deflate", max_size 1 MiB
@@ -196,13 +201,13 @@ def run_websockets() -> dict:
             return await websockets_memory()
         elif KIND == "echo":
             async with connect(f"{URL}/echo", compression=None, max_size=None) as ws:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for _ in range(COUNT):
                     await ws.send(text)
                     await ws.recv()
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
                 sink_busy = None
-        return {"seconds": seconds, "sink_busy": sink_busy, **NO_DROPS}
+        return {"seconds": seconds, "cpu_seconds": cpu, "sink_busy": sink_busy, **NO_DROPS}
 
     async def websockets_memory() -> dict:
         """run_hermes_memory(), for websockets: its defaults, or compression=None."""
@@ -270,36 +275,37 @@ def run_hermes() -> dict:
     client = WebSocketClient(url=URL + path, on_message=on_message, **options)  # the defaults a user gets
     client.start()
     assert client.wait_until_connected(10)
-    result = {"seconds": None, "sink_busy": None}
+    result = {"seconds": None, "cpu_seconds": None, "sink_busy": None}
     if KIND in ("oneway-json", "oneway-ack"):
         return run_hermes_dicts(client, done, state)
     if KIND == "oneway":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         produce(client, text)
         if not client.messages_dropped:  # with drops the server never counts to COUNT: nothing to wait for
             done.wait(120)
-            result["seconds"] = time.perf_counter() - start
+            result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
             assert state["reply"].startswith(f"done {COUNT} "), state
             result["sink_busy"] = float(state["reply"].split()[3])
     elif KIND == "receive":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         client.send_message("go")
         done.wait(120)
-        result["seconds"] = time.perf_counter() - start
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
         assert state["received"] == COUNT + 1, state
         result["sink_busy"] = float(state["reply"].split()[1])
     elif KIND == "echo":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(COUNT):
             done.clear()
             client.send_message(text)
             done.wait(10)
-        result["seconds"] = time.perf_counter() - start
+        result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
     elif KIND == "enqueue":
+        cpu = time.process_time()
         costs = produce_timed(client, text)
         if not client.messages_dropped:
             done.wait(60)
-        result = {"costs_ns": _percentiles(costs)}
+        result = {"costs_ns": _percentiles(costs), "cpu_seconds": time.process_time() - cpu}
     status = client.status()  # before stop(): stop() counts what it discards as drops of its own
     client.stop(5)
     return {**result, "dropped": status["messages_dropped"], "drops_by_reason": status["drops_by_reason"]}
@@ -309,15 +315,16 @@ def run_hermes_dicts(client, done, state) -> dict:
     """oneway-json / oneway-ack: COUNT dicts; done when the server counted them all and,
     with acknowledgements, when the client has every acknowledgement (flush() True)."""
     data = "x" * max(0, SIZE - len('{"data":""}'))  # SIZE bytes of compact JSON before the client adds an id
-    result: dict = {"seconds": None, "sink_busy": None, "bytes_per_message": None, "all_acked": None}
-    start = time.perf_counter()
+    result: dict = {"seconds": None, "cpu_seconds": None, "sink_busy": None, "bytes_per_message": None,
+                    "all_acked": None}
+    start, cpu = time.perf_counter(), time.process_time()
     produce_dicts(client, data)
     if not client.messages_dropped:  # with drops the server never counts to COUNT: nothing to wait for
         done.wait(120)
         counted = time.perf_counter() - start
         if KIND == "oneway-ack":  # complete when the client says so, both ways
             result["all_acked"] = client.flush(60) and client.status()["unacked"] == 0
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         reply = state["reply"]
         assert reply is not None and reply.startswith(f"done {COUNT} "), state
         fields = reply.split()
@@ -327,7 +334,7 @@ def run_hermes_dicts(client, done, state) -> dict:
             result.update(sink_duplicates=int(fields[4]), sink_invalid=int(fields[5]))
             assert result["sink_invalid"] == 0, f"the server got {fields[5]} messages without a string id"
         if result["all_acked"] is not False:
-            result["seconds"] = seconds
+            result["seconds"], result["cpu_seconds"] = seconds, cpu
     status = client.status()  # before stop(): stop() counts what it discards as drops of its own
     undelivered = client.stop(5)
     result.update(dropped=status["messages_dropped"], drops_by_reason=status["drops_by_reason"],

@@ -1,8 +1,9 @@
 """The benchmarks run (a fraction of a second per workload): this checks they work, not the figures.
 
 It does check what every run must report: the messages each peer dropped (none, for
-hermes with its default queue: --quick never sends more than it holds), the Flask
-app's delivery lag, the outbox file's figures (OUTBOX_SYNC="always" beside memory
+hermes with its default queue: --quick never sends more than it holds), each peer's CPU
+time per message in every workload that runs peers (printed beside its figure), the Flask
+app's delivery lag and its worker's CPU per request, the outbox file's figures (OUTBOX_SYNC="always" beside memory
 only, the spill and the reload, the ticker's gap beside its bound, the takeover of a
 SIGKILLed holder), and the PostgreSQL outbox's beside them (the same, the cost of a
 transactional send, the takeover by lease) - on the session's cluster (the postgres/pg_url
@@ -11,6 +12,7 @@ cluster the benchmarks start on their own (benchmarks/pgserver.py) is checked ap
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -43,6 +45,11 @@ def test_every_benchmark_runs(tmp_path, request):
         assert row["failed"] is None, (name, row["failed"])
         assert set(row["peers"]) == PEERS
         assert all(p["median"] > 0 for p in row["peers"].values())
+        check_cpu(name, row["peers"], PEERS)
+        assert row["cpu_ratio_to_raw"] > 0 and row["cpu_ratio_to_websockets"] > 0
+        # printed beside each peer's figure: "raw  96,839  10.31 us" (and so on for every peer)
+        line = next(x for x in text.splitlines() if x.partition(" raw ")[0].rstrip() == name)
+        assert len(re.findall(r"[\d,.]+ +[\d.]+ us", line)) == len(PEERS), line
         assert set(row["dropped"]) == PEERS
         assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
     assert list(report["acks"]) == ACKED
@@ -50,6 +57,7 @@ def test_every_benchmark_runs(tmp_path, request):
         assert name in text
         assert row["failed"] is None, (name, row["failed"])
         assert row["off"]["median"] > 0 and row["on"]["median"] > 0 and row["ratio"] > 0
+        check_cpu(name, {side: row[side] for side in ("off", "on")}, {"off", "on"})
         assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
         # every message of the "on" run was acknowledged (the harness fails a run left unacked)
         assert row["acks"]["runs_left_unacked"] == 0 and row["acks"]["messages_acked"] >= row["count"], row["acks"]
@@ -57,6 +65,7 @@ def test_every_benchmark_runs(tmp_path, request):
         assert row["on"]["bytes_per_message"] > row["off"]["bytes_per_message"]  # the id the client added
     assert report["enqueue"]["failed"] is None and report["enqueue"]["dropped"]["hermes"]["messages"] == 0
     assert report["enqueue"]["hermes_median_ns"] > 0 and report["memory"]["bytes_per_message"] > 0
+    check_cpu("enqueue", report["enqueue"]["peers"], {"hermes", "raw"})
     assert report["metrics"]["on_ns"] > 0 and report["metrics"]["off_ns"] > 0  # the probe ran (no timing asserts)
     assert report["recovery"]["seconds"] > 0
     check_outbox(report["outbox"], text)
@@ -70,6 +79,17 @@ def test_every_benchmark_runs(tmp_path, request):
         assert all(isinstance(lag[key], (int, float)) for key in ("p50", "p99", "max")), lag
         assert isinstance(flask["queue_size_max"], int)
         assert flask["request_latency_ms"]["p99"] >= flask["request_latency_ms"]["p50"] > 0
+        cpu = flask["cpu_us_per_request"]  # the worker's, from /proc/<pid>/stat: it did serve the requests
+        assert cpu["plain"] > 0 and cpu["send"] > 0 and "CPU per request" in text, cpu
+
+
+def check_cpu(name, peers, expected):
+    """Every peer (or side) has its CPU us per message: a positive number, the median of its runs."""
+    assert set(peers) == set(expected), (name, set(peers))
+    for peer, figures in peers.items():
+        value = figures.get("cpu_us_per_message")
+        assert isinstance(value, (int, float)) and value > 0, (name, peer, value)
+        assert len(figures["cpu_us_runs"]) == 1 and all(v > 0 for v in figures["cpu_us_runs"]), (name, peer)
 
 
 def check_outbox(outbox, text):
