@@ -35,7 +35,7 @@ from .outbox import DROP_STOPPED, in_hub, on_thread_of
 from .proxy import proxy_for
 from .reader import read_loop
 from .run import CLOSE_WAIT, LOOP_RESTART_DELAY, Counted, Counters, Greenlet, Loop, Run, call_hook, watch_health
-from .sender import send_loop
+from .sender import send_loop, write_now
 from .session import now
 from .store import Store
 from .supervisor import open_connection, supervise
@@ -213,9 +213,8 @@ class WebSocketClient(BaseClient):
     def send_message(self, msg: Message, transaction: Any = None) -> bool:
         """Queue ``msg`` for sending; True if accepted, False if dropped.
 
-        str -> text frame, bytes -> binary frame, dict/list -> JSON text frame.
-        Raises TypeError/ValueError here for a message that cannot be sent, and
-        QueueFull under the "raise" strategy. Safe from any greenlet or thread.
+        str -> text frame, bytes -> binary frame, dict/list -> JSON text frame. TypeError/ValueError here
+        for a message that cannot be sent; QueueFull under the "raise" strategy. Safe from any greenlet or thread.
 
         ``transaction``: a SQLAlchemy Connection or Session on the PostgreSQL database of
         OUTBOX_URL. The message is inserted in that transaction (True once inserted) and sent
@@ -242,6 +241,8 @@ class WebSocketClient(BaseClient):
                 self._metrics.enqueued(run.outbox)
             return accepted
         outbox = run.outbox if run.outbox is not None else run.outbox_or_create()
+        if outbox.drained and write_now(run, outbox, item):  # nothing queued or in flight: written at once
+            return True
         accepted = outbox.put(item)
         if self._metrics is not None and accepted:
             self._metrics.enqueued(outbox)

@@ -14,6 +14,7 @@ import time
 import typing
 from typing import Any, Callable, Iterator, Optional, Union
 
+import gevent
 import gevent.lock
 
 from . import frames
@@ -24,7 +25,8 @@ from .frames import Item
 from .deflate import Agreement
 from .protocol import Protocol
 
-__all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "READ_SIZE", "StreamSocket", "VECTOR_MIN", "WriteFailed"]
+__all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "NOW_MAX", "READ_SIZE", "StreamSocket", "VECTOR_MIN",
+           "WriteFailed"]
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
@@ -34,6 +36,8 @@ LEDGER_TRIM_EVERY = 64
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
+#: ``send_now`` writes messages up to this size (larger ones go through the sender, in pieces if need be).
+NOW_MAX = 16 * 1024
 
 
 class StreamSocket(typing.Protocol):
@@ -89,6 +93,9 @@ class Connection:
         self.aborted = False
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)
+        # What send_now() handed over but the socket did not take whole: the message and its frame's
+        # unwritten end, written before anything else (see send_now).
+        self._rest: Optional[tuple[Item, memoryview]] = None
         self.write_turns = new_turns()  # the data writer's share of the hub (the sender's greenlet)
 
     # -- reading ------------------------------------------------------------------------
@@ -128,11 +135,14 @@ class Connection:
 
     def _write_pending(self) -> bool:
         pending = self.protocol.data_to_send()
-        if not pending or self.aborted:
+        if self.aborted or not (pending or self._rest is not None):
             return not pending
-        data = b"".join(pending)
         try:
-            self._send([None], [data], [len(data)])
+            if pending:
+                data = b"".join(pending)
+                self._send([None], [data], [len(data)])  # send_now()'s rest first, if any
+            else:
+                self._write_rest()
         except _Partial:
             return False
         return True
@@ -169,6 +179,61 @@ class Connection:
             except _Partial as partial:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
+    def send_now(self, item: Item) -> bool:
+        """Write one small message from the caller's greenlet if that needs no wait: the write lock
+        free, the connection open, no compression, nothing else owed, the socket taking bytes at
+        once. False: nothing was written (the caller queues it). True: handed over - in the ledger
+        when the socket took the whole frame; else the rest of the frame goes out before any other
+        write (a greenlet is spawned to write it now), and until then ``unacknowledged()`` names it.
+        Plain TCP only (where the ledger tracks what the server never acknowledged)."""
+        lock, protocol = self._write_lock, self.protocol
+        if (not self.tracks_acks or self.aborted or self._rest is not None or protocol.compression is not None
+                or len(item[1]) > NOW_MAX or not protocol.can_send_data or protocol.has_data_to_send
+                or not lock.acquire(blocking=False)):
+            return False
+        try:
+            chunks, lengths = protocol.frame_messages([item])
+            data = b"".join(chunks)
+            sock = self.sock
+            timeout = sock.gettimeout()
+            sock.settimeout(0.0)  # a gevent socket raises BlockingIOError instead of waiting
+            try:
+                sent = sock.send(data)
+            except OSError:  # the socket is full (or failed: the sender will see it): queue it
+                return False
+            finally:
+                sock.settimeout(timeout)
+            self.writes += 1
+            if sent == len(data):
+                self._ledger.record([item], lengths)
+                self._trim_ledger()
+                return True
+            if sent:
+                self._ledger.record([None], [sent])
+            self._rest = (item, memoryview(data)[sent:])
+        finally:
+            lock.release()
+        gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
+        return True
+
+    def _write_rest(self) -> None:
+        """The rest of send_now()'s frame, before any other bytes (in the write lock)."""
+        assert self._rest is not None
+        item, view = self._rest
+        self.writes += 1
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except OSError as exc:
+                raise _Partial(0, exc) from None
+            view = view[sent:]
+            if view:
+                self._ledger.record([None], [sent])
+                self._rest = (item, view)
+            else:
+                self._ledger.record([item], [sent])
+                self._rest = None
+
     def _send_frames_whole(self, items: list[Item]) -> int:
         chunks, lengths = self.protocol.frame_messages(items)
         return self._send(items, chunks, lengths)
@@ -195,6 +260,8 @@ class Connection:
         Small chunks are joined into one buffer; on plain TCP large ones go to the kernel
         as they are, in one vectored write (sendmsg), so a payload is never copied again.
         """
+        if self._rest is not None:
+            self._write_rest()
         sendmsg = self._sendmsg
         if sendmsg is not None and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
             buffers: list[bytes] = []
@@ -247,12 +314,15 @@ class Connection:
         if track:
             if recorded < len(items):
                 ledger.record(items[recorded:], lengths[recorded:])
-            if len(ledger.entries) > LEDGER_TRIM_EVERY:
-                # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY writes.
-                outq = unacknowledged_bytes(self.sock.fileno())
-                if outq is not None:
-                    ledger.trim(outq)
+            self._trim_ledger()
         return len(items)
+
+    def _trim_ledger(self) -> None:
+        if len(self._ledger.entries) > LEDGER_TRIM_EVERY:
+            # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY writes.
+            outq = unacknowledged_bytes(self.sock.fileno())
+            if outq is not None:
+                self._ledger.trim(outq)
 
     def _record_partial(self, items: list[Any], lengths: list[int], offset: int, recorded: int, whole: int) -> int:
         """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already
@@ -277,7 +347,9 @@ class Connection:
         if not self.tracks_acks or self.aborted:
             return []
         outq = unacknowledged_bytes(self.sock.fileno())
-        return self._ledger.unacknowledged(outq) if outq is not None else []
+        found = self._ledger.unacknowledged(outq) if outq is not None else []
+        # send_now()'s message whose frame never went whole: the newest of all (nothing went after it)
+        return found + [self._rest[0]] if self._rest is not None else found
 
     def abort(self) -> None:
         """Close the socket now, without a close frame (idempotent)."""

@@ -88,6 +88,9 @@ class Outbox:
         self._wakeup.start(self._drain_handoff)
         self._empty = gevent.event.Event()
         self._empty.set()
+        #: False from a put until the sender settled everything held: send_message's one cheap
+        #: check before it tries to write a message itself (a hint; idle_here() decides)
+        self.drained = True
         self._doomed: Optional[Callable[[Item], bool]] = None  # discard() of the batch in flight, due at take()
 
     # -- producers ---------------------------------------------------------
@@ -101,6 +104,11 @@ class Outbox:
             return self._put_from_thread(item)
         return self._put_local(item)
 
+    def idle_here(self) -> bool:
+        """True when nothing is held (queued, in flight, to resend, handed over from a thread) and
+        the caller runs in the hub's thread: a message sent now would be the next one written."""
+        return not len(self) and on_thread_of(self._hub, self._hub_root)
+
     def _put_local(self, item: Item, in_drain: bool = False) -> bool:
         size = self._queued_here() if in_drain else len(self)
         if size >= self.maxsize:
@@ -112,7 +120,9 @@ class Outbox:
                 return False
             self.on_drop(oldest, DROP_OVERFLOW)
         self._queue.put_nowait(item)
-        self._empty.clear()
+        if self.drained:  # else _empty is clear already (every set() sets drained too)
+            self._empty.clear()
+            self.drained = False
         return True
 
     def _put_from_thread(self, item: Item) -> bool:
@@ -198,6 +208,7 @@ class Outbox:
             del batch[:written]
         if not len(self):
             self._empty.set()
+            self.drained = True
         return written
 
     def ack(self) -> int:
@@ -209,6 +220,7 @@ class Outbox:
         if items:
             self._redo.extend(items)
             self._empty.clear()
+            self.drained = False
             self.wake()
 
     def discard(self, doomed: Callable[[Item], bool]) -> list[Item]:
@@ -225,6 +237,7 @@ class Outbox:
         self._doomed = doomed
         if not len(self):
             self._empty.set()
+            self.drained = True
         return removed
 
     def replace(self, new: Callable[[Item], Optional[Item]]) -> None:
@@ -291,6 +304,7 @@ class Outbox:
                 break
             remaining.append(item)
         self._empty.set()
+        self.drained = True
         self._wakeup.stop()
         self._wakeup.close()
         return remaining

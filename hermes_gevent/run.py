@@ -184,6 +184,8 @@ class Run:
         self.store: Store = MemoryStore()
         self.store_ready = gevent.event.Event()  # the first claim is done: the sender may begin
         self.debug_bodies = False  # the reader's view of the log level, for each read
+        self.wrote_now_turn = -1  # the event-loop turn of send_message's last direct write (sender.write_now)
+        self.sender_wrote_turn = -2  # the event-loop turn of the sender's last batch (acknowledgements off)
         #: The queue; None once stop() closed it. Messages sent before start() are adopted.
         self.outbox: Optional[Outbox] = None
 

@@ -22,11 +22,12 @@ from .acks import AckWindow
 from .connection import Connection, WriteFailed
 from .fairness import Turns, take_turn, timer_floor
 from .frames import Item
+from .outbox import Outbox
 from .ratelimit import TokenBucket
 from .run import Run
 from .session import Session, now
 
-__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE"]
+__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE", "write_now"]
 
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
@@ -116,6 +117,7 @@ def send_loop(run: Run) -> None:
                         metrics.written(handed, len(outbox))
                     _fail(session, conn, exc)
                     break
+                run.sender_wrote_turn = getattr(run.hub.loop, "iteration", -1)  # write_now() holds back
                 run.delivered(sending)  # before settle(), which empties the batch
                 written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
                 counters.messages_sent += written
@@ -125,6 +127,31 @@ def send_loop(run: Run) -> None:
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
             take_turn(turns, urgent=len(outbox) > backlog_urgent)
+
+
+def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
+    """send_message's short cut while the sender has nothing to do: with nothing queued or in flight
+    (so the message is the next one written anyway), called in the hub's thread, acknowledgements,
+    MAX_SEND_RATE and the outbox store off, the message is written from the caller's greenlet if
+    the socket takes it at once (Connection.send_now: never a wait). At most once per event-loop
+    turn: the messages a producer sends in a burst queue up behind the first, and the sender writes
+    them in batches; and not while the sender writes batches (it did in this turn or the one before):
+    a stream stays in batches. True: written (counted as the sender counts); False: queue it."""
+    turn = getattr(run.hub.loop, "iteration", -1)  # libev's loop turns; libuv counts none: always queued
+    session = run.session
+    if (turn < 0 or turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 or session is None
+            or not session.alive or not run.active):
+        return False
+    if run.window is not None or run.send_bucket is not None or run.store.path is not None or not outbox.idle_here():
+        return False
+    if not session.conn.send_now(item):
+        return False
+    run.wrote_now_turn = turn
+    run.counters.messages_sent += 1
+    if run.metrics is not None:
+        run.metrics.enqueued(outbox)
+        run.metrics.written(1, len(outbox))
+    return True
 
 
 def _tokens(session: Session, bucket: TokenBucket, turns: Turns) -> int:

@@ -1,0 +1,107 @@
+"""send_message's short cut (sender.write_now, Connection.send_now): with nothing queued or in flight
+the message is written from the caller's greenlet, never waiting. What the socket does not take at
+once goes out before any other bytes; a message whose frame never went whole is resent after an
+abrupt failure; a burst still goes out in the sender's batches."""
+
+import errno
+
+import gevent
+from websockets.protocol import Protocol, Side, State
+
+from hermes_gevent.connection import Connection
+from hermes_gevent.frames import OP_TEXT
+
+from .conftest import Recorder, t, wait_until
+from .peer import tcp_pair
+
+
+class Stingy:
+    """The client's socket, taking only ``take`` bytes of the next non-blocking send (0: EAGAIN)."""
+
+    def __init__(self, sock, take):
+        self.sock, self.take, self.family = sock, take, sock.family
+        self.timeouts = []
+
+    def send(self, data, *args):
+        if self.sock.gettimeout() == 0.0 and self.take is not None:
+            take, self.take = self.take, None
+            if not take:
+                raise BlockingIOError(errno.EAGAIN, "full")
+            return self.sock.send(data[:take])
+        return self.sock.send(data, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def server_messages(sock, count):
+    proto = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
+    got = []
+    with gevent.Timeout(t(5)):
+        while len(got) < count:
+            proto.receive_data(sock.recv(65536))
+            got += [event.data.decode() for event in proto.events_received()]
+    return got
+
+
+def test_a_message_the_socket_takes_in_part_goes_whole_before_anything_else():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(Stingy(client_sock, 5), 2**20)
+    assert conn.tracks_acks
+    first = (OP_TEXT, b"first message")
+    assert conn.send_now(first)
+    # Until the rest is written, the message is not in the kernel whole: an abrupt failure resends it.
+    assert conn.unacknowledged()[-1] is first
+    assert not conn.send_now((OP_TEXT, b"not now"))  # something is owed: the caller queues it
+    conn.send_frames([(OP_TEXT, b"second"), (OP_TEXT, b"third")])  # the rest goes first
+    assert server_messages(server_sock, 3) == ["first message", "second", "third"]
+    gevent.sleep(0)  # the greenlet spawned for the rest finds nothing left to write
+    assert wait_until(lambda: conn.unacknowledged() == [], t(2))  # the server's TCP has them all
+    client_sock.close()
+    server_sock.close()
+
+
+def test_the_rest_is_written_without_another_write():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(Stingy(client_sock, 3), 2**20)
+    assert conn.send_now((OP_TEXT, b"alone"))
+    assert server_messages(server_sock, 1) == ["alone"]
+    assert conn.send_now((OP_TEXT, b"next"))
+    assert server_messages(server_sock, 1) == ["next"]
+    client_sock.close()
+    server_sock.close()
+
+
+def test_a_full_socket_writes_nothing_and_says_so():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(Stingy(client_sock, 0), 2**20)
+    writes = conn.writes
+    assert not conn.send_now((OP_TEXT, b"queued instead"))
+    assert conn.writes == writes and conn.unacknowledged() == []
+    assert client_sock.gettimeout() is None  # the socket's timeout is back
+    conn.send_frames([(OP_TEXT, b"by the sender")])
+    assert server_messages(server_sock, 1) == ["by the sender"]
+    client_sock.close()
+    server_sock.close()
+
+
+def test_echo_round_trips_go_direct_and_a_burst_goes_in_batches(peer, make_client):
+    peer.echo = True
+    got = Recorder()
+    client = make_client(connector=peer.connector, url=peer.url, on_message=got)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    conn = client.run.session.conn
+    for i in range(20):  # send, wait for the reply: each written from send_message, one write each
+        writes = conn.writes
+        assert client.send_message(f"echo-{i}")
+        assert conn.writes == writes + 1 and client.queue_size == 0
+        assert got.wait(i + 1)[-1] == f"echo-{i}"
+    writes = conn.writes
+    for i in range(100):  # a burst: the first goes at once, the rest in the sender's batches
+        client.send_message(f"burst-{i}")
+    assert client.queue_size == 99
+    assert client.flush(t(5))
+    assert conn.writes - writes < 10
+    assert peer.wait_messages(120) == [f"echo-{i}" for i in range(20)] + [f"burst-{i}" for i in range(100)]
+    assert client.status()["messages_sent"] == 120
