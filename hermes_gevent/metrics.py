@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 import time
 import weakref
 from typing import Any, Callable, Optional, Protocol
@@ -60,7 +59,6 @@ _WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 1
 
 _families: Optional[dict[str, Any]] = None
 _queue_gauges: dict[str, QueueGauge] = {}
-_lock = threading.Lock()
 
 
 class QueueOwner(Protocol):
@@ -136,20 +134,20 @@ class QueueGauge:
     def __init__(self, child: Any, push: bool) -> None:
         self.child = child
         self.push = push
-        self._owners: tuple[weakref.ref[QueueOwner], ...] = ()  # replaced, never changed in place
+        # Weak references, each removed by its own callback when its client goes. A set: adding
+        # and copying it are single steps under the GIL, so clients made in other OS threads
+        # need no lock (the library takes none: no threading in the hub).
+        self._owners: set[weakref.ref[QueueOwner]] = set()
         #: Multiprocess mode: publish, given the caller's own length (the sum's when it is the one owner).
         self.set: Callable[[int], None] = self._set_sum
-        if not push:
-            child.set_function(self.read)  # safe from any thread or greenlet: reads lengths
 
     def add(self, owner: QueueOwner) -> None:
-        with _lock:
-            self._owners = owners = tuple(ref for ref in self._owners if ref() is not None) + (weakref.ref(owner),)
-            self.set = self.child.set if len(owners) == 1 else self._set_sum
+        self._owners.add(weakref.ref(owner, self._owners.discard))
+        self.set = self.child.set if len(self._owners) == 1 else self._set_sum
 
     def read(self) -> int:
         total = 0
-        for ref in self._owners:
+        for ref in list(self._owners):
             owner = ref()
             if owner is not None:
                 total += owner.queue_size
@@ -160,11 +158,13 @@ class QueueGauge:
 
 
 def _queue_gauge(name: str, family: Any) -> QueueGauge:
-    with _lock:
-        gauge = _queue_gauges.get(name)
-        if gauge is None:
-            gauge = _queue_gauges[name] = QueueGauge(family.labels(name), _pushed())
-        return gauge
+    gauge = _queue_gauges.get(name)
+    if gauge is None:
+        candidate = QueueGauge(family.labels(name), _pushed())
+        gauge = _queue_gauges.setdefault(name, candidate)  # one step: the first of two threads wins
+        if gauge is candidate and not gauge.push:
+            gauge.child.set_function(gauge.read)  # safe from any thread or greenlet: reads lengths
+    return gauge
 
 
 class ClientMetrics:
