@@ -44,7 +44,7 @@ import gevent.hub
 
 from .errors import ConfigError
 
-__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_REFRESH", "QueueOwner", "Sending", "available", "exposition",
+__all__ = ["ClientMetrics", "EXTRA", "MULTIPROC_ENV", "QUEUE_REFRESH", "QueueGauge", "QueueOwner", "Sending", "available", "exposition",
            "multiproc_dir", "require"]
 
 EXTRA = "hermes_gevent[metrics]"
