@@ -78,7 +78,6 @@ class Connection:
                  compression: Optional[Agreement] = None) -> None:
         self.sock = sock
         self.subprotocol = subprotocol  # the one the server chose in its 101, None when none
-        self.compression = compression  # the permessage-deflate the server agreed to, None when none
         self.protocol = Protocol(max_message_size, compression)
         self._write_lock = gevent.lock.Semaphore()
         self._ledger = KernelLedger()
@@ -97,6 +96,11 @@ class Connection:
         # unwritten end, written before anything else (see send_now).
         self._rest: Optional[tuple[Item, memoryview]] = None
         self.write_turns = new_turns()  # the data writer's share of the hub (the sender's greenlet)
+
+    @property
+    def compression(self) -> Optional[Agreement]:
+        """The permessage-deflate the server agreed to, None when none (the protocol's)."""
+        return self.protocol.compression
 
     # -- reading ------------------------------------------------------------------------
 
