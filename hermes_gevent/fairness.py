@@ -46,11 +46,11 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 
-__all__ = ["cycle_loop", "loop_turn_counter", "LOWEST_PRIORITY", "MAX_BUDGET", "new_turns", "pause",
+__all__ = ["cycle_loop", "loop_turn", "loop_turn_counter", "LOWEST_PRIORITY", "MAX_BUDGET", "new_turns", "pause",
     "take_turn", "timer_floor", "Turns"]
 
 
@@ -124,12 +124,18 @@ def _library_time_here() -> _LibraryTime:
     return spent
 
 
+def loop_turn(loop: Any) -> int:
+    """How many turns ``loop`` has made (libev's ev_iteration); -1 on loops that count none (libuv)."""
+    iteration: int = getattr(loop, "iteration", -1)
+    return iteration
+
+
 def loop_turn_counter() -> Optional[Callable[[], int]]:
-    """A function counting the event loop's turns (libev's ev_iteration), so a caller can
-    tell whether a call waited (the loop turned meanwhile) or returned at once; None on
-    loops that do not count them (libuv), where callers fall back on timing the call."""
+    """A function counting the event loop's turns (loop_turn), so a caller can tell whether a
+    call waited (the loop turned meanwhile) or returned at once; None on loops that do not
+    count them (libuv), where callers fall back on timing the call."""
     loop = gevent.get_hub().loop
-    return (lambda: loop.iteration) if getattr(loop, "iteration", -1) >= 0 else None
+    return (lambda: loop.iteration) if loop_turn(loop) >= 0 else None
 
 
 def timer_floor(seconds: float) -> float:

@@ -20,7 +20,7 @@ import gevent
 
 from .acks import AckWindow
 from .connection import Connection, WriteFailed
-from .fairness import Turns, take_turn, timer_floor
+from .fairness import Turns, loop_turn, take_turn, timer_floor
 from .frames import Item
 from .outbox import Outbox
 from .ratelimit import TokenBucket
@@ -117,7 +117,7 @@ def send_loop(run: Run) -> None:
                         metrics.written(handed, len(outbox))
                     _fail(session, conn, exc)
                     break
-                run.sender_wrote_turn = getattr(run.hub.loop, "iteration", -1)  # write_now() holds back
+                run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back
                 run.delivered(sending)  # before settle(), which empties the batch
                 written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
                 counters.messages_sent += written
@@ -137,7 +137,7 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
     turn: the messages a producer sends in a burst queue up behind the first, and the sender writes
     them in batches; and not while the sender writes batches (it did in this turn or the one before):
     a stream stays in batches. True: written (counted as the sender counts); False: queue it."""
-    turn = getattr(run.hub.loop, "iteration", -1)  # libev's loop turns; libuv counts none: always queued
+    turn = loop_turn(run.hub.loop)  # libuv counts no turns (-1): always queued
     session = run.session
     if (turn < 0 or turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 or session is None
             or not session.alive or not run.active):
