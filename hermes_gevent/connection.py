@@ -37,7 +37,7 @@ LEDGER_TRIM_EVERY = 64
 VECTOR_MIN = 4096
 IOV_MAX = 512
 #: ``send_now`` writes messages up to this size (larger ones go through the sender, in pieces if need be).
-NOW_MAX = 16 * 1024
+NOW_MAX = 64 * 1024
 
 
 class StreamSocket(typing.Protocol):
@@ -87,7 +87,7 @@ class Connection:
         plain = not hasattr(sock, "cipher")
         tcp = getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6)
         self.tracks_acks = plain and tcp and TIOCOUTQ is not None
-        sendmsg: Optional[Callable[[list[memoryview]], int]] = getattr(sock, "sendmsg", None) if plain else None
+        sendmsg: Optional[Callable[[list[Any]], int]] = getattr(sock, "sendmsg", None) if plain else None
         self._sendmsg = sendmsg  # vectored writes: plain TCP only
         self.aborted = False
         self.last_read_size = 0
@@ -184,7 +184,7 @@ class Connection:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
     def send_now(self, item: Item) -> bool:
-        """Write one small message from the caller's greenlet if that needs no wait: the write lock
+        """Write one message (up to NOW_MAX) from the caller's greenlet if that needs no wait: the write lock
         free, the connection open, no compression, nothing else owed, the socket taking bytes at
         once. False: nothing was written (the caller queues it). True: handed over - in the ledger
         when the socket took the whole frame; else the rest of the frame goes out before any other
@@ -197,24 +197,26 @@ class Connection:
             return False
         try:
             chunks, lengths = protocol.frame_messages([item])
-            data = b"".join(chunks)
             sock = self.sock
             timeout = sock.gettimeout()
             sock.settimeout(0.0)  # a gevent socket raises BlockingIOError instead of waiting
             try:
-                sent = sock.send(data)
+                if self._sendmsg is not None and lengths[0] >= VECTOR_MIN:
+                    sent = self._sendmsg(chunks)  # header and payload as they are: no copy
+                else:
+                    sent = sock.send(chunks[0] + chunks[1])
             except OSError:  # the socket is full (or failed: the sender will see it): queue it
                 return False
             finally:
                 sock.settimeout(timeout)
             self.writes += 1
-            if sent == len(data):
+            if sent == lengths[0]:
                 self._ledger.record([item], lengths)
                 self._trim_ledger()
                 return True
             if sent:
                 self._ledger.record([None], [sent])
-            self._rest = (item, memoryview(data)[sent:])
+            self._rest = (item, memoryview(b"".join(chunks))[sent:])
         finally:
             lock.release()
         gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)

@@ -27,7 +27,7 @@ from .ratelimit import TokenBucket
 from .run import Run
 from .session import Session, now
 
-__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE", "write_now"]
+__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE", "WRITE_NOW_ALWAYS", "write_now"]
 
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
@@ -35,6 +35,10 @@ MAX_BATCH_BYTES = 256 * 1024
 #: Above this fraction of MAX_QUEUE_SIZE queued, the sender works for fairness.MAX_BUDGET
 #: before it yields: the queue is close enough to overflow that waiting would lose messages.
 BACKLOG_URGENT = 0.25
+#: send_message writes a message at least this large at once whenever the sender has nothing to do
+#: (sender.write_now), even in a stream: one socket call per message either way, and no switch to
+#: the sender and back (smaller messages go at most once per loop turn, so bursts stay in batches).
+WRITE_NOW_ALWAYS = 16 * 1024
 #: With acknowledgements on, a write that took longer than this restarts the ACK_TIMEOUT
 #: clock of its messages when it ends (a slow reader must not get them twice at once).
 SLOW_WRITE = 0.05
@@ -133,14 +137,16 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
     """send_message's short cut while the sender has nothing to do: with nothing queued or in flight
     (so the message is the next one written anyway), called in the hub's thread, acknowledgements,
     MAX_SEND_RATE and the outbox store off, the message is written from the caller's greenlet if
-    the socket takes it at once (Connection.send_now: never a wait). At most once per event-loop
-    turn: the messages a producer sends in a burst queue up behind the first, and the sender writes
-    them in batches; and not while the sender writes batches (it did in this turn or the one before):
-    a stream stays in batches. True: written (counted as the sender counts); False: queue it."""
+    the socket takes it at once (Connection.send_now: never a wait). A message under WRITE_NOW_ALWAYS
+    at most once per event-loop turn: the messages a producer sends in a burst queue up behind the
+    first, and the sender writes them in batches; and not while the sender writes batches (it did in
+    this turn or the one before): a stream stays in batches. True: written (counted as the sender
+    counts); False: queue it."""
     turn = loop_turn(run.hub.loop)  # libuv counts no turns (-1): always queued
     session = run.session
-    if (turn < 0 or turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 or session is None
-            or not session.alive or not run.active):
+    batched = len(item[1]) < WRITE_NOW_ALWAYS  # small messages gain from batches; large ones do not
+    if (turn < 0 or (batched and (turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2))
+            or session is None or not session.alive or not run.active):
         return False
     if run.window is not None or run.send_bucket is not None or run.store.path is not None or not outbox.idle_here():
         return False

@@ -8,8 +8,9 @@ import errno
 import gevent
 from websockets.protocol import Protocol, Side, State
 
-from hermes_gevent.connection import Connection
+from hermes_gevent.connection import NOW_MAX, Connection
 from hermes_gevent.frames import OP_TEXT
+from hermes_gevent.sender import WRITE_NOW_ALWAYS
 
 from .conftest import Recorder, t, wait_until
 from .peer import tcp_pair
@@ -30,12 +31,17 @@ class Stingy:
             return self.sock.send(data[:take])
         return self.sock.send(data, *args)
 
+    def sendmsg(self, buffers, *args):
+        if self.sock.gettimeout() == 0.0 and self.take is not None:
+            return self.send(b"".join(buffers))
+        return self.sock.sendmsg(buffers, *args)
+
     def __getattr__(self, name):
         return getattr(self.sock, name)
 
 
-def server_messages(sock, count):
-    proto = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
+def server_messages(sock, count, proto=None):
+    proto = proto or Protocol(Side.SERVER, state=State.OPEN, max_size=None)
     got = []
     with gevent.Timeout(t(5)):
         while len(got) < count:
@@ -105,3 +111,42 @@ def test_echo_round_trips_go_direct_and_a_burst_goes_in_batches(peer, make_clien
     assert conn.writes - writes < 10
     assert peer.wait_messages(120) == [f"echo-{i}" for i in range(20)] + [f"burst-{i}" for i in range(100)]
     assert client.status()["messages_sent"] == 120
+
+
+def test_a_large_frame_the_socket_takes_in_part_goes_whole_before_anything_else():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(Stingy(client_sock, 1000), 2**20)
+    large = (OP_TEXT, bytes(range(97, 123)) * 2520)  # 65,520 bytes: written vectored (sendmsg)
+    assert conn.send_now(large)
+    assert conn.unacknowledged()[-1] is large
+    conn.send_frames([(OP_TEXT, b"after")])
+    assert server_messages(server_sock, 2) == [large[1].decode(), "after"]
+    client_sock.close()
+    server_sock.close()
+
+
+def test_a_stream_of_large_messages_goes_direct_and_in_order(peer, make_client):
+    """Messages of WRITE_NOW_ALWAYS bytes and more gain nothing from batches (one write per message
+    either way): send_message writes each at once while the sender has nothing to do, even one
+    loop turn after the last; larger than NOW_MAX, the sender writes it (in pieces)."""
+    client = make_client(connector=peer.connector, url=peer.url)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    conn = client.run.session.conn
+    bodies = [f"{i:05d}".encode() * (WRITE_NOW_ALWAYS // 5 + 1 + i * 100) for i in range(20)]
+    assert all(WRITE_NOW_ALWAYS <= len(body) <= NOW_MAX for body in bodies)
+    direct = 0
+    for body in bodies:
+        writes, sent = conn.writes, client.status()["messages_sent"]
+        assert client.send_message(body)
+        if client.queue_size == 0:  # the socket took it at once (else queued, and the sender writes it)
+            assert conn.writes == writes + 1 and client.status()["messages_sent"] == sent + 1
+            direct += 1
+        gevent.sleep(0)
+    assert direct >= 10
+    too_large = b"z" * (NOW_MAX + 1)
+    assert client.send_message(too_large)
+    assert client.queue_size == 1  # queued: the sender writes what is larger than NOW_MAX
+    assert client.flush(t(5))
+    assert peer.wait_messages(21) == bodies + [too_large]
+    assert client.status()["messages_sent"] == 21
