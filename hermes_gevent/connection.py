@@ -269,7 +269,8 @@ class Connection:
         if self._rest is not None:
             self._write_rest()
         sendmsg = self._sendmsg
-        if sendmsg is not None and len(chunks) > 1 and any(len(c) >= VECTOR_MIN for c in chunks):
+        # (a frame of VECTOR_MIN bytes or more may hold a part worth writing as it is: look closer)
+        if sendmsg is not None and len(chunks) > 1 and max(lengths) >= VECTOR_MIN:
             buffers: list[bytes] = []
             small: list[bytes] = []
             for chunk in chunks:

@@ -351,14 +351,14 @@ def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[i
     block = keys.take(len(items))
     chunks: list[bytes] = []
     lengths: list[int] = []
-    add_chunk, add_length, small = chunks.append, lengths.append, _SMALL_HEADERS
-    for i, item in enumerate(items):
-        opcode, payload = item[0], item[1]
-        key = block[4 * i : 4 * i + 4]
+    add_chunk, add_length, small, apply = chunks.append, lengths.append, _SMALL_HEADERS, _c_apply_mask
+    for at, item in zip(range(0, len(block), 4), items):
+        payload = item[1]
+        key = block[at : at + 4]
         size = len(payload)
-        head = small[opcode][size] + key if size < 126 else _header(opcode, size) + key
+        head = small[item[0]][size] + key if size < 126 else _header(item[0], size) + key
         add_chunk(head)
-        add_chunk(mask(key, payload))
+        add_chunk(apply(payload, key) if apply is not None else ABNF.mask(key, payload))
         add_length(len(head) + size)
     return chunks, lengths
 

@@ -24,6 +24,8 @@ __all__ = ["decode", "DROP_LOG_PERIOD", "Drops", "encode", "Message"]
 Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"]
 #: How long a drop summary line waits before repeating.
 DROP_LOG_PERIOD = 10.0
+#: One encoder for every dict/list message: json.dumps with arguments builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
@@ -38,7 +40,7 @@ def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
     elif isinstance(msg, (bytes, bytearray, memoryview)):
         payload, opcode = bytes(msg), frames.OP_BINARY
     elif isinstance(msg, (dict, list)):
-        payload, opcode = json.dumps(msg, separators=(",", ":")).encode("utf-8"), frames.OP_TEXT
+        payload, opcode = _JSON.encode(msg).encode("utf-8"), frames.OP_TEXT
     else:
         raise TypeError(f"send_message() takes str, bytes, dict or list, not {type(msg).__name__}")
     if len(payload) > max_size:

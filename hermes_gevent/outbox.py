@@ -100,7 +100,9 @@ class Outbox:
 
         Raises QueueFull under the "raise" strategy when the queue is full.
         """
-        if not on_thread_of(self._hub, self._hub_root):
+        current = gevent.getcurrent()
+        # A greenlet the hub runs, or the thread's main greenlet (the common cases): no walk to a root.
+        if current.parent is not self._hub and current is not self._hub_root and not on_thread_of(self._hub, self._hub_root):
             return self._put_from_thread(item)
         return self._put_local(item)
 
@@ -110,7 +112,9 @@ class Outbox:
         return not len(self) and on_thread_of(self._hub, self._hub_root)
 
     def _put_local(self, item: Item, in_drain: bool = False) -> bool:
-        size = self._queued_here() if in_drain else len(self)
+        # len(self), spelled out: this runs once per message
+        size = (self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
+                + (0 if in_drain else len(self._handoff)))
         if size >= self.maxsize:
             if self.strategy == "raise":
                 raise self._full()
@@ -183,16 +187,23 @@ class Outbox:
                 return []
             batch = []
             size = 0
-            queue = self._queue
-            while True:
-                if first is _WAKE:
-                    self._wakes -= 1
-                else:
-                    batch.append(first)
-                    size += len(first[1])
-                if len(batch) >= max_items or size >= max_bytes or not queue.qsize():
-                    break
-                first = queue.get_nowait()
+            if first is _WAKE:
+                self._wakes -= 1
+            else:
+                batch.append(first)
+                size = len(first[1])
+            if size < max_bytes:
+                # What is queued now, without waiting: at most max_items in all (markers count too)
+                append, get_nowait = batch.append, self._queue.get_nowait
+                for _ in range(min(self._queue.qsize(), max_items - len(batch))):
+                    queued = get_nowait()
+                    if queued is None:  # _WAKE
+                        self._wakes -= 1
+                        continue
+                    append(queued)
+                    size += len(queued[1])
+                    if size >= max_bytes:
+                        break
             self._inflight = batch
         return self._inflight
 
