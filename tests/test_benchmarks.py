@@ -52,6 +52,12 @@ def test_every_benchmark_runs(tmp_path, request):
         assert len(re.findall(r"[\d,.]+ +[\d.]+ us", line)) == len(PEERS), line
         assert set(row["dropped"]) == PEERS
         assert all(d["messages"] == 0 and d["runs"] == 1 for d in row["dropped"].values()), (name, row["dropped"])
+    # the sink's ceiling (frames built in advance) beside what a Node client drives it to, and the
+    # 100 B row's share of it, printed with its target
+    assert report["sink_capacity"]["ceiling_msgs_per_s"] > report["sink_capacity"]["msgs_per_s"] > 0
+    ceiling = report["workloads"]["one-way 100 B"]["ceiling"]
+    assert 0 < ceiling["share"] and ceiling["target"] == 0.35 and ceiling["met"] == (ceiling["share"] >= 0.35)
+    assert re.search(r"hermes at \d+% of the sink's ceiling .*target 35%: (met|NOT met)", text)
     assert list(report["acks"]) == ACKED
     for name, row in report["acks"].items():
         assert name in text
