@@ -24,8 +24,22 @@ __all__ = ["decode", "DROP_LOG_PERIOD", "Drops", "encode", "Message"]
 Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"]
 #: How long a drop summary line waits before repeating.
 DROP_LOG_PERIOD = 10.0
-#: One encoder for every dict/list message: json.dumps with arguments builds a new one per call.
+#: What json.dumps(msg, separators=(",", ":")) writes, in one call to the C encoder json builds for
+#: each dumps (built once here: json.dumps with arguments costs twice as much). No circular-reference
+#: markers (a dict shared across calls would be): a cycle ends in RecursionError, turned into ValueError.
 _JSON = json.JSONEncoder(separators=(",", ":"))
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # the typeshed stubs do not declare it
+_json_chunks = (_c_make_encoder(None, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",", False,
+                                False, True) if _c_make_encoder is not None else None)
+
+
+def _json(msg: Any) -> str:
+    if _json_chunks is None:  # pragma: no cover - CPython has the C encoder
+        return _JSON.encode(msg)
+    try:
+        return "".join(_json_chunks(msg, 0))
+    except RecursionError:
+        raise ValueError("message is not JSON: it refers to itself (or nests too deep)") from None
 
 
 def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
@@ -40,7 +54,7 @@ def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
     elif isinstance(msg, (bytes, bytearray, memoryview)):
         payload, opcode = bytes(msg), frames.OP_BINARY
     elif isinstance(msg, (dict, list)):
-        payload, opcode = _JSON.encode(msg).encode("utf-8"), frames.OP_TEXT
+        payload, opcode = _json(msg).encode("utf-8"), frames.OP_TEXT
     else:
         raise TypeError(f"send_message() takes str, bytes, dict or list, not {type(msg).__name__}")
     if len(payload) > max_size:

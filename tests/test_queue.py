@@ -4,12 +4,15 @@ Against the in-process peer (tests/peer.py), refusing while the "server" is down
 the 100k messages from OS threads go through the real server."""
 
 
+import json
+
 import gevent
 import gevent.monkey
 import gevent.threadpool
 import pytest
 
-from hermes_gevent import QueueFull
+from hermes_gevent import QueueFull, messages
+from hermes_gevent.frames import OP_TEXT
 
 from .conftest import Recorder, t
 
@@ -82,6 +85,27 @@ def test_unencodable_messages_raise_value_error_in_the_caller(peer, make_client)
     with pytest.raises(TypeError):
         client.send_message({"when": object()})  # not JSON
     assert client.status()["queue_size"] == 0
+
+
+JSON_CASES = [{}, [], {"a": 1, "b": [1.5, -0.0, 1e300, None, True]}, {"t": 1733412345.123456},
+              {"é": "ünïcode ✓", "esc": "q\"\\\n\t\u0001"}, [{"n": [[[]]]}], {1: "int key", 2.5: "float key",
+              None: "null key", False: "bool key"}, {"nan": float("nan"), "inf": float("-inf")}, list(range(50))]
+
+
+@pytest.mark.parametrize("msg", JSON_CASES)
+def test_dicts_and_lists_are_written_as_json_dumps_writes_them(msg):
+    assert messages.encode(msg, 2**20) == (OP_TEXT, json.dumps(msg, separators=(",", ":")).encode())
+
+
+def test_json_that_cannot_be_written_raises_in_the_caller_and_the_next_message_is_fine():
+    cycle: list = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError, match="refers to itself"):
+        messages.encode({"loop": cycle}, 2**20)
+    with pytest.raises(TypeError):
+        messages.encode({"a": [1, {"b": object()}]}, 2**20)  # fails half-way through
+    shared = [1]
+    assert messages.encode({"x": shared, "y": shared}, 2**20)[1] == b'{"x":[1],"y":[1]}'  # no stale markers
 
 
 def test_after_stop_send_returns_false_and_counts_the_drop(peer, make_client):
