@@ -26,7 +26,8 @@ Message = Union[str, bytes, bytearray, memoryview, "dict[str, Any]", "list[Any]"
 DROP_LOG_PERIOD = 10.0
 #: What json.dumps(msg, separators=(",", ":")) writes, in one call to the C encoder json builds for
 #: each dumps (built once here: json.dumps with arguments costs twice as much). No circular-reference
-#: markers (a dict shared across calls would be): a cycle ends in RecursionError, turned into ValueError.
+#: markers (a dict shared across calls would be): a cycle ends in RecursionError, turned into ValueError,
+#: after recursing to the interpreter's limit (a rare error's cost, paid only by the message at fault).
 _JSON = json.JSONEncoder(separators=(",", ":"))
 _c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # the typeshed stubs do not declare it
 _json_chunks = (_c_make_encoder(None, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",", False,
@@ -34,9 +35,9 @@ _json_chunks = (_c_make_encoder(None, _JSON.default, json.encoder.encode_basestr
 
 
 def _json(msg: Any) -> str:
-    if _json_chunks is None:  # pragma: no cover - CPython has the C encoder
-        return _JSON.encode(msg)
     try:
+        if _json_chunks is None:  # pragma: no cover - CPython has the C encoder
+            return _JSON.encode(msg)
         return "".join(_json_chunks(msg, 0))
     except RecursionError:
         raise ValueError("message is not JSON: it refers to itself (or nests too deep)") from None

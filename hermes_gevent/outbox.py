@@ -112,7 +112,7 @@ class Outbox:
         return not len(self) and on_thread_of(self._hub, self._hub_root)
 
     def _put_local(self, item: Item, in_drain: bool = False) -> bool:
-        # len(self), spelled out: this runs once per message
+        # len(self) (_queued_here() and the hand-off), spelled out: this runs once per message
         size = (self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
                 + (0 if in_drain else len(self._handoff)))
         if size >= self.maxsize:
@@ -161,7 +161,9 @@ class Outbox:
     def take(self, max_items: int, max_bytes: int, timeout: Optional[float]) -> list[Item]:
         """The batch to write next: messages to resend first, then the unwritten rest of
         the last batch, else up to ``max_items``/``max_bytes`` queued messages (waiting
-        up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch)."""
+        up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch). The wake
+        markers taken count toward ``max_items``: a batch may be short, or empty, with messages
+        still queued (the next take() has them)."""
         if self._doomed is not None:
             doomed, self._doomed = self._doomed, None
             self._inflight[:] = [item for item in self._inflight if not doomed(item)]

@@ -186,6 +186,8 @@ class Run:
         self.debug_bodies = False  # the reader's view of the log level, for each read
         self.wrote_now_turn = -1  # the event-loop turn of send_message's last direct write (sender.write_now)
         self.sender_wrote_turn = -2  # the event-loop turn of the sender's last batch (acknowledgements off)
+        # send_message wrote a large message itself and its caller has not yielded to the hub since
+        self.wrote_large_now = False
         #: The queue; None once stop() closed it. Messages sent before start() are adopted.
         self.outbox: Optional[Outbox] = None
 
@@ -259,6 +261,10 @@ class Run:
         self.drops.count(item, reason)
         if self.store.path is not None:
             self.store.forget([item])
+
+    def caller_yielded(self) -> None:
+        """A loop callback after a large direct write: it runs once the writer's greenlet yielded."""
+        self.wrote_large_now = False
 
     def delivered(self, items: list[Item]) -> None:
         """The sender wrote these (acknowledgements off, or messages without an id): the store

@@ -36,8 +36,10 @@ MAX_BATCH_BYTES = 256 * 1024
 #: before it yields: the queue is close enough to overflow that waiting would lose messages.
 BACKLOG_URGENT = 0.25
 #: send_message writes a message at least this large at once whenever the sender has nothing to do
-#: (sender.write_now), even in a stream: one socket call per message either way, and no switch to
-#: the sender and back (smaller messages go at most once per loop turn, so bursts stay in batches).
+#: (sender.write_now), even while the sender writes a stream - but once until its caller yields: the
+#: rest of a burst goes in the sender's batch (one vectored write), and a stream that yields between
+#: messages saves the switch to the sender and back per message. Smaller messages go once per loop
+#: turn, and not while the sender is writing batches.
 WRITE_NOW_ALWAYS = 16 * 1024
 #: With acknowledgements on, a write that took longer than this restarts the ACK_TIMEOUT
 #: clock of its messages when it ends (a slow reader must not get them twice at once).
@@ -137,22 +139,26 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
     """send_message's short cut while the sender has nothing to do: with nothing queued or in flight
     (so the message is the next one written anyway), called in the hub's thread, acknowledgements,
     MAX_SEND_RATE and the outbox store off, the message is written from the caller's greenlet if
-    the socket takes it at once (Connection.send_now: never a wait). A message under WRITE_NOW_ALWAYS
-    at most once per event-loop turn: the messages a producer sends in a burst queue up behind the
-    first, and the sender writes them in batches; and not while the sender writes batches (it did in
-    this turn or the one before): a stream stays in batches. True: written (counted as the sender
-    counts); False: queue it."""
+    the socket takes it at once (Connection.send_now: never a wait). Under WRITE_NOW_ALWAYS at most once
+    per event-loop turn (the messages a producer sends in a burst queue up behind the first, and the
+    sender writes them in batches) and not while the sender writes batches (it did in this turn or the
+    one before: a stream stays in batches); larger ones once until the caller yields. On libuv, which
+    counts no turns, never. True: written (counted as the sender counts); False: queue it."""
     turn = loop_turn(run.hub.loop)  # libuv counts no turns (-1): always queued
     session = run.session
-    batched = len(item[1]) < WRITE_NOW_ALWAYS  # small messages gain from batches; large ones do not
-    if (turn < 0 or (batched and (turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2))
+    batched = len(item[1]) < WRITE_NOW_ALWAYS  # small messages gain from batches; large ones less
+    if (turn < 0 or (turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 if batched else run.wrote_large_now)
             or session is None or not session.alive or not run.active):
         return False
     if run.window is not None or run.send_bucket is not None or run.store.path is not None or not outbox.idle_here():
         return False
     if not session.conn.send_now(item):
         return False
-    run.wrote_now_turn = turn
+    if batched:
+        run.wrote_now_turn = turn
+    else:
+        run.wrote_large_now = True
+        run.hub.loop.run_callback(run.caller_yielded)
     run.counters.messages_sent += 1
     if run.metrics is not None:
         run.metrics.enqueued(outbox)

@@ -126,9 +126,9 @@ def test_a_large_frame_the_socket_takes_in_part_goes_whole_before_anything_else(
 
 
 def test_a_stream_of_large_messages_goes_direct_and_in_order(peer, make_client):
-    """Messages of WRITE_NOW_ALWAYS bytes and more gain nothing from batches (one write per message
-    either way): send_message writes each at once while the sender has nothing to do, even one
-    loop turn after the last; larger than NOW_MAX, the sender writes it (in pieces)."""
+    """Messages of WRITE_NOW_ALWAYS bytes and more gain little from batches: send_message writes each
+    at once while the sender has nothing to do, once per loop turn, even right after the sender
+    wrote; larger than NOW_MAX, the sender writes it."""
     client = make_client(connector=peer.connector, url=peer.url)
     client.start()
     assert client.wait_until_connected(t(5))
@@ -150,3 +150,36 @@ def test_a_stream_of_large_messages_goes_direct_and_in_order(peer, make_client):
     assert client.flush(t(5))
     assert peer.wait_messages(21) == bodies + [too_large]
     assert client.status()["messages_sent"] == 21
+
+
+def test_a_full_socket_takes_no_part_of_a_large_frame_either():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(Stingy(client_sock, 0), 2**20)
+    writes = conn.writes
+    assert not conn.send_now((OP_TEXT, b"y" * 20_000))  # the vectored path (sendmsg)
+    assert conn.writes == writes and conn.unacknowledged() == []
+    assert client_sock.gettimeout() is None
+    conn.send_frames([(OP_TEXT, b"y" * 20_000)])
+    assert server_messages(server_sock, 1) == ["y" * 20_000]
+    client_sock.close()
+    server_sock.close()
+
+
+def test_a_burst_of_large_messages_arrives_whole_and_in_order(peer, make_client):
+    """Large messages sent without yielding: the first is written at once, the rest wait for the
+    sender, which writes them in batches (vectored writes of up to 256 KiB)."""
+    client = make_client(connector=peer.connector, url=peer.url)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    conn = client.run.session.conn
+    gevent.sleep(0)
+    writes = conn.writes
+    bodies = [f"{i:03d}".encode() * 20_000 for i in range(300)]  # 60,000 bytes each
+    for body in bodies:
+        assert client.send_message(body)
+    assert client.queue_size == 299  # the caller did not yield: one direct write, the rest batched
+    assert conn.writes == writes + 1
+    assert client.flush(t(20))
+    assert conn.writes - writes <= 1 + 300 // 4 + 10  # four to a 256 KiB batch (a few more where the socket filled)
+    assert peer.wait_messages(300, t(20)) == bodies
+    assert client.status()["messages_sent"] == 300
