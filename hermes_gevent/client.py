@@ -35,7 +35,7 @@ from .outbox import DROP_STOPPED, in_hub, on_thread_of
 from .proxy import proxy_for
 from .reader import read_loop
 from .run import CLOSE_WAIT, LOOP_RESTART_DELAY, Counted, Counters, Greenlet, Loop, Run, call_hook, watch_health
-from .sender import send_loop, write_now
+from .sender import queue_message, send_loop, write_now
 from .session import now
 from .store import Store
 from .supervisor import open_connection, supervise
@@ -243,7 +243,7 @@ class WebSocketClient(BaseClient):
         outbox = run.outbox if run.outbox is not None else run.outbox_or_create()
         if outbox.drained and write_now(run, outbox, item):  # nothing queued or in flight: written at once
             return True
-        accepted = outbox.put(item)
+        accepted = queue_message(run, outbox, item)  # the outbox's put; a starved sender is helped
         if self._metrics is not None and accepted:
             self._metrics.enqueued(outbox)
         return accepted

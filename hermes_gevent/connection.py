@@ -184,43 +184,52 @@ class Connection:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
     def send_now(self, item: Item) -> bool:
-        """Write one message (up to NOW_MAX) from the caller's greenlet if that needs no wait: the write lock
-        free, the connection open, no compression, nothing else owed, the socket taking bytes at
-        once. False: nothing was written (the caller queues it). True: handed over - in the ledger
-        when the socket took the whole frame; else the rest of the frame goes out before any other
-        write (a greenlet is spawned to write it now), and until then ``unacknowledged()`` names it.
+        """Write one message (up to NOW_MAX) from the caller's greenlet if that needs no wait (see
+        send_batch_now). False: nothing was written (the caller queues it); True: handed over."""
+        return len(item[1]) <= NOW_MAX and self.send_batch_now([item]) == 1
+
+    def send_batch_now(self, items: list[Item]) -> int:
+        """Write ``items`` from the caller's greenlet in one socket call if that needs no wait: the
+        write lock free, the connection open, no compression, nothing else owed, the socket taking
+        bytes at once. Returns how many were handed over, in order (0: nothing written). A message
+        whose frame the socket took in part counts as handed: the rest of its frame goes out before
+        any other write (a greenlet is spawned to write it now), and until then ``unacknowledged()``
+        names it; the messages after it were not written (the caller keeps them, first in line).
         Plain TCP only (where the ledger tracks what the server never acknowledged)."""
         lock, protocol = self._write_lock, self.protocol
         if (not self.tracks_acks or self.aborted or self._rest is not None or protocol.compression is not None
-                or len(item[1]) > NOW_MAX or not protocol.can_send_data or protocol.has_data_to_send
-                or not lock.acquire(blocking=False)):
-            return False
+                or not protocol.can_send_data or protocol.has_data_to_send or not lock.acquire(blocking=False)):
+            return 0
         try:
-            chunks, lengths = protocol.frame_messages([item])
+            chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
             sock = self.sock
             timeout = sock.gettimeout()
             sock.settimeout(0.0)  # a gevent socket raises BlockingIOError instead of waiting
             try:
-                if self._sendmsg is not None and lengths[0] >= VECTOR_MIN:
+                if self._sendmsg is not None and max(lengths) >= VECTOR_MIN:
                     sent = self._sendmsg(chunks)  # header and payload as they are: no copy
                 else:
-                    sent = sock.send(chunks[0] + chunks[1])
-            except OSError:  # the socket is full (or failed: the sender will see it): queue it
-                return False
+                    sent = sock.send(chunks[0] + chunks[1] if len(chunks) == 2 else b"".join(chunks))
+            except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them
+                return 0
             finally:
                 sock.settimeout(timeout)
             self.writes += 1
-            if sent == lengths[0]:
-                self._ledger.record([item], lengths)
+            whole, taken = 0, 0  # the messages the socket took whole, and their bytes
+            while whole < len(items) and taken + lengths[whole] <= sent:
+                taken += lengths[whole]
+                whole += 1
+            if whole:
+                self._ledger.record(items[:whole], lengths[:whole])
                 self._trim_ledger()
-                return True
-            if sent:
-                self._ledger.record([None], [sent])
-            self._rest = (item, memoryview(b"".join(chunks))[sent:])
+            if taken == sent:
+                return whole
+            self._ledger.record([None], [sent - taken])
+            self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[sent - taken:])
         finally:
             lock.release()
         gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
-        return True
+        return whole + 1
 
     def _write_rest(self) -> None:
         """The rest of send_now()'s frame, before any other bytes (in the write lock)."""

@@ -209,6 +209,13 @@ class Outbox:
             self._inflight = batch
         return self._inflight
 
+    def take_now(self, max_items: int, max_bytes: int) -> list[Item]:
+        """take() for a writer other than the sender, never waiting: the next queued messages, or
+        nothing while the sender has a batch in flight or messages to resend."""
+        if self._inflight or self._redo or self._ahead or self._doomed is not None or not self._queue.qsize():
+            return []
+        return self.take(max_items, max_bytes, timeout=None)  # something is queued: no wait
+
     def wake(self) -> None:
         """End a take() that is waiting for a message (it returns what is pending, maybe nothing)."""
         self._wakes += 1

@@ -188,6 +188,7 @@ class Run:
         self.sender_wrote_turn = -2  # the event-loop turn of the sender's last batch (acknowledgements off)
         # send_message wrote a large message itself and its caller has not yielded to the hub since
         self.wrote_large_now = False
+        self.sender_wrote_at = 0.0  # when the sender's last batch was written (session.now())
         #: The queue; None once stop() closed it. Messages sent before start() are adopted.
         self.outbox: Optional[Outbox] = None
 

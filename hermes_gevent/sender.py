@@ -22,12 +22,12 @@ from .acks import AckWindow
 from .connection import Connection, WriteFailed
 from .fairness import Turns, loop_turn, take_turn, timer_floor
 from .frames import Item
-from .outbox import Outbox
+from .outbox import Outbox, on_thread_of
 from .ratelimit import TokenBucket
 from .run import Run
 from .session import Session, now
 
-__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "SLOW_WRITE", "WRITE_NOW_ALWAYS", "write_now"]
+__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "HELP_AFTER", "HELP_AT", "queue_message", "SLOW_WRITE", "WRITE_NOW_ALWAYS", "write_now"]
 
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
@@ -41,6 +41,9 @@ BACKLOG_URGENT = 0.25
 #: messages saves the switch to the sender and back per message. Smaller messages go once per loop
 #: turn, and not while the sender is writing batches.
 WRITE_NOW_ALWAYS = 16 * 1024
+#: send_message writes a batch itself (queue_message) when the queue holds this fraction of MAX_QUEUE_SIZE
+#: and the sender has not written for HELP_AFTER seconds: the app's greenlets have kept the hub.
+HELP_AT, HELP_AFTER = BACKLOG_URGENT, 0.05
 #: With acknowledgements on, a write that took longer than this restarts the ACK_TIMEOUT
 #: clock of its messages when it ends (a slow reader must not get them twice at once).
 SLOW_WRITE = 0.05
@@ -124,6 +127,7 @@ def send_loop(run: Run) -> None:
                     _fail(session, conn, exc)
                     break
                 run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back
+                run.sender_wrote_at = now()  # queue_message() helps a sender that did not write for long
                 run.delivered(sending)  # before settle(), which empties the batch
                 written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
                 counters.messages_sent += written
@@ -164,6 +168,36 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
         run.metrics.enqueued(outbox)
         run.metrics.written(1, len(outbox))
     return True
+
+
+def queue_message(run: Run, outbox: Outbox, item: Item) -> bool:
+    """send_message's way into the queue: put the message (True if accepted); then, when the queue
+    holds HELP_AT of MAX_QUEUE_SIZE and the sender has not written for HELP_AFTER seconds, write the
+    next batch from the caller's greenlet, as the sender would, if that needs no wait. The sender
+    runs only when the hub does: a request greenlet that serves request after request without
+    yielding (its next request already in the socket) keeps the hub, and the queue would fill."""
+    accepted = outbox.put(item)
+    if (accepted and now() - run.sender_wrote_at >= HELP_AFTER  # the cheaper test first: once per message
+            and len(outbox) >= run.settings.MAX_QUEUE_SIZE * HELP_AT):
+        _help(run, outbox)
+    return accepted
+
+
+def _help(run: Run, outbox: Outbox) -> None:
+    session = run.session
+    if (session is None or not session.alive or not run.active or run.window is not None
+            or run.send_bucket is not None or run.store.path is not None or not on_thread_of(run.hub)):
+        return  # acknowledgements, MAX_SEND_RATE and a store have their own bookkeeping: the sender's
+    batch = outbox.take_now(MAX_BATCH_ITEMS, MAX_BATCH_BYTES)
+    if not batch or len(batch[0][1]) > MAX_BATCH_BYTES:
+        return  # nothing to take, or a message the sender writes in pieces (it stays first in line)
+    handed = session.conn.send_batch_now(batch)
+    run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back, as after the sender's batch
+    run.delivered(batch[:handed])
+    written = outbox.settle(batch, handed)  # what was not written stays in flight, first in line
+    run.counters.messages_sent += written
+    if run.metrics is not None:
+        run.metrics.written(written, len(outbox))
 
 
 def _tokens(session: Session, bucket: TokenBucket, turns: Turns) -> int:

@@ -4,13 +4,14 @@ once goes out before any other bytes; a message whose frame never went whole is 
 abrupt failure; a burst still goes out in the sender's batches."""
 
 import errno
+import time
 
 import gevent
 from websockets.protocol import Protocol, Side, State
 
 from hermes_gevent.connection import NOW_MAX, Connection
 from hermes_gevent.frames import OP_TEXT
-from hermes_gevent.sender import WRITE_NOW_ALWAYS
+from hermes_gevent.sender import HELP_AT, MAX_BATCH_ITEMS, WRITE_NOW_ALWAYS
 
 from .conftest import Recorder, t, wait_until
 from .peer import tcp_pair
@@ -183,3 +184,25 @@ def test_a_burst_of_large_messages_arrives_whole_and_in_order(peer, make_client)
     assert conn.writes - writes <= 1 + 300 // 4 + 10  # four to a 256 KiB batch (a few more where the socket filled)
     assert peer.wait_messages(300, t(20)) == bodies
     assert client.status()["messages_sent"] == 300
+
+
+def test_a_greenlet_that_keeps_the_hub_does_not_fill_the_queue(peer, make_client):
+    """A request greenlet serving request after request without yielding keeps the hub: the sender
+    cannot run. Once the queue holds HELP_AT of MAX_QUEUE_SIZE and the sender has not written for
+    HELP_AFTER, send_message writes a batch itself (never waiting): nothing is dropped, in order."""
+    client = make_client(connector=peer.connector, url=peer.url, max_queue_size=1000)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    gevent.sleep(0.1)  # the sender has written nothing for longer than HELP_AFTER
+    deepest = 0
+    for i in range(5000):  # about 0.5 s without a yield (100 us of "request" per message)
+        assert client.send_message(f"m-{i:05d}")
+        deepest = max(deepest, client.queue_size)
+        until = time.perf_counter() + 0.0001
+        while time.perf_counter() < until:
+            pass
+    assert client.status()["messages_dropped"] == 0
+    assert deepest < 1000 * HELP_AT + MAX_BATCH_ITEMS
+    assert client.flush(t(5))
+    assert peer.wait_messages(5000, t(10)) == [f"m-{i:05d}" for i in range(5000)]
+    assert client.status()["messages_sent"] == 5000
