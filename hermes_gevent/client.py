@@ -35,7 +35,7 @@ from .outbox import DROP_STOPPED, in_hub, on_thread_of
 from .proxy import proxy_for
 from .reader import read_loop
 from .run import CLOSE_WAIT, LOOP_RESTART_DELAY, Counted, Counters, Greenlet, Loop, Run, call_hook, watch_health
-from .sender import queue_message, send_loop, write_now
+from .sender import help_starved, send_loop, write_now
 from .session import now
 from .store import Store
 from .supervisor import open_connection, supervise
@@ -216,10 +216,8 @@ class WebSocketClient(BaseClient):
         str -> text frame, bytes -> binary frame, dict/list -> JSON text frame. TypeError/ValueError here
         for a message that cannot be sent; QueueFull under the "raise" strategy. Safe from any greenlet or thread.
 
-        ``transaction``: a SQLAlchemy Connection or Session on the PostgreSQL database of
-        OUTBOX_URL. The message is inserted in that transaction (True once inserted) and sent
-        only once it commits; a rollback sends nothing (see transactional.py).
-        """
+        ``transaction``: a SQLAlchemy Connection or Session on the PostgreSQL database of OUTBOX_URL.
+        The message is inserted in that transaction (True once inserted) and sent only once it commits."""
         if self.settings.ACK_TIMEOUT is None:
             item: Item = messages.encode(msg, self.settings.MAX_MESSAGE_SIZE)
         else:
@@ -243,7 +241,9 @@ class WebSocketClient(BaseClient):
         outbox = run.outbox if run.outbox is not None else run.outbox_or_create()
         if outbox.drained and write_now(run, outbox, item):  # nothing queued or in flight: written at once
             return True
-        accepted = queue_message(run, outbox, item)  # the outbox's put; a starved sender is helped
+        accepted = outbox.put(item)
+        if outbox.deep:  # a quarter full: is the sender starved?
+            help_starved(run, outbox)
         if self._metrics is not None and accepted:
             self._metrics.enqueued(outbox)
         return accepted

@@ -28,7 +28,7 @@ from gevent.queue import Empty, Queue
 from .errors import QueueFull
 from .frames import Item
 
-__all__ = ["DROP_OVERFLOW", "DROP_STOPPED", "DROP_UNACKED", "DropSink", "in_hub", "Item", "on_thread_of", "Outbox"]
+__all__ = ["DEEP", "DROP_OVERFLOW", "DROP_STOPPED", "DROP_UNACKED", "DropSink", "in_hub", "Item", "on_thread_of", "Outbox"]
 
 DropSink = Callable[[Item, str], None]
 
@@ -36,6 +36,8 @@ DROP_OVERFLOW = "overflow"
 DROP_STOPPED = "stopped"
 DROP_UNACKED = "unacked"
 _WAKE = None  # a marker in the queue that only ends a waiting take()
+#: The fraction of maxsize above which a put sets ``deep``.
+DEEP = 0.25
 
 
 def in_hub() -> bool:
@@ -91,6 +93,10 @@ class Outbox:
         #: False from a put until the sender settled everything held: send_message's one cheap
         #: check before it tries to write a message itself (a hint; idle_here() decides)
         self.drained = True
+        #: The last put found the queue at least DEEP full: send_message's one cheap check before it
+        #: looks whether the sender is starved (sender.help_starved)
+        self.deep = False
+        self._deep_at = maxsize * DEEP
         self._doomed: Optional[Callable[[Item], bool]] = None  # discard() of the batch in flight, due at take()
 
     # -- producers ---------------------------------------------------------
@@ -115,6 +121,7 @@ class Outbox:
         # len(self) (_queued_here() and the hand-off), spelled out: this runs once per message
         size = (self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
                 + (0 if in_drain else len(self._handoff)))
+        self.deep = size >= self._deep_at
         if size >= self.maxsize:
             if self.strategy == "raise":
                 raise self._full()

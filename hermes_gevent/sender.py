@@ -27,7 +27,7 @@ from .ratelimit import TokenBucket
 from .run import Run
 from .session import Session, now
 
-__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "HELP_AFTER", "HELP_AT", "queue_message", "SLOW_WRITE", "WRITE_NOW_ALWAYS", "write_now"]
+__all__ = ["BACKLOG_URGENT", "MAX_BATCH_BYTES", "MAX_BATCH_ITEMS", "send_loop", "help_starved", "HELP_AFTER", "SLOW_WRITE", "WRITE_NOW_ALWAYS", "WRITING", "write_now"]
 
 #: Largest batch the sender frames into one socket write.
 MAX_BATCH_ITEMS = 256
@@ -41,9 +41,11 @@ BACKLOG_URGENT = 0.25
 #: messages saves the switch to the sender and back per message. Smaller messages go once per loop
 #: turn, and not while the sender is writing batches.
 WRITE_NOW_ALWAYS = 16 * 1024
-#: send_message writes a batch itself (queue_message) when the queue holds this fraction of MAX_QUEUE_SIZE
-#: and the sender has not written for HELP_AFTER seconds: the app's greenlets have kept the hub.
-HELP_AT, HELP_AFTER = BACKLOG_URGENT, 0.05
+#: send_message writes a batch itself (help_starved) when the queue is outbox.DEEP full and the sender
+#: has not written for this long: the app's greenlets have kept the hub.
+HELP_AFTER = 0.05
+#: run.sender_wrote_at while the sender is inside a write (so never "HELP_AFTER ago")
+WRITING = float("inf")
 #: With acknowledgements on, a write that took longer than this restarts the ACK_TIMEOUT
 #: clock of its messages when it ends (a slow reader must not get them twice at once).
 SLOW_WRITE = 0.05
@@ -114,9 +116,11 @@ def send_loop(run: Run) -> None:
                 sending = batch if len(batch) <= limit else batch[:limit]
                 if bucket is not None:
                     bucket.take(len(sending), now())
+                run.sender_wrote_at = WRITING  # waiting on a full socket is not starving: no help
                 try:
                     conn.send_frames(sending)
                 except WriteFailed as exc:
+                    run.sender_wrote_at = now()
                     # What reached the kernel is the ledger's to judge (see Session.fail); where
                     # acknowledgements cannot be tracked, the whole batch goes again.
                     handed = exc.handed if conn.tracks_acks else 0
@@ -127,7 +131,7 @@ def send_loop(run: Run) -> None:
                     _fail(session, conn, exc)
                     break
                 run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back
-                run.sender_wrote_at = now()  # queue_message() helps a sender that did not write for long
+                run.sender_wrote_at = now()  # help_starved() helps a sender that did not write for long
                 run.delivered(sending)  # before settle(), which empties the batch
                 written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
                 counters.messages_sent += written
@@ -170,17 +174,14 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
     return True
 
 
-def queue_message(run: Run, outbox: Outbox, item: Item) -> bool:
-    """send_message's way into the queue: put the message (True if accepted); then, when the queue
-    holds HELP_AT of MAX_QUEUE_SIZE and the sender has not written for HELP_AFTER seconds, write the
-    next batch from the caller's greenlet, as the sender would, if that needs no wait. The sender
-    runs only when the hub does: a request greenlet that serves request after request without
-    yielding (its next request already in the socket) keeps the hub, and the queue would fill."""
-    accepted = outbox.put(item)
-    if (accepted and now() - run.sender_wrote_at >= HELP_AFTER  # the cheaper test first: once per message
-            and len(outbox) >= run.settings.MAX_QUEUE_SIZE * HELP_AT):
+def help_starved(run: Run, outbox: Outbox) -> None:
+    """After a put that found the queue DEEP full (outbox.deep): if the sender has not written for
+    HELP_AFTER seconds, write the next batch from the caller's greenlet, as the sender would, if that
+    needs no wait. The sender runs only when the hub does: a request greenlet that serves request
+    after request without yielding (its next request already in the socket) keeps the hub, and the
+    queue would fill."""
+    if now() - run.sender_wrote_at >= HELP_AFTER:
         _help(run, outbox)
-    return accepted
 
 
 def _help(run: Run, outbox: Outbox) -> None:

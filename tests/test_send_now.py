@@ -11,7 +11,8 @@ from websockets.protocol import Protocol, Side, State
 
 from hermes_gevent.connection import NOW_MAX, Connection
 from hermes_gevent.frames import OP_TEXT
-from hermes_gevent.sender import HELP_AT, MAX_BATCH_ITEMS, WRITE_NOW_ALWAYS
+from hermes_gevent.outbox import DEEP
+from hermes_gevent.sender import MAX_BATCH_ITEMS, WRITE_NOW_ALWAYS
 
 from .conftest import Recorder, t, wait_until
 from .peer import tcp_pair
@@ -188,7 +189,7 @@ def test_a_burst_of_large_messages_arrives_whole_and_in_order(peer, make_client)
 
 def test_a_greenlet_that_keeps_the_hub_does_not_fill_the_queue(peer, make_client):
     """A request greenlet serving request after request without yielding keeps the hub: the sender
-    cannot run. Once the queue holds HELP_AT of MAX_QUEUE_SIZE and the sender has not written for
+    cannot run. Once the queue holds DEEP of MAX_QUEUE_SIZE and the sender has not written for
     HELP_AFTER, send_message writes a batch itself (never waiting): nothing is dropped, in order."""
     client = make_client(connector=peer.connector, url=peer.url, max_queue_size=1000)
     client.start()
@@ -202,7 +203,7 @@ def test_a_greenlet_that_keeps_the_hub_does_not_fill_the_queue(peer, make_client
         while time.perf_counter() < until:
             pass
     assert client.status()["messages_dropped"] == 0
-    assert deepest < 1000 * HELP_AT + MAX_BATCH_ITEMS
+    assert deepest < 1000 * DEEP + MAX_BATCH_ITEMS
     assert client.flush(t(5))
     assert peer.wait_messages(5000, t(10)) == [f"m-{i:05d}" for i in range(5000)]
     assert client.status()["messages_sent"] == 5000
