@@ -209,7 +209,7 @@ class Connection:
                 if self._sendmsg is not None and max(lengths) >= VECTOR_MIN:
                     sent = self._sendmsg(chunks)  # header and payload as they are: no copy
                 else:
-                    sent = sock.send(chunks[0] + chunks[1] if len(chunks) == 2 else b"".join(chunks))
+                    sent = sock.send(b"".join(chunks))
             except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them
                 return 0
             finally:

@@ -123,20 +123,12 @@ def send_loop(run: Run) -> None:
                     run.sender_wrote_at = now()
                     # What reached the kernel is the ledger's to judge (see Session.fail); where
                     # acknowledgements cannot be tracked, the whole batch goes again.
-                    handed = exc.handed if conn.tracks_acks else 0
-                    run.delivered(sending[:handed])
-                    counters.messages_sent += outbox.settle(batch, handed)
-                    if metrics is not None:
-                        metrics.written(handed, len(outbox))
+                    _written(run, outbox, batch, exc.handed if conn.tracks_acks else 0)
                     _fail(session, conn, exc)
                     break
                 run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back
                 run.sender_wrote_at = now()  # help_starved() helps a sender that did not write for long
-                run.delivered(sending)  # before settle(), which empties the batch
-                written = outbox.settle(batch, len(sending))  # empties ``sending`` when it is the batch
-                counters.messages_sent += written
-                if metrics is not None:
-                    metrics.written(written, len(outbox))
+                _written(run, outbox, batch, len(sending))
             # A full queue never blocks take(), nor a draining socket send(): let the
             # event loop turn once this loop has had the hub for its budget (fairness.py),
             # the whole cap while the queue is close enough to overflow to lose messages.
@@ -153,14 +145,11 @@ def write_now(run: Run, outbox: Outbox, item: Item) -> bool:
     one before: a stream stays in batches); larger ones once until the caller yields. On libuv, which
     counts no turns, never. True: written (counted as the sender counts); False: queue it."""
     turn = loop_turn(run.hub.loop)  # libuv counts no turns (-1): always queued
-    session = run.session
     batched = len(item[1]) < WRITE_NOW_ALWAYS  # small messages gain from batches; large ones less
-    if (turn < 0 or (turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 if batched else run.wrote_large_now)
-            or session is None or not session.alive or not run.active):
+    if turn < 0 or (turn == run.wrote_now_turn or turn - run.sender_wrote_turn < 2 if batched else run.wrote_large_now):
         return False
-    if run.window is not None or run.send_bucket is not None or run.store.path is not None or not outbox.idle_here():
-        return False
-    if not session.conn.send_now(item):
+    session = _plain_session(run)
+    if session is None or not outbox.idle_here() or not session.conn.send_now(item):
         return False
     if batched:
         run.wrote_now_turn = turn
@@ -185,17 +174,32 @@ def help_starved(run: Run, outbox: Outbox) -> None:
 
 
 def _help(run: Run, outbox: Outbox) -> None:
-    session = run.session
-    if (session is None or not session.alive or not run.active or run.window is not None
-            or run.send_bucket is not None or run.store.path is not None or not on_thread_of(run.hub)):
-        return  # acknowledgements, MAX_SEND_RATE and a store have their own bookkeeping: the sender's
+    session = _plain_session(run)
+    if session is None or not on_thread_of(run.hub):
+        return
     batch = outbox.take_now(MAX_BATCH_ITEMS, MAX_BATCH_BYTES)
     if not batch or len(batch[0][1]) > MAX_BATCH_BYTES:
         return  # nothing to take, or a message the sender writes in pieces (it stays first in line)
     handed = session.conn.send_batch_now(batch)
     run.sender_wrote_turn = loop_turn(run.hub.loop)  # write_now() holds back, as after the sender's batch
-    run.delivered(batch[:handed])
-    written = outbox.settle(batch, handed)  # what was not written stays in flight, first in line
+    _written(run, outbox, batch, handed)  # what was not written stays in flight, first in line
+
+
+def _plain_session(run: Run) -> Optional[Session]:
+    """The live session, when send_message may write itself (write_now, help_starved): with
+    acknowledgements, MAX_SEND_RATE and the outbox store off - their bookkeeping is the sender's."""
+    session = run.session
+    if (session is None or not session.alive or not run.active or run.window is not None
+            or run.send_bucket is not None or run.store.path is not None):
+        return None
+    return session
+
+
+def _written(run: Run, outbox: Outbox, batch: list[Item], count: int) -> None:
+    """The first ``count`` messages of ``batch`` (take()'s list; acknowledgements off) reached the
+    kernel: the store forgets them, the outbox settles them, the counters and metrics count them."""
+    run.delivered(batch[:count])  # a copy: settle() empties the batch
+    written = outbox.settle(batch, count)
     run.counters.messages_sent += written
     if run.metrics is not None:
         run.metrics.written(written, len(outbox))
