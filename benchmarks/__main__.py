@@ -1023,11 +1023,11 @@ def prebuilt_blast(url: str, count: int, size: int) -> float:
 
     from hermes_gevent.frames import OP_TEXT, MaskKeys, frame_chunks
 
-    per_write = max(1, 256 * 1024 // (size + 6))
+    frame = frame_chunks([(OP_TEXT, b"x" * size)], MaskKeys())[1][0]  # one frame's bytes: header, key, payload
+    per_write = max(1, 256 * 1024 // frame)
     block = b"".join(frame_chunks([(OP_TEXT, b"x" * size)] * per_write, MaskKeys())[0])
     writes, rest = divmod(count, per_write)
-    tail = block[: rest * (size + 6)] if size < 126 else b""
-    assert size < 126, "the ceiling is measured with small frames (2-byte headers)"
+    tail = block[: rest * frame]
     ws = websocket.create_connection(f"{url}/sink?expect={count}", enable_multithread=False)
     try:
         sock = ws.sock
