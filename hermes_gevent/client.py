@@ -26,7 +26,7 @@ from .base import BaseClient
 from .connection import Connection
 from .errors import ConnectionClosed
 from .frames import CLOSE_NORMAL, Item
-from .lifecycle import Lifecycle, State
+from .lifecycle import OPEN, Lifecycle, State
 from .logs import ClientLog, Redactor, enable_stderr_logging, env_flag, redact_url
 from .memory_store import MemoryStore
 from .messages import Drops, Message
@@ -224,13 +224,13 @@ class WebSocketClient(BaseClient):
             stamped, ack_id = self.stamp(msg)  # TypeError here for what the convention cannot carry
             opcode, payload = messages.encode(stamped, self.settings.MAX_MESSAGE_SIZE)
             item = (opcode, payload, str(ack_id))
-        life = self.lifecycle
-        if life.pending and self.can_start_here():
+        is_open = (life := self.lifecycle).state is OPEN  # the common case: not pending, not ended
+        if not is_open and life.pending and self.can_start_here():
             self.start()
         run = self._run
         if transaction is not None:
             return persistence.send_in_transaction(run, self._commits, item, transaction)
-        if life.ended:
+        if not is_open and life.ended:
             self.drops.count(item, DROP_STOPPED)
             return False
         if run.store.durable:

@@ -12,7 +12,7 @@ import enum
 import logging
 from typing import Callable, Optional
 
-__all__ = ["Lifecycle", "LifecycleError", "State", "TRANSITIONS"]
+__all__ = ["Lifecycle", "LifecycleError", "OPEN", "State", "TRANSITIONS"]
 
 
 class State(enum.Enum):
@@ -30,6 +30,8 @@ _RUN = frozenset({State.CONNECTING, State.OPEN, State.BACKING_OFF, State.GAVE_UP
 # Module-level names for the checks send_message makes per message: identity tests on these
 # cost a few tens of nanoseconds, where Enum attribute lookups and hashing cost hundreds.
 _PENDING, _STOPPING, _STOPPED, _GAVE_UP = State.PENDING, State.STOPPING, State.STOPPED, State.GAVE_UP
+#: State.OPEN, for callers' per-message checks (``lifecycle.state is OPEN``): connected, neither pending nor ended.
+OPEN = State.OPEN
 
 #: state -> the states it may move to.
 TRANSITIONS: dict[State, frozenset[State]] = {

@@ -43,15 +43,18 @@ def _json(msg: Any) -> str:
         raise ValueError("message is not JSON: it refers to itself (or nests too deep)") from None
 
 
+_OP_TEXT = frames.OP_TEXT  # a global read per message, not a module attribute's
+
+
 def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
     """str -> text frame, bytes-like -> binary frame, dict/list -> JSON text frame.
     TypeError or ValueError here, in the caller, for a message that cannot be sent."""
     if isinstance(msg, str):
         try:
-            payload = msg.encode("utf-8")
+            payload = msg.encode()  # UTF-8
         except UnicodeEncodeError as exc:
             raise ValueError(f"message is not valid Unicode text: {exc}") from None
-        opcode = frames.OP_TEXT
+        opcode = _OP_TEXT
     elif isinstance(msg, (bytes, bytearray, memoryview)):
         payload, opcode = bytes(msg), frames.OP_BINARY
     elif isinstance(msg, (dict, list)):

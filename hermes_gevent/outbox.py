@@ -1,7 +1,7 @@
 """The outgoing queue: bounded, with overflow strategies, safe from OS threads.
 
-Messages live in a ``gevent.queue.Queue`` owned by the hub of the thread that
-made the outbox. Greenlets of that hub put into it directly. Any other OS
+Messages live in a deque owned by the hub of the thread that made the outbox
+(an event wakes the sender waiting for one). Greenlets of that hub put into it directly. Any other OS
 thread (a thread pool in an unpatched app) appends to a plain deque - atomic
 in CPython - and wakes the hub through a loop ``async`` watcher, whose
 ``send()`` is the one gevent call documented as safe from another thread; the
@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 import gevent
 import gevent.event
 import gevent.hub
-from gevent.queue import Empty, Queue
 
 from .errors import QueueFull
 from .frames import Item
@@ -35,7 +34,6 @@ DropSink = Callable[[Item, str], None]
 DROP_OVERFLOW = "overflow"
 DROP_STOPPED = "stopped"
 DROP_UNACKED = "unacked"
-_WAKE = None  # a marker in the queue that only ends a waiting take()
 #: The fraction of maxsize above which a put sets ``deep``.
 DEEP = 0.25
 
@@ -75,13 +73,15 @@ class Outbox:
         self.on_drop = on_drop
         self._hub = hub or gevent.get_hub()
         self._hub_root = _thread_root(self._hub)  # the main greenlet of the hub's thread
-        self._queue: Queue[Optional[Item]] = Queue()  # unbounded: we enforce maxsize so strategies see "full" first
+        self._queue: collections.deque[Item] = collections.deque()  # maxsize is ours to apply: strategies see "full" first
+        self._arrival = gevent.event.Event()  # a message (or a wake()) for the sender waiting in take()
+        self._taker_waits = False
+        self._woken = False  # wake() was called: the next take() that would wait returns at once
         self._inflight: list[Item] = []
         self._redo: collections.deque[Item] = collections.deque()  # to resend before _inflight
         # Resends (and messages taken over from a store) too many for one batch: after _inflight,
         # before the queue, taken a batch at a time.
         self._ahead: collections.deque[Item] = collections.deque()
-        self._wakes = 0  # _WAKE markers in the queue (not messages)
         self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
         # A pending hand-off must not keep the loop alive on its own (watcher.ref is documented
@@ -96,7 +96,7 @@ class Outbox:
         #: The last put found the queue at least DEEP full: send_message's one cheap check before it
         #: looks whether the sender is starved (sender.help_starved)
         self.deep = False
-        self._deep_at = maxsize * DEEP
+        self._deep_at = int(maxsize * DEEP)
         self._doomed: Optional[Callable[[Item], bool]] = None  # discard() of the batch in flight, due at take()
 
     # -- producers ---------------------------------------------------------
@@ -110,31 +110,46 @@ class Outbox:
         # A greenlet the hub runs, or the thread's main greenlet (the common cases): no walk to a root.
         if current.parent is not self._hub and current is not self._hub_root and not on_thread_of(self._hub, self._hub_root):
             return self._put_from_thread(item)
-        return self._put_local(item)
+        # len(self), spelled out: this runs once per message
+        size = len(self._queue) + len(self._inflight) + len(self._redo) + len(self._ahead) + len(self._handoff)
+        if size >= self._deep_at:
+            self.deep = True
+            if size >= self.maxsize and not self._room_for(item):
+                return False
+        elif self.deep:
+            self.deep = False
+        # _append(item), spelled out for the same reason
+        self._queue.append(item)
+        if self._taker_waits:
+            self._arrival.set()
+        if self.drained:
+            self._empty.clear()
+            self.drained = False
+        return True
 
     def idle_here(self) -> bool:
         """True when nothing is held (queued, in flight, to resend, handed over from a thread) and
         the caller runs in the hub's thread: a message sent now would be the next one written."""
         return not len(self) and on_thread_of(self._hub, self._hub_root)
 
-    def _put_local(self, item: Item, in_drain: bool = False) -> bool:
-        # len(self) (_queued_here() and the hand-off), spelled out: this runs once per message
-        size = (self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
-                + (0 if in_drain else len(self._handoff)))
-        self.deep = size >= self._deep_at
-        if size >= self.maxsize:
-            if self.strategy == "raise":
-                raise self._full()
-            oldest = self._pop_oldest() if self.strategy == "drop_oldest" else None
-            if oldest is None:
-                self.on_drop(item, DROP_OVERFLOW)
-                return False
-            self.on_drop(oldest, DROP_OVERFLOW)
-        self._queue.put_nowait(item)
+    def _room_for(self, item: Item) -> bool:
+        """The queue is full: apply the strategy. True when ``item`` may go in (the oldest made room)."""
+        if self.strategy == "raise":
+            raise self._full()
+        oldest = self._pop_oldest() if self.strategy == "drop_oldest" else None
+        if oldest is None:
+            self.on_drop(item, DROP_OVERFLOW)
+            return False
+        self.on_drop(oldest, DROP_OVERFLOW)
+        return True
+
+    def _append(self, item: Item) -> None:
+        self._queue.append(item)
+        if self._taker_waits:
+            self._arrival.set()
         if self.drained:  # else _empty is clear already (every set() sets drained too)
             self._empty.clear()
             self.drained = False
-        return True
 
     def _put_from_thread(self, item: Item) -> bool:
         # The size check is approximate across threads; the hub re-applies the
@@ -158,19 +173,19 @@ class Outbox:
         handoff = self._handoff
         while handoff:
             item, must_drop = handoff.popleft()
-            if must_drop or (self.strategy == "raise" and self._queued_here() >= self.maxsize):
+            full = self._queued_here() >= self.maxsize  # the hand-off's rest comes later: not counted
+            if must_drop or (full and self.strategy == "raise"):  # never raise in the hub
                 self.on_drop(item, DROP_OVERFLOW)
-                continue
-            self._put_local(item, in_drain=True)
+            elif not full or self._room_for(item):
+                self._append(item)
 
     # -- the sender ----------------------------------------------------------
 
     def take(self, max_items: int, max_bytes: int, timeout: Optional[float]) -> list[Item]:
         """The batch to write next: messages to resend first, then the unwritten rest of
         the last batch, else up to ``max_items``/``max_bytes`` queued messages (waiting
-        up to ``timeout`` for one; ``wake()`` ends the wait early with an empty batch). The wake
-        markers taken count toward ``max_items``: a batch may be short, or empty, with messages
-        still queued (the next take() has them)."""
+        up to ``timeout`` for one; ``wake()`` ends the wait early, with an empty batch if nothing
+        came)."""
         if self._doomed is not None:
             doomed, self._doomed = self._doomed, None
             self._inflight[:] = [item for item in self._inflight if not doomed(item)]
@@ -190,43 +205,43 @@ class Outbox:
                 size += len(item[1])
             self._inflight = batch
         if not self._inflight:
-            try:
-                first = self._queue.get(timeout=timeout)
-            except Empty:
-                return []
-            batch = []
-            size = 0
-            if first is _WAKE:
-                self._wakes -= 1
-            else:
-                batch.append(first)
-                size = len(first[1])
-            if size < max_bytes:
-                # What is queued now, without waiting: at most max_items in all (markers count too)
-                append, get_nowait = batch.append, self._queue.get_nowait
-                for _ in range(min(self._queue.qsize(), max_items - len(batch))):
-                    queued = get_nowait()
-                    if queued is None:  # _WAKE
-                        self._wakes -= 1
-                        continue
-                    append(queued)
-                    size += len(queued[1])
-                    if size >= max_bytes:
-                        break
+            queue = self._queue
+            if not queue and not self._woken:
+                self._wait_for_arrival(timeout)
+            self._woken = False
+            batch, size = [], 0
+            append, popleft = batch.append, queue.popleft
+            for _ in range(min(len(queue), max_items)):  # what is queued now, without waiting
+                queued = popleft()
+                append(queued)
+                size += len(queued[1])
+                if size >= max_bytes:
+                    break
             self._inflight = batch
         return self._inflight
+
+    def _wait_for_arrival(self, timeout: Optional[float]) -> None:
+        arrival = self._arrival
+        arrival.clear()
+        self._taker_waits = True  # put() and wake() set the event only while someone waits on it
+        try:
+            arrival.wait(timeout)
+        finally:
+            self._taker_waits = False
 
     def take_now(self, max_items: int, max_bytes: int) -> list[Item]:
         """take() for a writer other than the sender, never waiting: the next queued messages, or
         nothing while the sender has a batch in flight or messages to resend."""
-        if self._inflight or self._redo or self._ahead or self._doomed is not None or not self._queue.qsize():
+        if self._inflight or self._redo or self._ahead or self._doomed is not None or not self._queue:
             return []
         return self.take(max_items, max_bytes, timeout=None)  # something is queued: no wait
 
     def wake(self) -> None:
-        """End a take() that is waiting for a message (it returns what is pending, maybe nothing)."""
-        self._wakes += 1
-        self._queue.put_nowait(_WAKE)
+        """End a take() that is waiting for a message, or the next one that would wait (it
+        returns what is pending, maybe nothing)."""
+        self._woken = True
+        if self._taker_waits:
+            self._arrival.set()
 
     def settle(self, batch: list[Item], written: int) -> int:
         """The first ``written`` items of ``batch`` (the list take() returned) reached
@@ -280,24 +295,18 @@ class Outbox:
     def held(self) -> list[Item]:
         """Every message held, oldest first (a snapshot)."""
         self._drain_handoff()
-        queued = [item for item in self._queue.queue if item is not None]  # None: a _WAKE marker
-        return list(self._redo) + list(self._inflight) + list(self._ahead) + queued
+        return list(self._redo) + list(self._inflight) + list(self._ahead) + list(self._queue)
 
     def _rebuild_queue(self, keep: Callable[[Item], Optional[Item]]) -> list[Item]:
         """Pass every queued message through ``keep`` (None: removed); returns the removed."""
         removed: list[Item] = []
-        queued: list[Optional[Item]] = []
-        while self._queue.qsize():
-            queued.append(self._queue.get_nowait())
+        queued, self._queue = self._queue, collections.deque()
         for item in queued:
-            if item is _WAKE:
-                self._queue.put_nowait(item)
-                continue
             kept = keep(item)
             if kept is None:
                 removed.append(item)
             else:
-                self._queue.put_nowait(kept)
+                self._queue.append(kept)
         return removed
 
     def wait_empty(self, timeout: Optional[float]) -> bool:
@@ -338,15 +347,10 @@ class Outbox:
 
     def _pop_oldest(self) -> Optional[Item]:
         """The oldest queued message (never one in flight or to resend), or None."""
-        while self._queue.qsize():
-            item = self._queue.get_nowait()
-            if item is not _WAKE:
-                return item
-            self._wakes -= 1
-        return None
+        return self._queue.popleft() if self._queue else None
 
     def _queued_here(self) -> int:
-        return self._queue.qsize() - self._wakes + len(self._inflight) + len(self._redo) + len(self._ahead)
+        return len(self._queue) + len(self._inflight) + len(self._redo) + len(self._ahead)
 
     def __len__(self) -> int:
         return self._queued_here() + len(self._handoff)
