@@ -17,6 +17,7 @@ neither loses nor reorders messages.
 from __future__ import annotations
 
 import collections
+import operator
 import time
 from typing import Any, Callable, Optional
 
@@ -34,6 +35,7 @@ DropSink = Callable[[Item, str], None]
 DROP_OVERFLOW = "overflow"
 DROP_STOPPED = "stopped"
 DROP_UNACKED = "unacked"
+_payload = operator.itemgetter(1)
 #: The fraction of maxsize above which a put sets ``deep``.
 DEEP = 0.25
 
@@ -209,14 +211,19 @@ class Outbox:
             if not queue and not self._woken:
                 self._wait_for_arrival(timeout)
             self._woken = False
-            batch, size = [], 0
-            append, popleft = batch.append, queue.popleft
-            for _ in range(min(len(queue), max_items)):  # what is queued now, without waiting
-                queued = popleft()
-                append(queued)
-                size += len(queued[1])
-                if size >= max_bytes:
-                    break
+            # What is queued now, without waiting: whole when it fits (the common case, in C) ...
+            if len(queue) <= max_items:
+                batch = list(queue)
+                queue.clear()
+            else:
+                batch = [queue.popleft() for _ in range(max_items)]
+            if sum(map(len, map(_payload, batch))) > max_bytes:  # ... else cut after the message that reaches max_bytes
+                size, keep = 0, 0
+                while size < max_bytes:
+                    size += len(batch[keep][1])
+                    keep += 1
+                queue.extendleft(reversed(batch[keep:]))
+                del batch[keep:]
             self._inflight = batch
         return self._inflight
 
