@@ -84,6 +84,7 @@ class Outbox:
         # Resends (and messages taken over from a store) too many for one batch: after _inflight,
         # before the queue, taken a batch at a time.
         self._ahead: collections.deque[Item] = collections.deque()
+        self._held_out = 0  # len(_inflight) + len(_redo) + len(_ahead), recounted by every method that changes them
         self._handoff: collections.deque[tuple[Item, bool]] = collections.deque()
         self._wakeup = self._hub.loop.async_()
         # A pending hand-off must not keep the loop alive on its own (watcher.ref is documented
@@ -112,8 +113,8 @@ class Outbox:
         # A greenlet the hub runs, or the thread's main greenlet (the common cases): no walk to a root.
         if current.parent is not self._hub and current is not self._hub_root and not on_thread_of(self._hub, self._hub_root):
             return self._put_from_thread(item)
-        # len(self), spelled out: this runs once per message
-        size = len(self._queue) + len(self._inflight) + len(self._redo) + len(self._ahead) + len(self._handoff)
+        # len(self) from the count kept of what left the queue (_held_out): this runs once per message
+        size = len(self._queue) + self._held_out + len(self._handoff)
         if size >= self._deep_at:
             self.deep = True
             if size >= self.maxsize and not self._room_for(item):
@@ -225,6 +226,7 @@ class Outbox:
                 queue.extendleft(reversed(batch[keep:]))
                 del batch[keep:]
             self._inflight = batch
+        self._recount()
         return self._inflight
 
     def _wait_for_arrival(self, timeout: Optional[float]) -> None:
@@ -255,6 +257,7 @@ class Outbox:
         the kernel: forget them, keep the rest in flight; return ``written``."""
         if batch is self._inflight:
             del batch[:written]
+            self._recount()
         if not len(self):
             self._empty.set()
             self.drained = True
@@ -268,6 +271,7 @@ class Outbox:
         """Messages written but never acknowledged by the peer: send them again, first."""
         if items:
             self._redo.extend(items)
+            self._recount()
             self._empty.clear()
             self.drained = False
             self.wake()
@@ -284,6 +288,7 @@ class Outbox:
         self._ahead = collections.deque(item for item in self._ahead if not doomed(item))
         removed += self._rebuild_queue(lambda item: None if doomed(item) else item)
         self._doomed = doomed
+        self._recount()
         if not len(self):
             self._empty.set()
             self.drained = True
@@ -297,6 +302,7 @@ class Outbox:
         self._redo = collections.deque(map(swap, self._redo))
         self._inflight[:] = map(swap, self._inflight)
         self._ahead = collections.deque(map(swap, self._ahead))
+        self._recount()
         self._rebuild_queue(swap)
 
     def held(self) -> list[Item]:
@@ -341,6 +347,7 @@ class Outbox:
         self._redo.clear()
         self._ahead.clear()
         self._inflight = []
+        self._recount()
         while True:
             item = self._pop_oldest()
             if item is None:
@@ -355,6 +362,9 @@ class Outbox:
     def _pop_oldest(self) -> Optional[Item]:
         """The oldest queued message (never one in flight or to resend), or None."""
         return self._queue.popleft() if self._queue else None
+
+    def _recount(self) -> None:
+        self._held_out = len(self._inflight) + len(self._redo) + len(self._ahead)
 
     def _queued_here(self) -> int:
         return len(self._queue) + len(self._inflight) + len(self._redo) + len(self._ahead)

@@ -2,6 +2,8 @@
 
 import gevent
 import gevent.threadpool
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hermes_gevent.outbox import Outbox
 
@@ -151,3 +153,28 @@ def test_discard_leaves_the_batch_in_flight_alone_until_the_next_take():
     assert [item[1] for item in outbox.take(10, 1 << 20, timeout=0)] == [b"m-2"]  # m-1 left with the take
     outbox.ack()
     assert [item[1] for item in outbox.take(10, 1 << 20, timeout=0)] == [b"m-4"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "put", "put", "take", "settle", "requeue", "discard"]),
+                          st.integers(0, 7)), max_size=60))
+def test_a_put_is_refused_exactly_when_the_outbox_holds_maxsize(ops):
+    """put() sizes the outbox from a count of what left the queue (in flight, to resend, ahead),
+    kept by the methods that move messages: whatever they did, a put under drop_newest is refused
+    exactly when len() - counted from scratch - says the outbox is full."""
+    box, drops = make(maxsize=4, strategy="drop_newest")
+    batch, n = [], 0
+    for op, k in ops:
+        if op == "put":
+            full = len(box) >= box.maxsize
+            assert box.put(item(n)) is not full
+            n += 1
+        elif op == "take" and len(box):
+            batch = box.take(max(1, k), 1 << 20, timeout=0)
+        elif op == "settle" and batch:
+            box.settle(batch, min(k, len(batch)))
+        elif op == "requeue":
+            box.requeue_front([item(1000 + i) for i in range(k % 3)])
+        elif op == "discard":
+            box.discard(lambda held: held[1].endswith(str(k).encode()))
+    assert all(reason == "overflow" for _, reason in drops)
