@@ -169,13 +169,13 @@ def help_starved(run: Run, outbox: Outbox) -> None:
     needs no wait. The sender runs only when the hub does: a request greenlet that serves request
     after request without yielding (its next request already in the socket) keeps the hub, and the
     queue would fill."""
-    if now() - run.sender_wrote_at >= HELP_AFTER:
-        _help(run, outbox)
+    session = _plain_session(run)  # first: with acknowledgements or MAX_SEND_RATE the queue is often deep
+    if session is not None and now() - run.sender_wrote_at >= HELP_AFTER:
+        _help(run, outbox, session)
 
 
-def _help(run: Run, outbox: Outbox) -> None:
-    session = _plain_session(run)
-    if session is None or not on_thread_of(run.hub):
+def _help(run: Run, outbox: Outbox, session: Session) -> None:
+    if not on_thread_of(run.hub):
         return
     batch = outbox.take_now(MAX_BATCH_ITEMS, MAX_BATCH_BYTES)
     if not batch or len(batch[0][1]) > MAX_BATCH_BYTES:
