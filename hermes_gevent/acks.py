@@ -29,7 +29,9 @@ class AckWindow:
     def __init__(self, max_unacked: int, ack_timeout: float) -> None:
         self.max_unacked = max_unacked
         self.ack_timeout = ack_timeout
-        self._entries: dict[str, list[Any]] = {}  # id -> [item, last written at, or None: due now]
+        # id -> (item, last written at, or None: due now). Tuples, replaced rather than changed: the
+        # collector stops tracking a tuple of untracked values, and these live until acknowledged.
+        self._entries: dict[str, tuple[Item, Optional[float]]] = {}
         self._earliest: Optional[float] = None  # no entry is due before this (a lower bound)
         self.acked_total = 0
 
@@ -49,10 +51,7 @@ class AckWindow:
             if not ack_id:
                 continue  # a message kept from a run without acknowledgements: nothing to wait for
             entry = entries.get(ack_id)
-            if entry is None:
-                entries[ack_id] = [item, now]
-            else:
-                entry[1] = now
+            entries[ack_id] = (item if entry is None else entry[0], now)  # a known id keeps its place
         if entries:
             self._may_be_due_at(now + self.ack_timeout)
 
@@ -63,7 +62,7 @@ class AckWindow:
         for item in items:
             entry = entries.get(item[2])  # type: ignore[misc]
             if entry is not None:
-                entry[1] = now
+                entries[item[2]] = (entry[0], now)  # type: ignore[misc]
                 still.append(item)
         if still:
             self._may_be_due_at(now + self.ack_timeout)
@@ -89,8 +88,9 @@ class AckWindow:
 
     def connection_lost(self) -> None:
         """Nothing written on the lost connection counts any more: everything is due again."""
-        for entry in self._entries.values():
-            entry[1] = None
+        entries = self._entries
+        for ack_id, entry in entries.items():
+            entries[ack_id] = (entry[0], None)  # an existing key: the dict does not resize
         self._earliest = float("-inf") if self._entries else None
 
     def next_due(self) -> Optional[float]:
