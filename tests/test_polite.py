@@ -210,7 +210,7 @@ def assert_within_rate(events, rate):
     return at
 
 @pytest.mark.parametrize("acks", [False, True])
-def test_max_send_rate_holds_at_the_server_over_seconds_without_holding_the_hub(server, make_client, acks):
+def test_max_send_rate_holds_at_the_server_over_seconds_without_holding_the_hub(server, make_client, acks, frozen_heap):
     rate, steady = 500, 3  # 3 s at the rate after the first second's burst
     total = rate * (steady + 1)
     server.command(cmd="mode", stamp=True, ack=acks)
