@@ -58,7 +58,7 @@ def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
     elif isinstance(msg, (bytes, bytearray, memoryview)):
         payload, opcode = bytes(msg), frames.OP_BINARY
     elif isinstance(msg, (dict, list)):
-        payload, opcode = _json(msg).encode("utf-8"), frames.OP_TEXT
+        payload, opcode = _json(msg).encode("utf-8"), _OP_TEXT
     else:
         raise TypeError(f"send_message() takes str, bytes, dict or list, not {type(msg).__name__}")
     if len(payload) > max_size:

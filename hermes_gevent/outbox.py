@@ -40,6 +40,24 @@ _payload = operator.itemgetter(1)
 DEEP = 0.25
 
 
+def _batch_from(source: collections.deque[Item], max_items: int, max_bytes: int) -> list[Item]:
+    """The first messages of ``source``, taken out: at most ``max_items``, and none after the one
+    that reaches ``max_bytes``. The whole deque in one C call when it fits (the common case)."""
+    if len(source) <= max_items:
+        batch = list(source)
+        source.clear()
+    else:
+        batch = [source.popleft() for _ in range(max_items)]
+    if sum(map(len, map(_payload, batch))) > max_bytes:
+        size, keep = 0, 0
+        while size < max_bytes:
+            size += len(batch[keep][1])
+            keep += 1
+        source.extendleft(reversed(batch[keep:]))
+        del batch[keep:]
+    return batch
+
+
 def in_hub() -> bool:
     """True when the caller runs in a hub greenlet (a loop callback, a signal handler)."""
     return isinstance(gevent.getcurrent(), gevent.hub.Hub)
@@ -199,33 +217,13 @@ class Outbox:
             ahead.extendleft(reversed(self._redo))
             self._redo.clear()
             self._inflight = []
-        batch: list[Item]
         if not self._inflight and self._ahead:
-            ahead, batch, size = self._ahead, [], 0
-            while ahead and len(batch) < max_items and size < max_bytes:
-                item = ahead.popleft()
-                batch.append(item)
-                size += len(item[1])
-            self._inflight = batch
+            self._inflight = _batch_from(self._ahead, max_items, max_bytes)
         if not self._inflight:
-            queue = self._queue
-            if not queue and not self._woken:
+            if not self._queue and not self._woken:
                 self._wait_for_arrival(timeout)
             self._woken = False
-            # What is queued now, without waiting: whole when it fits (the common case, in C) ...
-            if len(queue) <= max_items:
-                batch = list(queue)
-                queue.clear()
-            else:
-                batch = [queue.popleft() for _ in range(max_items)]
-            if sum(map(len, map(_payload, batch))) > max_bytes:  # ... else cut after the message that reaches max_bytes
-                size, keep = 0, 0
-                while size < max_bytes:
-                    size += len(batch[keep][1])
-                    keep += 1
-                queue.extendleft(reversed(batch[keep:]))
-                del batch[keep:]
-            self._inflight = batch
+            self._inflight = _batch_from(self._queue, max_items, max_bytes)  # what is queued now, without waiting
         self._recount()
         return self._inflight
 
