@@ -9,6 +9,7 @@ ledger (ledger.py) so an abrupt failure can tell which messages to send again.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import typing
@@ -16,11 +17,12 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import gevent
 import gevent.lock
+import gevent.socket
 
 from . import frames
 from .errors import ConnectionClosed
 from .fairness import new_turns, take_turn
-from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
+from .ledger import TIOCOUTQ, KernelLedger, nonblocking, unacknowledged_bytes
 from .frames import Item
 from .deflate import Agreement
 from .protocol import Protocol
@@ -89,6 +91,9 @@ class Connection:
         self.tracks_acks = plain and tcp and TIOCOUTQ is not None
         sendmsg: Optional[Callable[[list[Any]], int]] = getattr(sock, "sendmsg", None) if plain else None
         self._sendmsg = sendmsg  # vectored writes: plain TCP only
+        # send_batch_now() writes with os.writev on the descriptor itself when it never blocks (gevent
+        # keeps its sockets' descriptors non-blocking): no timeout to switch off and on around the call.
+        self._writes_direct = self.tracks_acks and isinstance(sock, gevent.socket.socket) and nonblocking(sock.fileno())
         self.aborted = False
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)
@@ -202,18 +207,12 @@ class Connection:
             return 0
         try:
             chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
-            sock = self.sock
-            timeout = sock.gettimeout()
-            sock.settimeout(0.0)  # a gevent socket raises BlockingIOError instead of waiting
+            # header and payload as they are when large (no copy), joined when small
+            buffers = chunks if max(lengths) >= VECTOR_MIN else [b"".join(chunks)]
             try:
-                if self._sendmsg is not None and max(lengths) >= VECTOR_MIN:
-                    sent = self._sendmsg(chunks)  # header and payload as they are: no copy
-                else:
-                    sent = sock.send(b"".join(chunks))
+                sent = self._write_at_once(buffers)
             except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them
                 return 0
-            finally:
-                sock.settimeout(timeout)
             self.writes += 1
             whole, taken = 0, 0  # the messages the socket took whole, and their bytes
             while whole < len(items) and taken + lengths[whole] <= sent:
@@ -230,6 +229,22 @@ class Connection:
             lock.release()
         gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
         return whole + 1
+
+    def _write_at_once(self, buffers: list[bytes]) -> int:
+        """One write of ``buffers`` that never waits: BlockingIOError when the socket is full."""
+        fileno = self.sock.fileno()  # -1 once closed: never a descriptor reused by another file
+        if self._writes_direct and fileno >= 0:
+            return os.writev(fileno, buffers)
+        sock = self.sock
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)  # a gevent socket raises BlockingIOError instead of waiting
+        try:
+            if len(buffers) > 1:
+                assert self._sendmsg is not None  # several buffers only on plain TCP
+                return self._sendmsg(buffers)
+            return sock.send(buffers[0])
+        finally:
+            sock.settimeout(timeout)
 
     def _write_rest(self) -> None:
         """The rest of send_now()'s frame, before any other bytes (in the write lock)."""

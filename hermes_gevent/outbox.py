@@ -368,4 +368,4 @@ class Outbox:
         return len(self._queue) + len(self._inflight) + len(self._redo) + len(self._ahead)
 
     def __len__(self) -> int:
-        return self._queued_here() + len(self._handoff)
+        return len(self._queue) + self._held_out + len(self._handoff)  # _queued_here(), from the kept count

@@ -161,12 +161,14 @@ def test_discard_leaves_the_batch_in_flight_alone_until_the_next_take():
 def test_a_put_is_refused_exactly_when_the_outbox_holds_maxsize(ops):
     """put() sizes the outbox from a count of what left the queue (in flight, to resend, ahead),
     kept by the methods that move messages: whatever they did, a put under drop_newest is refused
-    exactly when len() - counted from scratch - says the outbox is full."""
+    exactly when the outbox, counted from scratch, is full; and len() (from the same kept count)
+    always agrees with that count."""
     box, drops = make(maxsize=4, strategy="drop_newest")
     batch, n = [], 0
     for op, k in ops:
+        assert len(box) == box._queued_here()  # the from-scratch count (no thread hand-off here)
         if op == "put":
-            full = len(box) >= box.maxsize
+            full = box._queued_here() >= box.maxsize
             assert box.put(item(n)) is not full
             n += 1
         elif op == "take" and len(box):

@@ -4,6 +4,7 @@ once goes out before any other bytes; a message whose frame never went whole is 
 abrupt failure; a burst still goes out in the sender's batches."""
 
 import errno
+import socket
 import time
 
 import gevent
@@ -123,6 +124,29 @@ def test_a_large_frame_the_socket_takes_in_part_goes_whole_before_anything_else(
     assert conn.unacknowledged()[-1] is large
     conn.send_frames([(OP_TEXT, b"after")])
     assert server_messages(server_sock, 2) == [large[1].decode(), "after"]
+    client_sock.close()
+    server_sock.close()
+
+
+def test_the_kernel_taking_part_of_a_frame_on_a_gevent_socket():
+    """On a gevent socket send_now writes on the descriptor itself (os.writev, never a wait): when
+    the kernel's buffer takes part of a frame, the message counts as handed, nothing else is written
+    before its rest, and every message arrives whole and in order."""
+    client_sock, server_sock = tcp_pair()
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    conn = Connection(client_sock, 2**20)
+    sent = []
+    for n in range(500):  # the server reads nothing yet: the buffers fill
+        message = (OP_TEXT, (b"%03d" % n) * 10_000)
+        if not conn.send_now(message):
+            break
+        sent.append(message)
+    assert 0 < len(sent) < 500, "the kernel never refused a write"
+    assert conn.unacknowledged()[-1] is sent[-1]  # the last one went in part (or its bytes wait unacknowledged)
+    reader = gevent.spawn(server_messages, server_sock, len(sent) + 1)
+    conn.send_frames([(OP_TEXT, b"after")])  # waits for room, after the rest of the cut frame
+    assert reader.get(timeout=t(10)) == [m[1].decode() for m in sent] + ["after"]
     client_sock.close()
     server_sock.close()
 
