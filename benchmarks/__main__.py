@@ -1021,7 +1021,8 @@ def prebuilt_blast(url: str, count: int, size: int) -> float:
     """Messages/s the sink takes of ``count`` masked text frames of ``size`` bytes framed in advance."""
     import websocket
 
-    from hermes_gevent.frames import OP_TEXT, MaskKeys, frame_chunks
+    from hermes_gevent.encoder import MaskKeys, frame_chunks
+    from hermes_gevent.frames import OP_TEXT
 
     frame = frame_chunks([(OP_TEXT, b"x" * size)], MaskKeys())[1][0]  # one frame's bytes: header, key, payload
     per_write = max(1, 256 * 1024 // frame)

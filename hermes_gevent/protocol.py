@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from typing import Callable, Iterator, Optional, Union
 
-from . import deflate, frames
+from . import deflate, encoder, frames
 from .errors import ConnectionClosed, ConnectionFailed, ProtocolError
 from .frames import Item
 
@@ -52,7 +52,7 @@ class Protocol:
         # After a violation, until our close frame is taken: replies the handlers already queued
         # may still go ahead of it (see fail()).
         self.replies_first = False
-        self._keys = frames.MaskKeys()
+        self._keys = encoder.MaskKeys()
         self._outgoing: list[bytes] = []
 
     # -- receiving ----------------------------------------------------------------------
@@ -98,7 +98,7 @@ class Protocol:
         if kind is frames.Ping:
             assert isinstance(event, frames.Ping)
             if self.close_sent is None:
-                self._outgoing.append(frames.encode_frame(frames.OP_PONG, event.payload))
+                self._outgoing.append(encoder.encode_frame(frames.OP_PONG, event.payload))
         elif kind is frames.Pong:
             self.pongs_received += 1
         elif kind is frames.Close:
@@ -121,7 +121,7 @@ class Protocol:
         if self.close_sent is not None or self.state is ProtocolState.CLOSED:
             return False
         self.close_sent = (code, reason)
-        self._outgoing.append(frames.encode_frame(frames.OP_CLOSE, frames.close_payload(code, reason)))
+        self._outgoing.append(encoder.encode_frame(frames.OP_CLOSE, encoder.close_payload(code, reason)))
         self.state = ProtocolState.CLOSING
         return True
 
@@ -129,7 +129,7 @@ class Protocol:
         """Queue a ping; False when the connection is no longer open."""
         if self.state is not ProtocolState.OPEN:
             return False
-        self._outgoing.append(frames.encode_frame(frames.OP_PING, payload))
+        self._outgoing.append(encoder.encode_frame(frames.OP_PING, payload))
         return True
 
     def fail(self, error: ProtocolError) -> None:
@@ -161,7 +161,7 @@ class Protocol:
         with compression, each message is compressed for this connection as it is framed."""
         if self._compressor is not None:
             items = [self._compressed(item) for item in items]
-        return frames.frame_chunks(items, self._keys)
+        return encoder.frame_chunks(items, self._keys)
 
     def frame_in_pieces(self, item: Item) -> Iterator[bytes]:
         """One large message's frame as a header then masked pieces (the writer yields between).
@@ -175,7 +175,7 @@ class Protocol:
                     yield b""
             if data is not None:
                 item = (item[0] | frames.RSV1, data)
-        yield from frames.encode_frame_pieces(item[0], item[1])
+        yield from encoder.encode_frame_pieces(item[0], item[1])
 
     def _compressed(self, item: Item) -> Item:
         """The message as this connection sends it: compressed with RSV1 set, or as it is."""
