@@ -22,7 +22,7 @@ import gevent.socket
 from . import encoder, frames
 from .errors import ConnectionClosed
 from .fairness import new_turns, take_turn
-from .ledger import TIOCOUTQ, KernelLedger, nonblocking, unacknowledged_bytes
+from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
 from .frames import Item
 from .deflate import Agreement
 from .protocol import Protocol
@@ -93,7 +93,8 @@ class Connection:
         self._sendmsg = sendmsg  # vectored writes: plain TCP only
         # send_batch_now() writes with os.writev on the descriptor itself when it never blocks (gevent
         # keeps its sockets' descriptors non-blocking): no timeout to switch off and on around the call.
-        self._writes_direct = self.tracks_acks and isinstance(sock, gevent.socket.socket) and nonblocking(sock.fileno())
+        self._writes_direct = (self.tracks_acks and isinstance(sock, gevent.socket.socket)
+                               and not os.get_blocking(sock.fileno()))
         self.aborted = False
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)

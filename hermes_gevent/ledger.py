@@ -9,7 +9,6 @@ the ledger maps those last bytes back to the messages they carried.
 from __future__ import annotations
 
 import collections
-import os
 import struct
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
 except ImportError:  # pragma: no cover - Windows
     TIOCOUTQ = None
 
-__all__ = ["Entry", "KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "nonblocking", "unacknowledged_bytes"]
+__all__ = ["Entry", "KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "unacknowledged_bytes"]
 
 #: One ledger entry: the messages of one write call (None for control frames and the
 #: pieces of a large frame before its last), their byte counts, and their total.
@@ -50,16 +49,6 @@ def unacknowledged_bytes(fileno: int) -> Optional[int]:
         return count
     except (OSError, ValueError):
         return None
-
-
-def nonblocking(fileno: int) -> bool:
-    """Whether writes on this descriptor return at once instead of waiting (O_NONBLOCK)."""
-    if TIOCOUTQ is None or fileno < 0:
-        return False
-    try:
-        return bool(fcntl.fcntl(fileno, fcntl.F_GETFL) & os.O_NONBLOCK)
-    except OSError:
-        return False
 
 
 class KernelLedger:
