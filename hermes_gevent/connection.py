@@ -202,34 +202,34 @@ class Connection:
         any other write (a greenlet is spawned to write it now), and until then ``unacknowledged()``
         names it; the messages after it were not written (the caller keeps them, first in line).
         Plain TCP only (where the ledger tracks what the server never acknowledged)."""
-        protocol = self.protocol
-        # The write lock is only looked at, not taken: nothing below yields (a write that never waits,
-        # no greenlet switch), so no other writer can start before this one ends. Free: no writer is
-        # waiting in the middle of its bytes. (Callers run in the hub's thread, as every writer does.)
-        if (not self.tracks_acks or self.aborted or self._rest is not None or self._write_lock.locked()
-                or protocol.compression is not None or not protocol.can_send_data or protocol.has_data_to_send):
+        lock, protocol = self._write_lock, self.protocol
+        if (not self.tracks_acks or self.aborted or self._rest is not None or protocol.compression is not None
+                or not protocol.can_send_data or protocol.has_data_to_send or not lock.acquire(blocking=False)):
             return 0
-        chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
-        # header and payload as they are when large (no copy), joined when small
-        buffers = chunks if max(lengths) >= VECTOR_MIN else [b"".join(chunks)]
-        try:
-            sent = self._write_at_once(buffers)
-        except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them
-            return 0
-        self.writes += 1
-        if sent == sum(lengths):  # the common case: all of it
-            self._ledger.record(items[:], lengths)  # a copy: the caller's list may change (Outbox.settle)
-            self._trim_ledger()
-            return len(items)
-        whole, taken = 0, 0  # the messages the socket took whole, and their bytes
-        while taken + lengths[whole] <= sent:
-            taken += lengths[whole]
-            whole += 1
-        if whole:
-            self._ledger.record(items[:whole], lengths[:whole])
-            self._trim_ledger()
-        self._ledger.record([None], [sent - taken])
-        self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[sent - taken:])
+        try:  # held, though nothing here waits: a finalizer run by the collector here could switch greenlets
+            chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
+            # header and payload as they are when large and the socket takes several buffers (no copy)
+            vectored = (self._writes_direct or self._sendmsg) and max(lengths) >= VECTOR_MIN
+            try:
+                sent = self._write_at_once(chunks if vectored else [b"".join(chunks)])
+            except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them
+                return 0
+            self.writes += 1
+            if sent == sum(lengths):  # the common case: all of it
+                self._ledger.record(items[:], lengths)  # a copy: the caller's list may change (Outbox.settle)
+                self._trim_ledger()
+                return len(items)
+            whole, taken = 0, 0  # the messages the socket took whole, and their bytes
+            while taken + lengths[whole] <= sent:
+                taken += lengths[whole]
+                whole += 1
+            if whole:
+                self._ledger.record(items[:whole], lengths[:whole])
+                self._trim_ledger()
+            self._ledger.record([None], [sent - taken])
+            self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[sent - taken:])
+        finally:
+            lock.release()
         gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
         return whole + 1
 

@@ -210,6 +210,8 @@ class Outbox:
         if self._doomed is not None:
             doomed, self._doomed = self._doomed, None
             self._inflight[:] = [item for item in self._inflight if not doomed(item)]
+            self._recount()  # before any wait below: len() and flush() see what is left at once
+            self._mark_if_empty()
         if self._redo:
             # To resend: ahead of the unwritten rest of the last batch, which is ahead of the rest.
             ahead = self._ahead
@@ -256,9 +258,7 @@ class Outbox:
         if batch is self._inflight:
             del batch[:written]
             self._recount()
-        if not len(self):
-            self._empty.set()
-            self.drained = True
+        self._mark_if_empty()
         return written
 
     def ack(self) -> int:
@@ -287,9 +287,7 @@ class Outbox:
         removed += self._rebuild_queue(lambda item: None if doomed(item) else item)
         self._doomed = doomed
         self._recount()
-        if not len(self):
-            self._empty.set()
-            self.drained = True
+        self._mark_if_empty()
         return removed
 
     def replace(self, new: Callable[[Item], Optional[Item]]) -> None:
@@ -356,6 +354,11 @@ class Outbox:
         self._wakeup.stop()
         self._wakeup.close()
         return remaining
+
+    def _mark_if_empty(self) -> None:
+        if not len(self):  # nothing held: flush() returns, send_message may write at once
+            self._empty.set()
+            self.drained = True
 
     def _pop_oldest(self) -> Optional[Item]:
         """The oldest queued message (never one in flight or to resend), or None."""

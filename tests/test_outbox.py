@@ -155,6 +155,25 @@ def test_discard_leaves_the_batch_in_flight_alone_until_the_next_take():
     assert [item[1] for item in outbox.take(10, 1 << 20, timeout=0)] == [b"m-4"]
 
 
+def test_a_discarded_batch_leaving_at_take_leaves_the_outbox_empty_while_the_sender_waits():
+    """The batch in flight, all discarded (taken over while the process was frozen): the sender's
+    next take() drops it and, nothing else queued, waits for a message. Meanwhile the outbox is
+    empty for everyone who asks - len(), flush() - not only after the next message."""
+    box, _ = make()
+    for n in range(3):
+        box.put(item(n))
+    box.take(10, 1 << 20, timeout=0)
+    box.discard(lambda held: True)
+    assert len(box) == 3  # in flight: a write may be under way
+    sender = gevent.spawn(box.take, 10, 1 << 20, 5)
+    gevent.sleep(0)  # the sender drops the batch and waits
+    assert not sender.ready()
+    assert len(box) == 0
+    assert box.wait_empty(0.5)
+    box.wake()
+    assert sender.get(timeout=1) == []
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["put", "put", "put", "take", "settle", "requeue", "discard"]),
                           st.integers(0, 7)), max_size=60))

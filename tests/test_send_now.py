@@ -130,12 +130,14 @@ def test_a_large_frame_the_socket_takes_in_part_goes_whole_before_anything_else(
 
 def test_the_kernel_taking_part_of_a_frame_on_a_gevent_socket():
     """On a gevent socket send_now writes on the descriptor itself (os.writev, never a wait): when
-    the kernel's buffer takes part of a frame, the message counts as handed, nothing else is written
-    before its rest, and every message arrives whole and in order."""
+    the kernel's buffer fills (taking part of a frame, or refusing the next), what it took counts as
+    handed, nothing else is written before a cut frame's rest, and every message arrives whole and
+    in order."""
     client_sock, server_sock = tcp_pair()
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     conn = Connection(client_sock, 2**20)
+    assert conn._writes_direct  # the descriptor path, not gevent's socket calls
     sent = []
     for n in range(500):  # the server reads nothing yet: the buffers fill
         message = (OP_TEXT, (b"%03d" % n) * 10_000)
@@ -147,6 +149,29 @@ def test_the_kernel_taking_part_of_a_frame_on_a_gevent_socket():
     reader = gevent.spawn(server_messages, server_sock, len(sent) + 1)
     conn.send_frames([(OP_TEXT, b"after")])  # waits for room, after the rest of the cut frame
     assert reader.get(timeout=t(10)) == [m[1].decode() for m in sent] + ["after"]
+    client_sock.close()
+    server_sock.close()
+
+
+class WithoutSendmsg:
+    """A plain TCP socket as a custom connector may hand one over: no ``sendmsg``."""
+
+    def __init__(self, sock):
+        self.sock, self.family = sock, sock.family
+
+    def __getattr__(self, name):
+        if name == "sendmsg":
+            raise AttributeError(name)
+        return getattr(self.sock, name)
+
+
+def test_a_large_frame_goes_joined_on_a_socket_without_sendmsg():
+    client_sock, server_sock = tcp_pair()
+    conn = Connection(WithoutSendmsg(client_sock), 2**20)
+    assert conn.tracks_acks
+    large = (OP_TEXT, b"y" * 10_000)  # over VECTOR_MIN: header and payload would go as two buffers
+    assert conn.send_now(large)
+    assert server_messages(server_sock, 1) == [large[1].decode()]
     client_sock.close()
     server_sock.close()
 
