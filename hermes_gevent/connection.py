@@ -209,7 +209,7 @@ class Connection:
         try:  # held, though nothing here waits: a finalizer run by the collector here could switch greenlets
             chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
             # header and payload as they are when large and the socket takes several buffers (no copy)
-            vectored = (self._writes_direct or self._sendmsg) and max(lengths) >= VECTOR_MIN
+            vectored = self._sendmsg is not None and max(lengths) >= VECTOR_MIN
             try:
                 sent = self._write_at_once(chunks if vectored else [b"".join(chunks)])
             except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps them

@@ -71,7 +71,7 @@ def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[i
     masked payload, ...) and each frame's size: the writer's hot path, kept lean."""
     if len(items) == 1:  # send_now's one message: no loop to set up
         opcode, payload, key = items[0][0], items[0][1], keys.take(1)
-        head = (_SMALL_HEADERS[opcode][len(payload)] if len(payload) < 126 else _header(opcode, len(payload))) + key
+        head = _header(opcode, len(payload)) + key
         return [head, mask(key, payload)], [len(head) + len(payload)]
     block = keys.take(len(items))
     chunks: list[bytes] = []
