@@ -9,6 +9,7 @@ ledger (ledger.py) so an abrupt failure can tell which messages to send again.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -47,17 +48,11 @@ class StreamSocket(typing.Protocol):
     standard library's), or transport's in-memory TLS. ``sendmsg`` is used when present."""
 
     def recv(self, bufsize: int, /) -> bytes: ...
-
     def send(self, data: _Buffer, /) -> int: ...
-
     def sendall(self, data: _Buffer, /) -> None: ...
-
     def fileno(self) -> int: ...
-
     def close(self) -> None: ...
-
     def gettimeout(self) -> Optional[float]: ...
-
     def settimeout(self, timeout: Optional[float], /) -> None: ...
 
 
@@ -91,10 +86,13 @@ class Connection:
         self.tracks_acks = plain and tcp and TIOCOUTQ is not None
         sendmsg: Optional[Callable[[list[Any]], int]] = getattr(sock, "sendmsg", None) if plain else None
         self._sendmsg = sendmsg  # vectored writes: plain TCP only
-        # send_batch_now() writes with os.writev on the descriptor itself when it never blocks (gevent
-        # keeps its sockets' descriptors non-blocking): no timeout to switch off and on around the call.
-        self._writes_direct = (self.tracks_acks and isinstance(sock, gevent.socket.socket)
-                               and not os.get_blocking(sock.fileno()))
+        # A plain gevent TCP socket (its descriptor non-blocking, as gevent keeps them): send_batch_now()
+        # writes with os.writev on the descriptor, and receive() can wait on the socket's own watcher.
+        self._plain_gevent = (self.tracks_acks and isinstance(sock, gevent.socket.socket)
+                              and not os.get_blocking(sock.fileno()))
+        self._hub = gevent.get_hub()
+        # Readability, for receive(reply_awaited=True) (libev wakes it if the socket closes; abort() does too)
+        self._readable = self._hub.loop.io(sock.fileno(), 1) if self._plain_gevent else None
         self.aborted = False
         self.last_read_size = 0
         self.writes = 0  # write calls so far (the reader's coalescing looks at it)
@@ -110,10 +108,14 @@ class Connection:
 
     # -- reading ------------------------------------------------------------------------
 
-    def receive(self) -> float:
-        """Wait for data and hand one large read to the protocol; return when it came.
-        When the stream ends or fails, the protocol is told (its state becomes CLOSED)."""
+    def receive(self, reply_awaited: bool = False) -> float:
+        """Wait for data and hand one large read to the protocol; return when it came. When the stream
+        ends or fails, the protocol is told (its state becomes CLOSED). ``reply_awaited``: the reader
+        expects nothing yet; after a read that took everything, wait for the socket, not a read that finds none."""
         try:
+            readable = self._readable
+            if reply_awaited and readable is not None and self.last_read_size < READ_SIZE:
+                self._hub.wait(readable)  # as gevent's recv() waits after EAGAIN
             data = self.sock.recv(READ_SIZE)
         except OSError as exc:
             data = b""
@@ -236,7 +238,7 @@ class Connection:
     def _write_at_once(self, buffers: list[bytes]) -> int:
         """One write of ``buffers`` that never waits: BlockingIOError when the socket is full."""
         fileno = self.sock.fileno()  # -1 once closed: never a descriptor reused by another file
-        if self._writes_direct and fileno >= 0:
+        if self._plain_gevent and fileno >= 0:
             return os.writev(fileno, buffers)
         sock = self.sock
         timeout = sock.gettimeout()
@@ -297,22 +299,8 @@ class Connection:
             self._write_rest()
         sendmsg = self._sendmsg
         # (a frame of VECTOR_MIN bytes or more may hold a part worth writing as it is: look closer)
-        if sendmsg is not None and len(chunks) > 1 and max(lengths) >= VECTOR_MIN:
-            buffers: list[bytes] = []
-            small: list[bytes] = []
-            for chunk in chunks:
-                if len(chunk) >= VECTOR_MIN:
-                    if small:
-                        buffers.append(b"".join(small))
-                        small = []
-                    buffers.append(chunk)
-                else:
-                    small.append(chunk)
-            if small:
-                buffers.append(b"".join(small))
-        else:
-            buffers = [chunks[0] if len(chunks) == 1 else b"".join(chunks)]
-        views = [memoryview(b) for b in buffers]
+        vectored = sendmsg is not None and len(chunks) > 1 and max(lengths) >= VECTOR_MIN
+        views = [memoryview(b) for b in encoder.write_buffers(chunks, VECTOR_MIN if vectored else None)]
         total, offset, first = sum(lengths), 0, 0
         track, ledger = self.tracks_acks, self._ledger
         recorded, recorded_bytes = 0, 0  # items in the ledger so far, and their bytes
@@ -388,6 +376,9 @@ class Connection:
     def abort(self) -> None:
         """Close the socket now, without a close frame (idempotent)."""
         self.aborted = True
+        if self._readable is not None:  # the reader waiting on it gets the error, then it is closed
+            self._hub.cancel_wait(self._readable, OSError(errno.EBADF, "the connection was closed"), True)
+            self._readable = None
         try:
             self.sock.close()
         except OSError:

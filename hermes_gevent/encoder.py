@@ -15,7 +15,7 @@ from websocket import ABNF
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, Item
 
 __all__ = ["MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "close_payload", "encode_frame", "encode_frame_pieces",
-           "frame_chunks", "mask"]
+           "frame_chunks", "mask", "write_buffers"]
 
 _c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
 try:  # the optional speedups extra: websockets' C masking routine
@@ -86,6 +86,26 @@ def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[i
         add_chunk(apply(payload, key) if apply is not None else ABNF.mask(key, payload))
         add_length(len(head) + size)
     return chunks, lengths
+
+
+def write_buffers(chunks: list[bytes], vector_min: Optional[int]) -> list[bytes]:
+    """The buffers of one write of ``chunks``: all joined into one, or with ``vector_min``, each
+    chunk of at least that size as it is (no copy of a large payload) and the runs between joined."""
+    if vector_min is None:
+        return [chunks[0] if len(chunks) == 1 else b"".join(chunks)]
+    buffers: list[bytes] = []
+    small: list[bytes] = []
+    for chunk in chunks:
+        if len(chunk) >= vector_min:
+            if small:
+                buffers.append(b"".join(small))
+                small = []
+            buffers.append(chunk)
+        else:
+            small.append(chunk)
+    if small:
+        buffers.append(b"".join(small))
+    return buffers
 
 
 def encode_frame_pieces(opcode: int, payload: bytes) -> Iterator[bytes]:

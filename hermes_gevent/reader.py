@@ -70,12 +70,12 @@ def read_session(run: Run, session: Session) -> None:
         session.handler_since = now()
         process(on_message, on_control, inflating)
         session.handler_since = None
-    writes, turned = -1, 0
+    writes, turned, reply_awaited = -1, 0, False
     while protocol.failure is None:
         asked_at = now()
         if loop_turns is not None:
             turned = loop_turns()
-        read_at = session.last_frame_at = conn.receive()
+        read_at = session.last_frame_at = conn.receive(reply_awaited)
         # Did recv() wait for data (the event loop turned meanwhile), or find it waiting?
         if loop_turns is not None:
             waited = loop_turns() != turned
@@ -84,6 +84,10 @@ def read_session(run: Run, session: Session) -> None:
             waited = False
             found_waiting = read_at - asked_at < COALESCE_IF_WAITED_UNDER
         quiet, writes = conn.writes == writes, conn.writes  # nothing written since the last read
+        # Request/response: this read waited for the answer to a write, so the next answer is not there
+        # yet either. Waiting for the socket first (no read that finds nothing) also lets the greenlets
+        # this read wakes - the one that asked - run and write before the reader reads again.
+        reply_awaited = waited and not quiet
         run.debug_bodies = run.log.logger.isEnabledFor(logging.DEBUG)
         received = counters.messages_received
         session.handler_since = read_at  # the handlers run inside process()

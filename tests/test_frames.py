@@ -170,3 +170,15 @@ def test_binary_frames_arriving_in_pieces_are_not_checked_as_text():
     parser = FrameParser(1 << 20)
     assert feed_and_parse(parser, data[:10]) == []
     assert feed_and_parse(parser, data[10:]) == [Message(b"\xff\xfe" * 200)]
+
+
+def test_a_write_joins_small_chunks_and_passes_large_ones_as_they_are():
+    from hermes_gevent.encoder import write_buffers
+
+    large, other = b"L" * 5000, b"M" * 4096
+    chunks = [b"h1", b"k1", large, b"h2", b"p2", b"h3", other, b"end"]
+    buffers = write_buffers(chunks, 4096)
+    assert buffers == [b"h1k1", large, b"h2p2h3", other, b"end"]
+    assert buffers[1] is large and buffers[3] is other  # never copied
+    assert write_buffers(chunks, None) == [b"".join(chunks)]
+    assert write_buffers([large], None)[0] is large

@@ -8,7 +8,10 @@ import hashlib
 
 import gevent
 import gevent.event
+import gevent.monkey
+import gevent.socket
 
+from hermes_gevent.connection import Connection
 from hermes_gevent.errors import PingTimeout, ProtocolError
 
 from .conftest import Recorder, ServerProcess, free_port, t, wait_until
@@ -213,3 +216,45 @@ def test_a_reply_already_queued_goes_out_before_the_close_that_a_violation_cause
     assert peer.wait_closed() == 1002
     assert peer.messages[:1] == ["re: hello"]  # the peer refuses data after a close frame
     assert peer.errors == []
+
+
+_select = gevent.monkey.get_original("select", "select")  # with a timeout of 0: never waits
+
+
+class EmptyReadsCounted(gevent.socket.socket):
+    """A gevent socket that counts the reads made while nothing was there to read."""
+
+    empty_reads = 0
+
+    def recv(self, *args):
+        if not _select([self.fileno()], [], [], 0)[0]:
+            self.empty_reads += 1
+        return super().recv(*args)
+
+
+def test_in_a_request_response_exchange_the_reader_waits_for_each_answer_without_reading(peer, make_client):
+    """Send, wait for the answer, repeat: after reading an answer the reader waits for the socket
+    to become readable (the asker writes its next request meanwhile) instead of reading at once
+    and finding nothing - a system call on the path of every round trip."""
+    peer.echo = True
+    socks = []
+
+    def connector(url, headers, **options):
+        sock = EmptyReadsCounted(fileno=peer.connector(url, headers, **options).sock.detach())
+        socks.append(sock)
+        return Connection(sock, options["max_message_size"])
+
+    got = Recorder()
+    client = make_client(connector=connector, url=peer.url, on_message=got)
+    client.start()
+    assert client.wait_until_connected(t(5))
+    assert client.run.session.conn.sock is socks[0]
+    for i in range(50):
+        assert client.send_message(f"ask-{i}")
+        assert got.wait(i + 1)[-1] == f"ask-{i}"
+    assert socks[0].empty_reads <= 3  # the read before the first answer; 50 when each answer is read for at once
+    assert peer.messages == [f"ask-{i}" for i in range(50)]
+    # The socket closed under the reader while it waits for an answer: it wakes, and the client reconnects.
+    client.run.session.conn.abort()
+    assert wait_until(lambda: client.connected and len(socks) == 2, t(5))
+    assert client.send_message("after") and got.wait(51)[-1] == "after"

@@ -137,7 +137,7 @@ def test_the_kernel_taking_part_of_a_frame_on_a_gevent_socket():
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     conn = Connection(client_sock, 2**20)
-    assert conn._writes_direct  # the descriptor path, not gevent's socket calls
+    assert conn._plain_gevent  # the descriptor path, not gevent's socket calls
     sent = []
     for n in range(500):  # the server reads nothing yet: the buffers fill
         message = (OP_TEXT, (b"%03d" % n) * 10_000)
