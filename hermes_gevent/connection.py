@@ -10,6 +10,7 @@ ledger (ledger.py) so an abrupt failure can tell which messages to send again.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import time
@@ -32,6 +33,7 @@ __all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "NOW_MAX", "READ_SIZE",
            "WriteFailed"]
 
 _Buffer = Union[bytes, bytearray, memoryview]
+_payload = operator.itemgetter(1)
 
 READ_SIZE = 256 * 1024
 #: The ledger of unacknowledged writes is trimmed once it holds this many writes.
@@ -178,6 +180,9 @@ class Connection:
                 raise WriteFailed(0, "connection is closing", frames.CLOSE_NORMAL)
             handed = 0
             try:
+                if items and max(map(len, map(_payload, items))) <= encoder.MASK_PIECE:  # the common case
+                    self._send_frames_whole(items)  # (no message to write in pieces: seen in one C pass)
+                    return
                 start = 0
                 for index, item in enumerate(items):
                     if len(item[1]) <= encoder.MASK_PIECE:

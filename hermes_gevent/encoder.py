@@ -6,6 +6,7 @@ websocket-client's pure Python.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import Callable, Iterator, Optional
@@ -28,11 +29,23 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
+def _python_mask(data: bytes, key: bytes) -> bytes:
+    return ABNF.mask(key, data)
+
+
+#: apply_mask(data, key): the C routine when installed (called as it is in frame_chunks' loop)
+_apply_mask: Callable[[bytes, bytes], bytes] = _c_apply_mask if _c_apply_mask is not None else _python_mask
+
+
 def mask(key: bytes, data: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``key`` (in C with the speedups, else websocket-client's)."""
-    if _c_apply_mask is not None:
-        return _c_apply_mask(data, key)
-    return ABNF.mask(key, data)
+    return _apply_mask(data, key)
+
+
+@functools.lru_cache(maxsize=512)
+def _key_split(count: int) -> struct.Struct:
+    """Cuts ``count`` masking keys apart in one call."""
+    return struct.Struct("4s" * count)
 
 
 #: Payloads above this are masked piece by piece, so the caller can yield between pieces.
@@ -72,18 +85,17 @@ def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[i
     if len(items) == 1:  # send_now's one message: no loop to set up
         opcode, payload, key = items[0][0], items[0][1], keys.take(1)
         head = _header(opcode, len(payload)) + key
-        return [head, mask(key, payload)], [len(head) + len(payload)]
-    block = keys.take(len(items))
+        return [head, _apply_mask(payload, key)], [len(head) + len(payload)]
+    count = len(items)
     chunks: list[bytes] = []
     lengths: list[int] = []
-    add_chunk, add_length, small, apply = chunks.append, lengths.append, _SMALL_HEADERS, _c_apply_mask
-    for at, item in zip(range(0, len(block), 4), items):
+    add_chunk, add_length, small, apply = chunks.append, lengths.append, _SMALL_HEADERS, _apply_mask
+    for key, item in zip(_key_split(count).unpack(keys.take(count)), items):
         payload = item[1]
-        key = block[at : at + 4]
         size = len(payload)
         head = small[item[0]][size] + key if size < 126 else _header(item[0], size) + key
         add_chunk(head)
-        add_chunk(apply(payload, key) if apply is not None else ABNF.mask(key, payload))
+        add_chunk(apply(payload, key))
         add_length(len(head) + size)
     return chunks, lengths
 
