@@ -47,6 +47,9 @@ def test_every_benchmark_runs(tmp_path, request):
         assert all(p["median"] > 0 for p in row["peers"].values())
         check_cpu(name, row["peers"], PEERS)
         assert row["cpu_ratio_to_raw"] > 0 and row["cpu_ratio_to_websockets"] > 0
+        # round by round, hermes over each baseline (one round here: the ratio of the two figures)
+        assert row["paired_ratio_to"]["websockets"] == pytest.approx(row["ratio_to_websockets"])
+        assert row["paired_ratio_to"]["raw"] == pytest.approx(row["ratio_to_raw"])
         # printed beside each peer's figure: "raw  96,839  10.31 us" (and so on for every peer)
         line = next(x for x in text.splitlines() if x.partition(" raw ")[0].rstrip() == name)
         assert len(re.findall(r"[\d,.]+ +[\d.]+ us", line)) == len(PEERS), line
