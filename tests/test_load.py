@@ -99,7 +99,10 @@ def test_receive_under_http_load(server, worker):
           f"two messages {report['max_gap'] * 1000:.0f} ms; largest read {report['max_read']} bytes")
     assert report["received"] == streamed["sent"] and report["out_of_order"] == 0
     assert report["status"]["reconnects"] == 0 and len(server.of("connect")) == 1
-    assert report["max_lag"] < t(1.0)  # the reader never stalled for a second
+    # The reader runs once per event-loop turn, and request greenlets that serve wrk's next request
+    # without yielding hold the hub between turns: at 6 turns/s on a slow day one hold left a 960 ms
+    # gap (1,088 ms lag). A reader that stalled would fall behind for the rest of the load (10 s).
+    assert report["max_lag"] < t(2.0)
     assert report["max_read"] > 16 * 1024  # the load did hold the reader back: reads found data piled up
 
 
