@@ -24,20 +24,17 @@ import gevent.socket
 from . import encoder, frames
 from .errors import ConnectionClosed
 from .fairness import new_turns, take_turn
-from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes
+from .ledger import TIOCOUTQ, KernelLedger, unacknowledged_bytes, whole_frames
 from .frames import Item
 from .deflate import Agreement
 from .protocol import Protocol
 
-__all__ = ["Connection", "IOV_MAX", "LEDGER_TRIM_EVERY", "NOW_MAX", "READ_SIZE", "StreamSocket", "VECTOR_MIN",
-           "WriteFailed"]
+__all__ = ["Connection", "IOV_MAX", "NOW_MAX", "READ_SIZE", "StreamSocket", "VECTOR_MIN", "WriteFailed"]
 
 _Buffer = Union[bytes, bytearray, memoryview]
 _payload = operator.itemgetter(1)
 
 READ_SIZE = 256 * 1024
-#: The ledger of unacknowledged writes is trimmed once it holds this many writes.
-LEDGER_TRIM_EVERY = 64
 #: Parts at least this large are written as they are (vectored); smaller ones are joined.
 VECTOR_MIN = 4096
 IOV_MAX = 512
@@ -197,24 +194,44 @@ class Connection:
                 raise WriteFailed(handed + partial.handed, f"write failed: {partial.error}") from None
 
     def send_now(self, item: Item) -> bool:
-        """Write one message (up to NOW_MAX) from the caller's greenlet if that needs no wait (see
-        send_batch_now). False: nothing was written (the caller queues it); True: handed over."""
-        return len(item[1]) <= NOW_MAX and self.send_batch_now([item]) == 1
+        """send_batch_now([item]) for a message up to NOW_MAX, kept flat (it runs once per message):
+        False: nothing was written (the caller queues it); True: handed over."""
+        if len(item[1]) > NOW_MAX:
+            return False
+        if not self._plain_gevent:  # a socket that must be told not to wait: the general case
+            return self.send_batch_now([item]) == 1
+        lock = self._write_lock
+        if not self._may_write_now() or not lock.acquire(blocking=False):
+            return False
+        try:  # held, though nothing here waits (see send_batch_now)
+            head, masked = self.protocol.frame_message(item)
+            try:  # fileno() is -1 once closed (EBADF here), never a descriptor reused by another file
+                sent = os.writev(self.sock.fileno(), (head, masked))
+            except OSError:  # the socket is full (or failed: the sender will see it): the caller keeps it
+                return False
+            self.writes += 1
+            total = len(head) + len(masked)
+            if sent == total:  # the common case: all of it
+                self._ledger.record([item], [total])
+                self._ledger.trim_from(self.sock)
+                return True
+            self._keep_rest([item], [head, masked], [total], sent)
+        finally:
+            lock.release()
+        gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
+        return True
 
     def send_batch_now(self, items: list[Item]) -> int:
-        """Write ``items`` from the caller's greenlet in one socket call if that needs no wait: the
-        write lock free, the connection open, no compression, nothing else owed, the socket taking
-        bytes at once. Returns how many were handed over, in order (0: nothing written). A message
-        whose frame the socket took in part counts as handed: the rest of its frame goes out before
-        any other write (a greenlet is spawned to write it now), and until then ``unacknowledged()``
-        names it; the messages after it were not written (the caller keeps them, first in line).
-        Plain TCP only (where the ledger tracks what the server never acknowledged)."""
-        lock, protocol = self._write_lock, self.protocol
-        if (not self.tracks_acks or self.aborted or self._rest is not None or protocol.compression is not None
-                or not protocol.can_send_data or protocol.has_data_to_send or not lock.acquire(blocking=False)):
+        """Write ``items`` from the caller's greenlet in one socket call if that needs no wait (see
+        _may_write_now; plain TCP, where the ledger tracks what the server never acknowledged), the
+        socket taking bytes at once. Returns how many were handed over, in order (0: none). A message
+        whose frame the socket took in part counts as handed: the rest of its frame goes before any
+        other write (a spawned greenlet writes it now; until then ``unacknowledged()`` names it)."""
+        lock = self._write_lock
+        if not self._may_write_now() or not lock.acquire(blocking=False):
             return 0
         try:  # held, though nothing here waits: a finalizer run by the collector here could switch greenlets
-            chunks, lengths = protocol.frame_messages(items)  # two chunks per message: header, payload
+            chunks, lengths = self.protocol.frame_messages(items)  # two chunks per message: header, payload
             # header and payload as they are when large and the socket takes several buffers (no copy)
             vectored = self._sendmsg is not None and max(lengths) >= VECTOR_MIN
             try:
@@ -224,20 +241,27 @@ class Connection:
             self.writes += 1
             if sent == sum(lengths):  # the common case: all of it
                 self._ledger.record(items[:], lengths)  # a copy: the caller's list may change (Outbox.settle)
-                self._trim_ledger()
+                self._ledger.trim_from(self.sock)
                 return len(items)
-            whole, taken = 0, 0  # the messages the socket took whole, and their bytes
-            while taken + lengths[whole] <= sent:
-                taken += lengths[whole]
-                whole += 1
-            if whole:
-                self._ledger.record(items[:whole], lengths[:whole])
-                self._trim_ledger()
-            self._ledger.record([None], [sent - taken])
-            self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[sent - taken:])
+            handed = self._keep_rest(items, chunks, lengths, sent)
         finally:
             lock.release()
         gevent.spawn(self.send_pending)  # writes the rest (any writer would, before its own bytes)
+        return handed
+
+    def _may_write_now(self) -> bool:
+        """send_now/send_batch_now may write: plain TCP, open, no compression, nothing else owed."""
+        protocol = self.protocol
+        return (self.tracks_acks and not self.aborted and self._rest is None and protocol.compression is None
+                and protocol.can_send_data and not protocol.has_data_to_send)
+
+    def _keep_rest(self, items: list[Item], chunks: list[bytes], lengths: list[int], sent: int) -> int:
+        """The socket took ``sent`` bytes of the frames of ``items`` (two chunks each), not all: ledger
+        it, keep the cut-off frame's rest to go first. Returns the messages handed, the cut-off one too."""
+        whole = self._ledger.record_written(items, lengths, sent)
+        self._ledger.trim_from(self.sock)
+        cut = sent - sum(lengths[:whole])
+        self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[cut:])
         return whole + 1
 
     def _write_at_once(self, buffers: list[bytes]) -> int:
@@ -329,44 +353,24 @@ class Connection:
                 if track and offset < total:
                     # A partial write, and we may wait before the rest: the ledger must match
                     # the kernel now, in case another greenlet declares the connection dead.
-                    done = recorded
-                    while done < len(items) and recorded_bytes + lengths[done] <= offset:
-                        recorded_bytes += lengths[done]
-                        done += 1
-                    if done > recorded:
-                        ledger.record(items[recorded:done], lengths[recorded:done])
-                        recorded = done
+                    done, done_bytes = whole_frames(lengths[recorded:], offset - recorded_bytes)
+                    if done:
+                        ledger.record(items[recorded : recorded + done], lengths[recorded : recorded + done])
+                        recorded, recorded_bytes = recorded + done, recorded_bytes + done_bytes
         except OSError as exc:
             raise _Partial(self._record_partial(items, lengths, offset, recorded, recorded_bytes), exc) from None
         if track:
             if recorded < len(items):
                 ledger.record(items[recorded:], lengths[recorded:])
-            self._trim_ledger()
+            self._ledger.trim_from(self.sock)
         return len(items)
 
-    def _trim_ledger(self) -> None:
-        if len(self._ledger.entries) > LEDGER_TRIM_EVERY:
-            # Forget what TCP has acknowledged: one ioctl per LEDGER_TRIM_EVERY writes.
-            outq = unacknowledged_bytes(self.sock.fileno())
-            if outq is not None:
-                self._ledger.trim(outq)
-
     def _record_partial(self, items: list[Any], lengths: list[int], offset: int, recorded: int, whole: int) -> int:
-        """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already
-        in the ledger): ledger the rest of the whole items, and the bytes of a cut-off frame
-        without its message (an incomplete frame is never delivered, so the message stays with
-        the caller to go again). Returns how many items went whole."""
-        handed = recorded
-        while handed < len(items) and whole + lengths[handed] <= offset:
-            whole += lengths[handed]
-            handed += 1
+        """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already in
+        the ledger): ledger the rest of what the kernel took. Returns how many items went whole."""
         if self.tracks_acks:
-            done_items, done_lengths = items[recorded:handed], lengths[recorded:handed]
-            if offset > whole:
-                done_items, done_lengths = [*done_items, None], [*done_lengths, offset - whole]
-            if done_items:
-                self._ledger.record(done_items, done_lengths)
-        return handed
+            return recorded + self._ledger.record_written(items[recorded:], lengths[recorded:], offset - whole)
+        return recorded + whole_frames(lengths[recorded:], offset - whole)[0]
 
     def unacknowledged(self) -> list[Any]:
         """After an abrupt failure, before abort(): the messages whose bytes TCP never

@@ -16,7 +16,7 @@ from websocket import ABNF
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, Item
 
 __all__ = ["MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "close_payload", "encode_frame", "encode_frame_pieces",
-           "frame_chunks", "mask", "write_buffers"]
+           "frame_chunks", "frame_one", "mask", "write_buffers"]
 
 _c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
 try:  # the optional speedups extra: websockets' C masking routine
@@ -82,10 +82,9 @@ class MaskKeys:
 def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[int]]:
     """The frames of several messages as a flat list of chunks to write (header and key,
     masked payload, ...) and each frame's size: the writer's hot path, kept lean."""
-    if len(items) == 1:  # send_now's one message: no loop to set up
-        opcode, payload, key = items[0][0], items[0][1], keys.take(1)
-        head = _header(opcode, len(payload)) + key
-        return [head, _apply_mask(payload, key)], [len(head) + len(payload)]
+    if len(items) == 1:  # one message: no loop to set up
+        head, masked = frame_one(items[0][0], items[0][1], keys)
+        return [head, masked], [len(head) + len(masked)]
     count = len(items)
     chunks: list[bytes] = []
     lengths: list[int] = []
@@ -98,6 +97,12 @@ def frame_chunks(items: list[Item], keys: MaskKeys) -> tuple[list[bytes], list[i
         add_chunk(apply(payload, key))
         add_length(len(head) + size)
     return chunks, lengths
+
+
+def frame_one(opcode: int, payload: bytes, keys: MaskKeys) -> tuple[bytes, bytes]:
+    """One message's frame as its header (with the key) and its masked payload."""
+    key = keys.take(1)
+    return _header(opcode, len(payload)) + key, _apply_mask(payload, key)
 
 
 def write_buffers(chunks: list[bytes], vector_min: Optional[int]) -> list[bytes]:

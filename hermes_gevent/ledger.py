@@ -20,7 +20,7 @@ try:  # Linux and most Unixes: the TCP send queue's unacknowledged byte count
 except ImportError:  # pragma: no cover - Windows
     TIOCOUTQ = None
 
-__all__ = ["Entry", "KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "unacknowledged_bytes"]
+__all__ = ["Entry", "KernelLedger", "SEND_LIMIT", "TIOCOUTQ", "TRIM_EVERY", "unacknowledged_bytes", "whole_frames"]
 
 #: One ledger entry: the messages of one write call (None for control frames and the
 #: pieces of a large frame before its last), their byte counts, and their total.
@@ -38,6 +38,8 @@ def _kernel_send_limit() -> int:
 
 #: Read once at import: the ledger never needs to remember more than this.
 SEND_LIMIT = _kernel_send_limit()
+#: The ledger asks the kernel what TCP acknowledged once it holds this many writes.
+TRIM_EVERY = 64
 
 
 def unacknowledged_bytes(fileno: int) -> Optional[int]:
@@ -49,6 +51,16 @@ def unacknowledged_bytes(fileno: int) -> Optional[int]:
         return count
     except (OSError, ValueError):
         return None
+
+
+def whole_frames(lengths: list[int], sent: int) -> tuple[int, int]:
+    """Of frames of ``lengths`` bytes written in order, how many the first ``sent`` bytes hold
+    whole, and those frames' bytes."""
+    whole, taken = 0, 0
+    while whole < len(lengths) and taken + lengths[whole] <= sent:
+        taken += lengths[whole]
+        whole += 1
+    return whole, taken
 
 
 class KernelLedger:
@@ -65,6 +77,26 @@ class KernelLedger:
         self.size += total
         while self.size > self.limit and len(self.entries) > 1:
             self.size -= self.entries.popleft()[2]
+
+    def record_written(self, items: list[Any], lengths: list[int], sent: int) -> int:
+        """A write took the first ``sent`` bytes of the frames of ``items``: ledger the messages it
+        took whole, and the bytes of a cut-off frame without its message (an incomplete frame is
+        never delivered: its message stays with the caller). Returns how many went whole."""
+        whole, taken = whole_frames(lengths, sent)
+        done_items, done_lengths = items[:whole], lengths[:whole]
+        if sent > taken:
+            done_items.append(None)
+            done_lengths.append(sent - taken)
+        if done_items:
+            self.record(done_items, done_lengths)
+        return whole
+
+    def trim_from(self, sock: Any) -> None:
+        """Past TRIM_EVERY writes, forget what ``sock``'s TCP acknowledged: one ioctl per TRIM_EVERY."""
+        if len(self.entries) > TRIM_EVERY:
+            outq = unacknowledged_bytes(sock.fileno())
+            if outq is not None:
+                self.trim(outq)
 
     def trim(self, outq: int) -> None:
         """Forget the oldest writes the peer has acknowledged (all but the last ``outq`` bytes)."""

@@ -163,6 +163,12 @@ class Protocol:
             items = [self._compressed(item) for item in items]
         return encoder.frame_chunks(items, self._keys)
 
+    def frame_message(self, item: Item) -> tuple[bytes, bytes]:
+        """One message's frame as its header and its masked payload (send_now's hot path)."""
+        if self._compressor is not None:
+            item = self._compressed(item)
+        return encoder.frame_one(item[0], item[1], self._keys)
+
     def frame_in_pieces(self, item: Item) -> Iterator[bytes]:
         """One large message's frame as a header then masked pieces (the writer yields between).
         With compression the message is first compressed a slice at a time: an empty piece marks

@@ -256,3 +256,21 @@ def test_a_greenlet_that_keeps_the_hub_does_not_fill_the_queue(peer, make_client
     assert client.flush(t(5))
     assert peer.wait_messages(5000, t(10)) == [f"m-{i:05d}" for i in range(5000)]
     assert client.status()["messages_sent"] == 5000
+
+
+def test_the_ledger_counts_the_frames_a_write_took_whole():
+    """whole_frames/record_written, pure: the messages a write took whole are ledgered; a cut-off
+    frame's bytes are ledgered without its message (it was never delivered whole)."""
+    from hermes_gevent.ledger import KernelLedger, whole_frames
+
+    assert whole_frames([10, 20, 30], 0) == (0, 0)
+    assert whole_frames([10, 20, 30], 29) == (1, 10)
+    assert whole_frames([10, 20, 30], 30) == (2, 30)
+    assert whole_frames([10, 20, 30], 60) == (3, 60)
+    ledger = KernelLedger()
+    a, b, c = (OP_TEXT, b"a"), (OP_TEXT, b"b"), (OP_TEXT, b"c")
+    assert ledger.record_written([a, b, c], [10, 20, 30], 35) == 2
+    assert ledger.size == 35
+    assert ledger.unacknowledged(35) == [a, b]  # the cut-off c is the caller's to send again
+    assert ledger.unacknowledged(5) == []  # only the cut bytes unacknowledged: a and b arrived
+    assert ledger.record_written([c], [30], 0) == 0 and ledger.size == 35  # nothing taken: nothing ledgered
