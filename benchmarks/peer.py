@@ -365,10 +365,11 @@ def run_hermes_deflate(done, state) -> dict:
     result: dict = {"seconds": None, "cpu_seconds": None, "sink_busy": None, "wire_bytes": None,
                     "extension": client.status()["compression"], "window_bits": window_bits(client)}
     start, cpu = time.perf_counter(), time.process_time()
+    pause = pauser(client)
     for i in range(COUNT):
         client.send_message(messages[i % len(messages)])
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            pause(client)
+            pause()
     if not client.messages_dropped:
         done.wait(120)
         result["seconds"], result["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu
@@ -458,31 +459,40 @@ def sink_figures(reply: str) -> dict:
 
 def produce_dicts(client, data: str) -> None:
     """produce(), with a fresh dict per message, as an app builds them."""
+    pause = pauser(client)
     for i in range(COUNT):
         client.send_message({"data": data})
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            pause(client)
+            pause()
 
 
 def produce(client, text) -> None:
     """COUNT send_message calls, yielding the way a gevent app does, and waiting when
-    the server falls behind (see pause())."""
+    the server falls behind (see pauser())."""
+    pause = pauser(client)
     for i in range(COUNT):
         client.send_message(text)
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            pause(client)
+            pause()
 
 
-def pause(client) -> None:
-    """Back to the hub now and then, as a request handler does between requests. A producer
-    faster than the server must wait or lose messages (send_message never waits; the queue
-    is bounded): above the high-water mark, wait for the queue to drain."""
+def pauser(client):
+    """The producers' pause(): back to the hub now and then, as a request handler does between
+    requests. A producer faster than the server must wait or lose messages (send_message never
+    waits; the queue is bounded): above the high-water mark, wait for the queue to drain. The
+    mark and the functions are looked up once, as an app would (the harness's own cost per
+    message is no part of the client's)."""
     import gevent
 
-    if client.queue_size > high_water(client):
-        client.flush(60)
-    else:
-        gevent.sleep(0)
+    limit, sleep, flush = high_water(client), gevent.sleep, client.flush
+
+    def pause() -> None:
+        if client.queue_size > limit:
+            flush(60)
+        else:
+            sleep(0)
+
+    return pause
 
 
 def high_water(client) -> int:
@@ -494,12 +504,13 @@ def high_water(client) -> int:
 def produce_timed(client, text) -> list[int]:
     """produce(), with the cost of each send_message call in ns."""
     costs = []
+    pause = pauser(client)
     for i in range(COUNT):
         began = time.perf_counter_ns()
         client.send_message(text)
         costs.append(time.perf_counter_ns() - began)
         if i % YIELD_EVERY == YIELD_EVERY - 1:
-            pause(client)
+            pause()
     return costs
 
 

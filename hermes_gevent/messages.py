@@ -43,7 +43,7 @@ def _json(msg: Any) -> str:
         raise ValueError("message is not JSON: it refers to itself (or nests too deep)") from None
 
 
-_OP_TEXT = frames.OP_TEXT  # a global read per message, not a module attribute's
+_OP_TEXT, _OP_BINARY = frames.OP_TEXT, frames.OP_BINARY  # a global read per message, not a module attribute's
 
 
 def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
@@ -56,7 +56,7 @@ def encode(msg: Message, max_size: int) -> tuple[int, bytes]:
             raise ValueError(f"message is not valid Unicode text: {exc}") from None
         opcode = _OP_TEXT
     elif isinstance(msg, (bytes, bytearray, memoryview)):
-        payload, opcode = bytes(msg), frames.OP_BINARY
+        payload, opcode = msg if type(msg) is bytes else bytes(msg), _OP_BINARY  # bytes(msg) costs even when it is msg
     elif isinstance(msg, (dict, list)):
         payload, opcode = _json(msg).encode("utf-8"), _OP_TEXT
     else:

@@ -151,7 +151,8 @@ class Outbox:
     def idle_here(self) -> bool:
         """True when nothing is held (queued, in flight, to resend, handed over from a thread) and
         the caller runs in the hub's thread: a message sent now would be the next one written."""
-        return not len(self) and on_thread_of(self._hub, self._hub_root)
+        held = self._queue or self._held_out or self._handoff  # len(self), without the call: once per message
+        return not held and on_thread_of(self._hub, self._hub_root)
 
     def _room_for(self, item: Item) -> bool:
         """The queue is full: apply the strategy. True when ``item`` may go in (the oldest made room)."""
