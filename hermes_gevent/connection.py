@@ -85,8 +85,8 @@ class Connection:
         self.tracks_acks = plain and tcp and TIOCOUTQ is not None
         sendmsg: Optional[Callable[[list[Any]], int]] = getattr(sock, "sendmsg", None) if plain else None
         self._sendmsg = sendmsg  # vectored writes: plain TCP only
-        # A plain gevent TCP socket (its descriptor non-blocking, as gevent keeps them): send_batch_now()
-        # writes with os.writev on the descriptor, and receive() can wait on the socket's own watcher.
+        # A plain gevent TCP socket (its descriptor non-blocking, as gevent keeps them): send_now() and
+        # send_batch_now() write with os.writev on the descriptor; receive() waits on its own watcher.
         self._plain_gevent = (self.tracks_acks and isinstance(sock, gevent.socket.socket)
                               and not os.get_blocking(sock.fileno()))
         self._hub = gevent.get_hub()
