@@ -258,9 +258,9 @@ class Connection:
     def _keep_rest(self, items: list[Item], chunks: list[bytes], lengths: list[int], sent: int) -> int:
         """The socket took ``sent`` bytes of the frames of ``items`` (two chunks each), not all: ledger
         it, keep the cut-off frame's rest to go first. Returns the messages handed, the cut-off one too."""
-        whole = self._ledger.record_written(items, lengths, sent)
+        whole, taken = self._ledger.record_written(items, lengths, sent)
         self._ledger.trim_from(self.sock)
-        cut = sent - sum(lengths[:whole])
+        cut = sent - taken
         self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[cut:])
         return whole + 1
 
@@ -369,7 +369,7 @@ class Connection:
         """After a failed write of ``offset`` bytes (``recorded`` items, ``whole`` bytes, already in
         the ledger): ledger the rest of what the kernel took. Returns how many items went whole."""
         if self.tracks_acks:
-            return recorded + self._ledger.record_written(items[recorded:], lengths[recorded:], offset - whole)
+            return recorded + self._ledger.record_written(items[recorded:], lengths[recorded:], offset - whole)[0]
         return recorded + whole_frames(lengths[recorded:], offset - whole)[0]
 
     def unacknowledged(self) -> list[Any]:

@@ -78,10 +78,11 @@ class KernelLedger:
         while self.size > self.limit and len(self.entries) > 1:
             self.size -= self.entries.popleft()[2]
 
-    def record_written(self, items: list[Any], lengths: list[int], sent: int) -> int:
+    def record_written(self, items: list[Any], lengths: list[int], sent: int) -> tuple[int, int]:
         """A write took the first ``sent`` bytes of the frames of ``items``: ledger the messages it
         took whole, and the bytes of a cut-off frame without its message (an incomplete frame is
-        never delivered: its message stays with the caller). Returns how many went whole."""
+        never delivered: its message stays with the caller). Returns how many went whole, and their
+        bytes (whole_frames)."""
         whole, taken = whole_frames(lengths, sent)
         done_items, done_lengths = items[:whole], lengths[:whole]
         if sent > taken:
@@ -89,7 +90,7 @@ class KernelLedger:
             done_lengths.append(sent - taken)
         if done_items:
             self.record(done_items, done_lengths)
-        return whole
+        return whole, taken
 
     def trim_from(self, sock: Any) -> None:
         """Past TRIM_EVERY writes, forget what ``sock``'s TCP acknowledged: one ioctl per TRIM_EVERY."""

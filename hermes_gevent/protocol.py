@@ -164,9 +164,9 @@ class Protocol:
         return encoder.frame_chunks(items, self._keys)
 
     def frame_message(self, item: Item) -> tuple[bytes, bytes]:
-        """One message's frame as its header and its masked payload (send_now's hot path)."""
-        if self._compressor is not None:
-            item = self._compressed(item)
+        """One message's frame as its header and its masked payload (send_now's hot path; it never
+        writes with compression on, which frames each message for this connection: frame_messages)."""
+        assert self._compressor is None
         return encoder.frame_one(item[0], item[1], self._keys)
 
     def frame_in_pieces(self, item: Item) -> Iterator[bytes]:

@@ -269,8 +269,8 @@ def test_the_ledger_counts_the_frames_a_write_took_whole():
     assert whole_frames([10, 20, 30], 60) == (3, 60)
     ledger = KernelLedger()
     a, b, c = (OP_TEXT, b"a"), (OP_TEXT, b"b"), (OP_TEXT, b"c")
-    assert ledger.record_written([a, b, c], [10, 20, 30], 35) == 2
+    assert ledger.record_written([a, b, c], [10, 20, 30], 35) == (2, 30)
     assert ledger.size == 35
     assert ledger.unacknowledged(35) == [a, b]  # the cut-off c is the caller's to send again
     assert ledger.unacknowledged(5) == []  # only the cut bytes unacknowledged: a and b arrived
-    assert ledger.record_written([c], [30], 0) == 0 and ledger.size == 35  # nothing taken: nothing ledgered
+    assert ledger.record_written([c], [30], 0) == (0, 0) and ledger.size == 35  # nothing taken: nothing ledgered
