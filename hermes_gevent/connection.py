@@ -260,8 +260,7 @@ class Connection:
         it, keep the cut-off frame's rest to go first. Returns the messages handed, the cut-off one too."""
         whole, taken = self._ledger.record_written(items, lengths, sent)
         self._ledger.trim_from(self.sock)
-        cut = sent - taken
-        self._rest = (items[whole], memoryview(chunks[2 * whole] + chunks[2 * whole + 1])[cut:])
+        self._rest = (items[whole], encoder.frame_rest(chunks[2 * whole], chunks[2 * whole + 1], sent - taken))
         return whole + 1
 
     def _write_at_once(self, buffers: list[bytes]) -> int:

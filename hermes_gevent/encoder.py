@@ -16,7 +16,7 @@ from websocket import ABNF
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, Item
 
 __all__ = ["MASK_PIECE", "MAX_CLOSE_REASON", "MaskKeys", "close_payload", "encode_frame", "encode_frame_pieces",
-           "frame_chunks", "frame_one", "mask", "write_buffers"]
+           "frame_chunks", "frame_one", "frame_rest", "mask", "write_buffers"]
 
 _c_apply_mask: Optional[Callable[[bytes, bytes], bytes]]
 try:  # the optional speedups extra: websockets' C masking routine
@@ -103,6 +103,14 @@ def frame_one(opcode: int, payload: bytes, keys: MaskKeys) -> tuple[bytes, bytes
     """One message's frame as its header (with the key) and its masked payload."""
     key = keys.take(1)
     return _header(opcode, len(payload)) + key, _apply_mask(payload, key)
+
+
+def frame_rest(head: bytes, payload: bytes, cut: int) -> memoryview:
+    """What a write that took ``cut`` bytes of a frame left of it: a view of the masked payload,
+    not a copy (64 KiB per cut-off frame), unless the cut fell in the header."""
+    if cut >= len(head):
+        return memoryview(payload)[cut - len(head) :]
+    return memoryview(head + payload)[cut:]
 
 
 def write_buffers(chunks: list[bytes], vector_min: Optional[int]) -> list[bytes]:

@@ -182,3 +182,14 @@ def test_a_write_joins_small_chunks_and_passes_large_ones_as_they_are():
     assert buffers[1] is large and buffers[3] is other  # never copied
     assert write_buffers(chunks, None) == [b"".join(chunks)]
     assert write_buffers([large], None)[0] is large
+
+
+def test_the_rest_of_a_frame_cut_in_its_payload_is_a_view_of_it_not_a_copy():
+    from hermes_gevent.encoder import frame_rest
+
+    head, payload = b"HEADKEY", b"P" * 5000 + b"END"
+    frame_bytes = head + payload
+    for cut in (0, 3, len(head), len(head) + 1, len(frame_bytes) - 1):
+        assert bytes(frame_rest(head, payload, cut)) == frame_bytes[cut:]
+    assert frame_rest(head, payload, len(head) + 10).obj is payload  # the payload itself, not a copy of it
+    assert frame_rest(head, payload, 3).obj is not payload  # a cut in the header: header rest and payload joined
