@@ -38,8 +38,8 @@ from .sql_store import SQLStore
 from .store import seq_of, stored_item
 from .store_url import StoreLocation
 
-__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "create_schema", "ensure_schema", "insert_sql", "quoted_names", "require",
-           "schema_sql"]
+__all__ = ["EXTRA", "PostgresStore", "config_error", "connect", "create_schema", "driver_errors", "ensure_schema",
+           "insert_sql", "quoted_names", "require", "schema_sql"]
 
 EXTRA = "hermes_gevent[postgres]"
 #: SQLSTATEs that no reconnection will cure: a wrong password or role, a missing database,
@@ -132,6 +132,13 @@ def connect(conninfo: str, timeout: float) -> Any:
     )
 
 
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """What psycopg raises (importing it, if this is the first time)."""
+    import psycopg
+
+    return (psycopg.Error,)
+
+
 def config_error(exc: BaseException, shown: str) -> Optional[ConfigError]:
     """A ConfigError naming OUTBOX_URL for a failure no reconnection cures, else None."""
     state = getattr(exc, "sqlstate", None)
@@ -151,9 +158,9 @@ class _Database:
 
     def __init__(self, location: StoreLocation, identifier: str, max_size: int, strategy: str, timeout: float,
                  owner: Optional[str] = None) -> None:
-        import psycopg
-
-        self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        # psycopg is first imported by open(), in the store's thread, not here in the hub: its import
+        # is ~110 ms of CPU that would keep every timer of the process waiting.
+        self.errors: tuple[type[BaseException], ...] = ()
         self.location = location
         self.identifier = identifier
         self.max_size = max_size
@@ -168,6 +175,7 @@ class _Database:
 
     def open(self) -> list[str]:
         assert self.location.conninfo is not None
+        self.errors = driver_errors()
         try:
             self.conn = connect(self.location.conninfo, self.timeout)
             with self.conn.transaction():
@@ -196,6 +204,7 @@ class _Database:
 
     def in_this_thread(self) -> "Database":
         own = _Database(self.location, self.identifier, self.max_size, self.strategy, self.timeout, self.owner)
+        own.errors = driver_errors()
         own.conn = connect(self.location.conninfo or "", self.timeout)
         return own
 
