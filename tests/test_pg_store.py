@@ -380,6 +380,7 @@ def test_a_client_never_started_creates_the_table_for_a_transactional_send_and_s
 def test_psycopg_is_first_imported_in_the_stores_thread_never_in_the_hub(pg_url, postgres):
     # Its import is ~110 ms of CPU: in the hub, start() from a request kept every timer waiting that long
     # (the benchmark's 1 ms ticker saw it at every reload). A fresh interpreter, where nothing imported it yet.
-    out, _ = run_script([sys.executable, str(SCRIPTS / "pg_import_thread.py"), pg_url, refused_url()], t(60))
+    out, _ = run_script([sys.executable, str(SCRIPTS / "pg_import_thread.py"), pg_url, refused_url(), str(t(30))],
+                        t(60))
     report = last_json_line(out)
     assert report == {"imported": True, "in_hub": False, "started": True}

@@ -2,7 +2,7 @@
 OUTBOX_URL from the hub, and note which OS thread imports psycopg - ~110 ms of CPU that, in the
 hub, would keep every timer of the process waiting.
 
-usage: pg_import_thread.py PG_URL WS_URL
+usage: pg_import_thread.py PG_URL WS_URL TIMEOUT   (TIMEOUT: seconds start() may take, already scaled)
 
 Prints one JSON line: {"imported": whether psycopg was imported, "in_hub": whether that
 happened in the hub's thread, "started": whether start() returned}.
@@ -47,10 +47,10 @@ sys.meta_path.insert(0, NoteImport())
 from hermes_gevent import WebSocketClient  # noqa: E402
 
 assert "psycopg" not in sys.modules, "imported with hermes_gevent already"
-pg_url, ws_url = sys.argv[1], sys.argv[2]
+pg_url, ws_url, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 client = WebSocketClient(url=ws_url, outbox_url=pg_url, identifier="import-thread")
 started = gevent.spawn(client.start)  # from a greenlet in the hub, as a Flask app's first request does
-started.join(30)
+started.join(timeout)
 try:
     print(json.dumps({"imported": bool(imported_in), "in_hub": bool(imported_in) and imported_in[0] == HUB_THREAD,
                       "started": started.successful()}), flush=True)
